@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv and install verl-variance with a CPU build of torch (never a multi-GB CUDA build on a
+# machine without a GPU). Re-running is safe and fast.
+#
+#   VENV=.venv            where to put the virtual environment
+#   EXTRAS=test,demo      which extras to install (default: test)
+#   TORCH_INDEX_URL=...   a wheel index for CPU torch, for machines where the default index would
+#                         serve a CUDA build (e.g. the PyTorch CPU index); unset uses pip's default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+EXTRAS=${EXTRAS:-test}
+PYTHON=${PYTHON:-python3}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+# shellcheck disable=SC2086
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+"$VENV/bin/python" -m pip install -q -e ".[${EXTRAS}]"
+"$VENV/bin/python" - <<'PY'
+import torch, verl, verl_variance
+print(f"installed: torch {torch.__version__} (cuda={torch.version.cuda}), verl {verl.__version__}, "
+      f"verl-variance {verl_variance.__version__}")
+PY

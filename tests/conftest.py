@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny local models (no hub) built once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny causal LMs of each supported architecture, keyed by architecture name."""
+    from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        arch: build_tiny_model(root / arch, TinyModelConfig(architecture=arch)) for arch in ("qwen2", "llama", "gpt2")
+    }
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (verl loads plugins once per process)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=timeout)

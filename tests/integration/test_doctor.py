@@ -1,0 +1,62 @@
+"""``verl-variance doctor`` reports what the plugin registered, and what verl swallowed."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from verl_variance.integration.doctor import problems, run_probe
+
+
+def _doctor(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **env_extra)
+    return subprocess.run(
+        [sys.executable, "-m", "verl_variance.cli", "doctor"], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_doctor_reports_registrations():
+    report = run_probe()
+    assert problems(report) == []
+    assert report["plugins"]["verl_variance"]["loaded"] is True
+    assert report["verl"] == "0.9.1" or report["verl"].startswith("0.9.")
+    assert "cpu" in report["registries"]["platforms"]
+    assert "hf" in report["registries"]["rollouts"]
+    assert {"distributed_backend", "hf_rollout_adapter", "cpu_engines"} <= set(
+        report["verl_variance"]["patches_applied"]
+    )
+    assert report["verl_variance"]["patches_pending"] == []
+
+
+def test_doctor_cli_ok_on_cpu_platform():
+    result = _doctor({"VERL_PLATFORM": "cpu"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: plugin loaded" in result.stdout
+    assert "device         cpu" in result.stdout
+
+
+@pytest.fixture
+def broken_plugin(tmp_path):
+    """A second verl plugin whose import raises: verl itself would only log it at DEBUG."""
+    info = tmp_path / "brokenplug-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text("[verl.plugins]\nbrokenplug = brokenplug_mod\n")
+    (tmp_path / "brokenplug_mod.py").write_text("raise ImportError('deliberately broken for the test')\n")
+    return str(tmp_path)
+
+
+def test_doctor_shows_a_swallowed_plugin_error_with_traceback(broken_plugin):
+    result = _doctor({"PYTHONPATH": broken_plugin})
+    assert result.returncode == 1
+    assert "brokenplug     NOT LOADED" in result.stdout
+    assert "Traceback" in result.stdout and "ImportError: deliberately broken for the test" in result.stdout
+    assert "verl_variance  loaded" in result.stdout
+
+
+def test_doctor_fails_when_plugins_are_disabled():
+    result = _doctor({"VERL_USE_EXTERNAL_PLUGINS": "none"})
+    assert result.returncode == 1
+    assert "verl_variance  NOT LOADED" in result.stdout
+    assert "VERL_USE_EXTERNAL_PLUGINS=none" in result.stdout

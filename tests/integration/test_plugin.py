@@ -1,0 +1,147 @@
+"""The entry point loads in a fresh process (as in every Ray worker) and registers what it should."""
+
+import json
+import textwrap
+
+import pytest
+
+from tests.conftest import run_python
+from verl_variance.integration import compat
+from verl_variance.integration.patches import dedupe_backend
+
+EXPECTED_PATCHES = {
+    "early_config_checks",
+    "cpu_device_from_config",
+    "distributed_backend",
+    "cpu_engines",
+    "fsdp2_offload_pin_memory",
+    "sdpa_fallback",
+    "valuehead_sdpa",
+    "gpt2_kv_heads",
+    "gpt2_lm_head_class",
+    "hf_rollout_adapter",
+    "hf_rollout_replica",
+    "v1_cpu_poll_interval",
+}
+
+PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import verl
+    assert "verl_variance.integration.plugin" in sys.modules, "plugin not loaded by verl"
+    # the package itself must not import verl at top level
+    import verl_variance, inspect
+    assert "import verl" not in inspect.getsource(verl_variance)
+    import verl.workers.rollout.base as rollout_base, verl.workers.rollout.replica as replica
+    import verl.workers.engine.fsdp.transformer_impl, verl.utils.model, verl.models.transformers.monkey_patch
+    import verl.trainer.ppo.v1.replay_buffer, verl.trainer.main_ppo
+    from verl.plugin.platform import PlatformRegistry
+    from verl.workers.engine.base import EngineRegistry
+    from verl_variance.integration import compat, plugin
+    plugin.register(); plugin.register()  # idempotent
+    print(json.dumps({
+        "platforms": list(PlatformRegistry.registered_names()),
+        "rollout_adapter": rollout_base._ROLLOUT_REGISTRY.get(("hf", "async")),
+        "replica": replica.RolloutReplicaRegistry.get("hf").__name__,
+        "cpu_engines": sorted(k for k in EngineRegistry._engines["language_model"]["fsdp2"] if k == "cpu"),
+        "patches": compat.STATUS.patches_applied,
+        "errors": compat.STATUS.errors,
+        "registered": compat.STATUS.registered,
+    }))
+    """
+)
+
+
+def test_entry_point_registers_everything_in_a_fresh_process():
+    result = run_python(PROBE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["errors"] == []
+    assert "cpu" in report["platforms"]
+    assert report["rollout_adapter"] == "verl_variance.integration.hf_rollout.HFServerAdapter"
+    assert report["replica"] == "HFReplica"
+    assert report["cpu_engines"] == ["cpu"]
+    assert set(report["patches"]) == EXPECTED_PATCHES
+    assert len(report["patches"]) == len(set(report["patches"])), "a patch was applied twice"
+    assert report["registered"] == {"platforms": ["cpu"], "rollouts": ["hf"]}
+
+
+def test_cpu_platform_is_opt_in():
+    """Installed but unused, verl's own device detection is unchanged (no VERL_PLATFORM, no trainer.device=cpu)."""
+    code = "from verl.plugin.platform.platform_manager import _detect_platform_name; print(_detect_platform_name())"
+    with_plugin = run_python(code, env={"VERL_PLATFORM": ""})
+    without = run_python(code, env={"VERL_PLATFORM": "", "VERL_USE_EXTERNAL_PLUGINS": "none"})
+    assert with_plugin.stdout.split()[-1] == without.stdout.split()[-1]
+    assert run_python(code, env={"VERL_PLATFORM": "cpu"}).stdout.split()[-1] == "cpu"
+
+
+def test_cpu_platform_device_module():
+    code = textwrap.dedent(
+        """
+        import torch
+        from verl.utils.device import get_device_name, get_torch_device, get_nccl_backend, get_device_id
+        mod = get_torch_device()
+        mod.empty_cache(); mod.synchronize(); mod.manual_seed(1)
+        free, total = mod.mem_get_info()
+        assert 0 < free <= total
+        assert mod.memory_allocated() == 0 and mod.max_memory_reserved() == 0
+        print(get_device_name(), get_nccl_backend(), torch.empty(2, device=get_device_id()).device)
+        """
+    )
+    result = run_python(code, env={"VERL_PLATFORM": "cpu"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-3:] == ["cpu", "gloo", "cpu"]
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        ("cpu:gloo,cpu:gloo", "cpu:gloo"),
+        ("cpu:gloo,cuda:nccl", "cpu:gloo,cuda:nccl"),
+        ("nccl", "nccl"),
+        ("cpu:gloo,cpu:nccl,cuda:nccl", "cpu:gloo,cuda:nccl"),
+    ],
+)
+def test_dedupe_backend(backend, expected):
+    assert dedupe_backend(backend) == expected
+
+
+def test_gloo_process_group_initialises_through_verl_on_cpu():
+    code = textwrap.dedent(
+        """
+        import os
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", RANK="0", WORLD_SIZE="1")
+        import torch.distributed as dist
+        from verl.utils.distributed import initialize_global_process_group_ray
+        initialize_global_process_group_ray()
+        print(dist.get_backend())
+        """
+    )
+    result = run_python(code, env={"VERL_PLATFORM": "cpu"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "cpu:gloo"
+
+
+def test_check_signature_rejects_a_changed_api():
+    def target(config, use_reference_policy):
+        return None
+
+    with pytest.raises(compat.VerlVarianceError, match=r"signature \['config', 'use_reference_policy'\]"):
+        compat.check_signature(target, ["config", "use_reference_policy", "use_critic"], "verl.x.target")
+
+
+def test_when_imported_runs_once_and_records_failures(monkeypatch):
+    monkeypatch.setattr(compat, "STATUS", compat.PluginStatus())
+    calls = []
+    compat.when_imported("json", "test_patch", lambda module: calls.append(module.__name__))
+    compat.when_imported("json", "test_patch", lambda module: calls.append("again"))
+    assert calls == ["json"] and compat.STATUS.patches_applied == ["test_patch"]
+
+    def broken(module):
+        raise RuntimeError("boom")
+
+    compat.when_imported("textwrap", "broken_patch", broken)
+    assert compat.STATUS.patches_applied == ["test_patch"]
+    assert compat.STATUS.errors[0].startswith("broken_patch: RuntimeError: boom")
+    with pytest.raises(compat.VerlVarianceError, match="'broken_patch' is not active"):
+        compat.require("broken_patch")

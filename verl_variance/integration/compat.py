@@ -1,0 +1,188 @@
+"""Version checks and lazy, signature-checked patching of verl internals.
+
+verl swallows every exception a plugin raises at load time, so nothing here raises during plugin
+load: problems are *recorded* (``STATUS``), shown by ``verl-variance doctor``, and raised with a
+clear message when a feature that needs the missing piece is used (``require``). Set
+``VERL_VARIANCE_STRICT=1`` to turn a recorded problem into an exception at the point it happens.
+
+Patches run when their target module is first imported (a ``sys.meta_path`` hook), so the plugin
+never imports heavy verl modules (trainers, workers) at load time.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.metadata
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+logger = logging.getLogger("verl_variance")
+
+SUPPORTED_VERL = SpecifierSet(">=0.9.1,<0.10")
+INSTALL_HINT = "pip install 'verl>=0.9.1,<0.10'"
+
+
+class VerlVarianceError(RuntimeError):
+    """A problem with the verl-variance set-up; the message says what to do."""
+
+
+class UnsupportedVerlVersion(VerlVarianceError):
+    """The installed verl is outside the range this plugin was built and tested against."""
+
+
+def strict_mode() -> bool:
+    return os.environ.get("VERL_VARIANCE_STRICT", "0").lower() in ("1", "true", "yes")
+
+
+def installed_verl_version() -> str | None:
+    """Version of the installed verl distribution (from its metadata, without importing it)."""
+    try:
+        return importlib.metadata.version("verl")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_verl_version(version: str | None = None) -> str:
+    """Return the verl version, or raise ``UnsupportedVerlVersion`` naming the fix."""
+    version = version if version is not None else installed_verl_version()
+    if version is None:
+        raise UnsupportedVerlVersion(f"verl is not installed. verl-variance needs it: {INSTALL_HINT}")
+    if Version(version) not in SUPPORTED_VERL:
+        raise UnsupportedVerlVersion(
+            f"verl {version} is not supported by verl-variance (supported: verl{SUPPORTED_VERL}); "
+            f"its patches of verl internals were NOT applied. Fix: {INSTALL_HINT}"
+        )
+    return version
+
+
+@dataclass
+class PluginStatus:
+    """What the plugin registered and patched in this process, for ``doctor`` and ``require``."""
+
+    verl_version: str | None = None
+    version_error: str | None = None
+    registered: dict[str, list[str]] = field(default_factory=dict)
+    patches_applied: list[str] = field(default_factory=list)
+    patches_pending: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, name: str) -> None:
+        names = self.registered.setdefault(kind, [])
+        if name not in names:
+            names.append(name)
+
+    def record_error(self, what: str, exc: BaseException) -> None:
+        text = f"{what}: {type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}"
+        self.errors.append(text)
+        logger.warning("verl-variance: %s failed: %s", what, exc)
+        if strict_mode():
+            raise exc
+
+
+STATUS = PluginStatus()
+
+
+def require(patch_name: str) -> None:
+    """Raise a clear error if a patch a feature depends on was not applied."""
+    if STATUS.version_error:
+        raise UnsupportedVerlVersion(STATUS.version_error)
+    if patch_name not in STATUS.patches_applied:
+        problems = [e.splitlines()[0] for e in STATUS.errors if e.startswith(patch_name)]
+        detail = f" ({problems[0]})" if problems else ""
+        raise VerlVarianceError(
+            f"verl-variance patch {patch_name!r} is not active{detail}. Run `verl-variance doctor` to see why."
+        )
+
+
+def check_signature(func: Callable, expected: Iterable[str], where: str) -> None:
+    """Raise if ``func``'s parameter names differ from ``expected`` (a verl API change)."""
+    actual = list(inspect.signature(func).parameters)
+    if actual != list(expected):
+        raise VerlVarianceError(
+            f"{where} has signature {actual}, expected {list(expected)}: this verl build differs from the one "
+            f"verl-variance patches. Fix: {INSTALL_HINT}, or upgrade verl-variance."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-import hooks
+# ---------------------------------------------------------------------------------------------
+_hooks: dict[str, list[tuple[str, Callable]]] = {}
+_lock = threading.RLock()
+_finding: set[str] = set()
+
+
+def _run_hooks(module_name: str, module) -> None:
+    with _lock:
+        hooks = _hooks.pop(module_name, [])
+    for patch_name, hook in hooks:
+        STATUS.patches_pending.remove(patch_name)
+        try:
+            hook(module)
+        except Exception as exc:  # recorded for doctor; raised again by `require` when used
+            STATUS.record_error(patch_name, exc)
+        else:
+            STATUS.patches_applied.append(patch_name)
+
+
+class _HookedLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, module_name: str) -> None:
+        self._loader = loader
+        self._module_name = module_name
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _run_hooks(self._module_name, module)
+
+    def __getattr__(self, name):  # get_source, get_code, is_package, ...
+        return getattr(self._loader, name)
+
+
+class _PostImportFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _hooks or fullname in _finding:
+            return None
+        _finding.add(fullname)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            _finding.discard(fullname)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _HookedLoader(spec.loader, fullname)
+        return spec
+
+
+_FINDER = _PostImportFinder()
+
+
+def when_imported(module_name: str, patch_name: str, hook: Callable) -> None:
+    """Run ``hook(module)`` once ``module_name`` is imported (now, if it already is).
+
+    Idempotent per ``patch_name``: registering the same patch twice does nothing.
+    """
+    with _lock:
+        if patch_name in STATUS.patches_applied or patch_name in STATUS.patches_pending:
+            return
+        STATUS.patches_pending.append(patch_name)
+        _hooks.setdefault(module_name, []).append((patch_name, hook))
+        if _FINDER not in sys.meta_path:
+            sys.meta_path.insert(0, _FINDER)
+    if module_name in sys.modules and getattr(sys.modules[module_name], "__spec__", None) is not None:
+        module = sys.modules[module_name]
+        if not getattr(module.__spec__, "_initializing", False):
+            _run_hooks(module_name, module)

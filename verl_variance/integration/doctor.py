@@ -1,0 +1,186 @@
+"""``verl-variance doctor``: load verl in a fresh process and report what the plugin did.
+
+verl imports plugins inside ``import verl`` and logs their failures at DEBUG, so a broken plugin
+is silent. The probe runs in a child process (a clean interpreter, like a Ray worker), imports
+verl, imports every module the plugin patches, and prints one JSON object; the parent renders it
+and exits non-zero when a verl plugin failed to load or a patch failed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+PLUGIN_MODULE = "verl_variance.integration.plugin"
+
+# Modules whose import triggers the plugin's lazy patches and registrations.
+PATCHED_MODULES = (
+    "verl.utils.config",
+    "verl.utils.device",
+    "verl.utils.distributed",
+    "verl.utils.model",
+    "verl.models.transformers.monkey_patch",
+    "verl.workers.engine.fsdp.transformer_impl",
+    "verl.workers.rollout.base",
+    "verl.workers.rollout.replica",
+    "verl.trainer.ppo.core_algos",
+    "verl.trainer.ppo.ray_trainer",
+    "verl.trainer.ppo.v1.trainer_base",
+    "verl.experimental.reward_loop.reward_manager.registry",
+)
+
+
+def probe() -> dict[str, Any]:
+    """Runs in the child process. Returns the report as a JSON-able dict."""
+    import importlib
+    import importlib.metadata
+    import os
+    import traceback
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    report: dict[str, Any] = {"python": sys.version.split()[0], "plugins": {}, "import_errors": {}}
+    for name in ("verl", "torch", "transformers", "ray", "verl-variance"):
+        try:
+            report[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            report[name] = None
+    try:
+        import verl  # noqa: F401  (loads the plugins, swallowing their errors)
+    except Exception:
+        report["import_errors"]["verl"] = traceback.format_exc()
+        return report
+
+    policy = os.environ.get("VERL_USE_EXTERNAL_PLUGINS", "auto")
+    report["plugin_policy"] = policy
+    for entry in importlib.metadata.entry_points(group="verl.plugins"):
+        status = {"module": entry.value, "loaded": entry.value in sys.modules, "error": None}
+        if not status["loaded"]:
+            try:  # verl swallowed the reason: load it again to get the traceback
+                entry.load()
+            except Exception:
+                status["error"] = traceback.format_exc()
+            else:
+                status["error"] = (
+                    f"not loaded by verl (VERL_USE_EXTERNAL_PLUGINS={policy}); set VERL_USE_EXTERNAL_PLUGINS=auto"
+                )
+        report["plugins"][entry.name] = status
+
+    for module in PATCHED_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            report["import_errors"][module] = f"{type(exc).__name__}: {exc}"
+
+    import torch
+    from verl.plugin.platform import get_platform
+
+    report["cuda_available"] = torch.cuda.is_available()
+    try:
+        report["device"] = get_platform().device_name
+    except Exception as exc:
+        report["device"] = f"error: {exc}"
+    report["registries"] = _verl_registries()
+    if PLUGIN_MODULE in sys.modules:
+        from verl_variance.integration.compat import STATUS
+
+        report["verl_variance"] = {
+            "verl_version": STATUS.verl_version,
+            "version_error": STATUS.version_error,
+            "registered": STATUS.registered,
+            "patches_applied": STATUS.patches_applied,
+            "patches_pending": STATUS.patches_pending,
+            "errors": STATUS.errors,
+        }
+    return report
+
+
+def _verl_registries() -> dict[str, list[str]]:
+    registries: dict[str, list[str]] = {}
+    try:
+        from verl.plugin.platform import PlatformRegistry
+
+        registries["platforms"] = list(PlatformRegistry.registered_names())
+        from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+        registries["rollouts"] = sorted(RolloutReplicaRegistry._registry)
+        from verl.trainer.ppo import core_algos
+
+        registries["advantage_estimators"] = sorted(core_algos.ADV_ESTIMATOR_REGISTRY)
+        registries["policy_losses"] = sorted(core_algos.POLICY_LOSS_REGISTRY)
+        from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+
+        registries["reward_managers"] = sorted(REWARD_MANAGER)
+    except Exception as exc:  # a registry moved: report it, the rest of the report still helps
+        registries["error"] = [f"{type(exc).__name__}: {exc}"]
+    return registries
+
+
+def run_probe(env: dict[str, str] | None = None, timeout: float = 300) -> dict[str, Any]:
+    """Run ``probe`` in a fresh interpreter and return its report."""
+    code = (
+        "import json, sys; from verl_variance.integration.doctor import probe; "
+        "sys.stdout.write('\\n@@' + json.dumps(probe()))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    marker = result.stdout.rfind("\n@@")
+    if marker < 0:
+        return {"import_errors": {"probe": f"exit code {result.returncode}\n{result.stderr[-4000:]}"}, "plugins": {}}
+    return json.loads(result.stdout[marker + 3 :])
+
+
+def problems(report: dict[str, Any]) -> list[str]:
+    """Everything that makes the plugin unusable, one line (plus traceback) each."""
+    found = [f"import of {name} failed:\n{err}" for name, err in report.get("import_errors", {}).items()]
+    for name, status in report.get("plugins", {}).items():
+        if status.get("error"):
+            found.append(f"verl plugin {name!r} ({status['module']}) failed to load:\n{status['error']}")
+    if "verl_variance" not in report.get("plugins", {}) and "verl" in report and not report["import_errors"]:
+        found.append("verl-variance's entry point is not installed: pip install verl-variance")
+    ours = report.get("verl_variance") or {}
+    if ours.get("version_error"):
+        found.append(ours["version_error"])
+    found.extend(ours.get("errors", []))
+    return found
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = ["verl-variance doctor", ""]
+    for name in ("python", "verl", "torch", "transformers", "ray", "verl-variance"):
+        lines.append(f"  {name:<14} {report.get(name)}")
+    lines.append(f"  {'device':<14} {report.get('device')}")
+    if report.get("device") == "cuda" and report.get("cuda_available") is False:
+        lines.append("                 (no GPU here: verl falls back to 'cuda'; run with trainer.device=cpu,")
+        lines.append("                  VERL_PLATFORM=cpu, or `verl-variance ppo`, which use the CPU preset)")
+    lines.append("")
+    lines.append("verl plugins:")
+    for name, status in report.get("plugins", {}).items():
+        lines.append(f"  {name:<14} {'loaded' if status['loaded'] else 'NOT LOADED'} ({status['module']})")
+    ours = report.get("verl_variance")
+    if ours:
+        lines.append("")
+        lines.append("registered by verl-variance:")
+        for kind, names in sorted(ours["registered"].items()):
+            lines.append(f"  {kind:<22} {', '.join(names)}")
+        lines.append(f"  {'patches applied':<22} {', '.join(ours['patches_applied']) or '-'}")
+        if ours["patches_pending"]:
+            lines.append(f"  {'patches not reached':<22} {', '.join(ours['patches_pending'])}")
+    registries = report.get("registries")
+    if registries:
+        lines.append("")
+        lines.append("verl registries (as verl sees them):")
+        for kind, names in registries.items():
+            lines.append(f"  {kind:<22} {', '.join(names)}")
+    issues = problems(report)
+    lines.append("")
+    lines.append("PROBLEMS:" if issues else "OK: plugin loaded, everything registered.")
+    lines.extend(f"  - {issue}" for issue in issues)
+    return "\n".join(lines)
+
+
+def main(as_json: bool = False) -> int:
+    report = run_probe()
+    print(json.dumps(report, indent=2) if as_json else render(report))
+    return 1 if problems(report) else 0

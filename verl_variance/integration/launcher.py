@@ -1,0 +1,40 @@
+"""``verl-variance ppo``: verl's own ``main_ppo`` with the CPU preset when there is no GPU.
+
+It only picks the Hydra config and the platform; training is ``python -m verl.trainer.main_ppo``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CPU_PRESET = "ppo_trainer_cpu"
+
+
+def main_ppo_command(overrides: list[str], cpu: bool) -> list[str]:
+    """The ``main_ppo`` command line: the CPU preset on a CPU machine, verl's stock config otherwise."""
+    command = [sys.executable, "-m", "verl.trainer.main_ppo"]
+    if cpu:
+        command += [f"--config-path={CONFIG_DIR}", f"--config-name={CPU_PRESET}"]
+    return command + list(overrides)
+
+
+def use_cpu_preset(device: str) -> bool:
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return device == "cpu"
+
+
+def run_ppo(overrides: list[str], device: str = "auto", env: dict[str, str] | None = None) -> int:
+    """Run verl's PPO trainer in a child process; returns its exit code."""
+    cpu = use_cpu_preset(device)
+    env = dict(os.environ if env is None else env)
+    if cpu:
+        env.setdefault("VERL_PLATFORM", "cpu")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return subprocess.call(main_ppo_command(overrides, cpu), env=env)

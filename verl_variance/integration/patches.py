@@ -1,0 +1,256 @@
+"""Every change verl-variance makes to verl internals, in one place.
+
+Each patch runs when its target module is first imported (``compat.when_imported``), checks the
+signature it wraps, and changes behaviour only where stock verl would fail (a CPU device, a missing
+flash-attn, a GPT-2 config) or where the user opted in. ``verl-variance doctor`` lists which are
+applied. Supported verl: see ``compat.SUPPORTED_VERL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import inspect
+import threading
+
+from verl_variance.integration.compat import VerlVarianceError, check_signature, when_imported
+
+PLATFORM_NAME = "cpu"
+
+
+def _on_cpu_platform() -> bool:
+    from verl.utils.device import get_device_name
+
+    return get_device_name() == PLATFORM_NAME
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Distributed init: verl builds "cpu:gloo,<device>:<backend>", which repeats "cpu" on CPU.
+# ---------------------------------------------------------------------------------------------
+def dedupe_backend(backend: str) -> str:
+    """Drop repeated device types from a torch.distributed backend string ("cpu:gloo,cpu:gloo" -> "cpu:gloo")."""
+    parts, seen = [], set()
+    for part in backend.split(","):
+        device = part.split(":", 1)[0] if ":" in part else None
+        if device is not None and device in seen:
+            continue
+        seen.add(device)
+        parts.append(part)
+    return ",".join(parts)
+
+
+def _patch_distributed(module) -> None:
+    original = module.initialize_global_process_group_ray
+    check_signature(
+        original, ["timeout_second", "backend"], "verl.utils.distributed.initialize_global_process_group_ray"
+    )
+
+    @functools.wraps(original)
+    def initialize_global_process_group_ray(timeout_second=None, backend=None):
+        if backend is None:
+            backend = f"cpu:gloo,{module.get_device_name()}:{module.get_nccl_backend()}"
+        return original(timeout_second=timeout_second, backend=dedupe_backend(backend))
+
+    module.initialize_global_process_group_ray = initialize_global_process_group_ray
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Engines: verl registers its FSDP engines for cuda/npu only; make them available on cpu.
+# ---------------------------------------------------------------------------------------------
+def _register_cpu_engines(module) -> None:
+    from verl.workers.engine.base import EngineRegistry
+
+    for model_type, engine_cls in (
+        ("language_model", module.FSDPEngineWithLMHead),
+        ("value_model", module.FSDPEngineWithValueHead),
+    ):
+        backends = [b for b in ("fsdp", "fsdp2") if PLATFORM_NAME not in EngineRegistry._engines[model_type][b]]
+        if backends:
+            EngineRegistry.register(model_type=model_type, backend=backends, device=[PLATFORM_NAME])(engine_cls)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. FSDP2 CPUOffloadPolicy(pin_memory=True) needs an accelerator: pin nothing on the CPU platform.
+# ---------------------------------------------------------------------------------------------
+def _patch_offload_policy(module) -> None:
+    original = module.CPUOffloadPolicy
+    if original is None:
+        return
+
+    def CPUOffloadPolicy(pin_memory: bool = True):  # noqa: N802 - stands in for the class
+        return original(pin_memory=pin_memory and not _on_cpu_platform())
+
+    module.CPUOffloadPolicy = CPUOffloadPolicy
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Value models are loaded with attn_implementation="flash_attention_2" unconditionally.
+#    Without flash-attn installed, fall back to sdpa for that call only.
+# ---------------------------------------------------------------------------------------------
+_attn_fallback = threading.local()
+
+
+def _flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+@contextlib.contextmanager
+def _sdpa_instead_of_flash_attention():
+    _attn_fallback.active = True
+    try:
+        yield
+    finally:
+        _attn_fallback.active = False
+
+
+def _patch_transformers_attn(module) -> None:
+    pretrained = module.PreTrainedModel
+    original = pretrained._check_and_adjust_attn_implementation
+
+    @functools.wraps(original)
+    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+        if getattr(_attn_fallback, "active", False) and attn_implementation == "flash_attention_2":
+            attn_implementation = "sdpa"
+        return original(self, attn_implementation, *args, **kwargs)
+
+    pretrained._check_and_adjust_attn_implementation = _check_and_adjust_attn_implementation
+
+
+def _register_lm_head_architectures(module) -> None:
+    """GPT-2's architecture is ``GPT2LMHeadModel``; verl maps only ``*ForCausalLM`` names to
+    AutoModelForCausalLM and would load the bare ``GPT2Model`` (no logits)."""
+    module._architecture_to_auto_class.setdefault("LMHeadModel", module.AutoModelForCausalLM)
+
+
+def _patch_valuehead_loading(module) -> None:
+    original = module.load_valuehead_model
+    check_signature(
+        original,
+        ["local_path", "torch_dtype", "model_config", "trust_remote_code"],
+        "verl.utils.model.load_valuehead_model",
+    )
+
+    @functools.wraps(original)
+    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+        if _flash_attn_installed():
+            return original(local_path, torch_dtype, model_config, trust_remote_code)
+        with _sdpa_instead_of_flash_attention():
+            return original(local_path, torch_dtype, model_config, trust_remote_code)
+
+    module.load_valuehead_model = load_valuehead_model
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. GPT-2: verl's monkey patch reads config.num_key_value_heads, which GPT2Config lacks.
+#    GPT-2 is multi-head attention, so the number of key/value heads is the number of heads.
+# ---------------------------------------------------------------------------------------------
+def _patch_gpt2_monkey_patch(module) -> None:
+    original = module.apply_monkey_patch
+
+    @functools.wraps(original)
+    def apply_monkey_patch(model, *args, **kwargs):
+        config = model.config
+        if not hasattr(config, "num_key_value_heads") and not hasattr(config, "text_config"):
+            config.num_key_value_heads = config.num_attention_heads
+        return original(model, *args, **kwargs)
+
+    module.apply_monkey_patch = apply_monkey_patch
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Driver-side config checks (before Ray starts) and trainer.device=cpu selecting the CPU platform.
+# ---------------------------------------------------------------------------------------------
+def _patch_validate_config(module) -> None:
+    from verl_variance.integration.checks import check_trainer_config
+
+    original = module.validate_config
+    check_signature(original, ["config", "use_reference_policy", "use_critic"], "verl.utils.config.validate_config")
+
+    @functools.wraps(original)
+    def validate_config(config, use_reference_policy, use_critic):
+        check_trainer_config(config)
+        return original(config, use_reference_policy, use_critic)
+
+    module.validate_config = validate_config
+
+
+def _patch_auto_set_device(module) -> None:
+    original = module.auto_set_device
+    check_signature(original, ["config"], "verl.utils.device.auto_set_device")
+
+    @functools.wraps(original)
+    def auto_set_device(config) -> None:
+        import os
+
+        import torch
+
+        wants_cpu = config is not None and config.get("trainer", {}).get("device") == PLATFORM_NAME
+        if wants_cpu and not os.environ.get("VERL_PLATFORM") and not torch.cuda.is_available():
+            from verl.plugin.platform import set_platform
+
+            from verl_variance.integration.cpu_platform import PlatformCPU
+
+            os.environ["VERL_PLATFORM"] = PLATFORM_NAME  # inherited by the Ray cluster started next
+            set_platform(PlatformCPU())
+        return original(config)
+
+    module.auto_set_device = auto_set_device
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. The hf rollout backend in verl's two rollout registries.
+# ---------------------------------------------------------------------------------------------
+def _register_rollout_adapter(module) -> None:
+    from verl_variance.integration.hf_rollout_names import ADAPTER_FQN, ROLLOUT_NAME
+
+    module._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = ADAPTER_FQN
+
+
+def _register_rollout_replica(module) -> None:
+    from verl_variance.integration.hf_rollout_names import ROLLOUT_NAME
+
+    def load_hf_replica():
+        from verl_variance.integration.hf_rollout import HFReplica
+
+        return HFReplica
+
+    module.RolloutReplicaRegistry.register(ROLLOUT_NAME, load_hf_replica)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. V1 trainer: the replay buffer polls the TransferQueue every 2 s (a constructor default that no
+#    config key reaches), which dominates a CPU step of a tiny model. Poll every 50 ms on the CPU.
+# ---------------------------------------------------------------------------------------------
+CPU_POLL_INTERVAL_SECONDS = 0.05
+
+
+def _patch_replay_buffer_poll(module) -> None:
+    replay_buffer = module.ReplayBuffer
+    original = replay_buffer.__init__
+    if "poll_interval" not in inspect.signature(original).parameters:
+        raise VerlVarianceError("verl.trainer.ppo.v1.replay_buffer.ReplayBuffer lost its poll_interval argument")
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):  # noqa: N807 - replaces ReplayBuffer.__init__
+        original(self, *args, **kwargs)
+        if "poll_interval" not in kwargs and _on_cpu_platform():
+            self.poll_interval = CPU_POLL_INTERVAL_SECONDS
+
+    replay_buffer.__init__ = __init__
+
+
+def install() -> None:
+    """Register every patch; each runs when its target module is imported."""
+    when_imported("verl.utils.distributed", "distributed_backend", _patch_distributed)
+    when_imported("verl.workers.engine.fsdp.transformer_impl", "cpu_engines", _register_cpu_engines)
+    when_imported("verl.workers.engine.fsdp.transformer_impl", "fsdp2_offload_pin_memory", _patch_offload_policy)
+    when_imported("transformers.modeling_utils", "sdpa_fallback", _patch_transformers_attn)
+    when_imported("verl.utils.model", "valuehead_sdpa", _patch_valuehead_loading)
+    when_imported("verl.utils.model", "gpt2_lm_head_class", _register_lm_head_architectures)
+    when_imported("verl.models.transformers.monkey_patch", "gpt2_kv_heads", _patch_gpt2_monkey_patch)
+    when_imported("verl.utils.config", "early_config_checks", _patch_validate_config)
+    when_imported("verl.utils.device", "cpu_device_from_config", _patch_auto_set_device)
+    when_imported("verl.workers.rollout.base", "hf_rollout_adapter", _register_rollout_adapter)
+    when_imported("verl.workers.rollout.replica", "hf_rollout_replica", _register_rollout_replica)
+    when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll)

@@ -1,0 +1,1 @@
+"""Reward functions usable as verl custom reward functions."""
