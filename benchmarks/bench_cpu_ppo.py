@@ -32,14 +32,18 @@ TARGET_STEP_SECONDS = {"v1": 2.5, "legacy": 1.0}
 TARGET_PEAK_GB = 6.0
 
 
-def tree_rss_bytes(root: psutil.Process) -> int:
-    total = 0
+def tree_memory_bytes(root: psutil.Process) -> tuple[int, int]:
+    """(PSS, RSS) summed over the process tree. PSS shares each shared page among the processes mapping
+    it (the memory the run really uses); the RSS sum counts shared libraries once per process."""
+    pss = rss = 0
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_info().rss
+            info = proc.memory_full_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        pss += info.pss
+        rss += info.rss
+    return pss, rss
 
 
 def run(trainer: str, workdir: Path, steps: int) -> dict:
@@ -52,17 +56,18 @@ def run(trainer: str, workdir: Path, steps: int) -> dict:
     command = [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", "cpu", *overrides]
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak_pss = peak_rss = 0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak_pss, peak_rss
         root = psutil.Process(proc.pid)
         while not done.is_set():
             try:
-                peak = max(peak, tree_rss_bytes(root))
+                pss, rss = tree_memory_bytes(root)
             except psutil.Error:
-                pass
+                pss = rss = 0
+            peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -80,9 +85,14 @@ def run(trainer: str, workdir: Path, steps: int) -> dict:
         "step_times_s": step_times,
         "steady_step_s": statistics.median(steady),
         "wall_s": wall,
-        "peak_rss_gb": peak / 2**30,
+        "peak_pss_gb": peak_pss / 2**30,
+        "peak_rss_sum_gb": peak_rss / 2**30,
         "gen_s": statistics.median([r["data"]["timing_s/gen"] for r in records[2:] or records]),
     }
+
+
+def emit(**figure) -> None:
+    print(json.dumps(figure), flush=True)
 
 
 def main() -> None:
@@ -92,50 +102,19 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for trainer in ("v1", "legacy"):
-            results[trainer] = run(trainer, Path(tmp) / trainer, args.steps)
-            r = results[trainer]
-            print(
-                json.dumps(
-                    {
-                        "figure": "steady_step_s",
-                        "trainer": trainer,
-                        "value": round(r["steady_step_s"], 3),
-                        "target": TARGET_STEP_SECONDS[trainer],
-                        "meets_target": r["steady_step_s"] <= TARGET_STEP_SECONDS[trainer],
-                        "steps": [round(t, 3) for t in r["step_times_s"]],
-                    }
-                ),
-                flush=True,
-            )
-            print(json.dumps({"figure": "gen_s", "trainer": trainer, "value": round(r["gen_s"], 3)}), flush=True)
-            print(
-                json.dumps(
-                    {"figure": "wall_s", "trainer": trainer, "value": round(r["wall_s"], 1), "steps": args.steps}
-                ),
-                flush=True,
-            )
-            print(
-                json.dumps(
-                    {
-                        "figure": "peak_rss_gb",
-                        "trainer": trainer,
-                        "value": round(r["peak_rss_gb"], 2),
-                        "target": TARGET_PEAK_GB,
-                        "meets_target": r["peak_rss_gb"] <= TARGET_PEAK_GB,
-                    }
-                ),
-                flush=True,
-            )
-    print(
-        json.dumps(
-            {
-                "figure": "step_ratio_v1_over_legacy",
-                "value": round(results["v1"]["steady_step_s"] / results["legacy"]["steady_step_s"], 2),
-                "reference": round(2.5 / 0.6, 2),
-            }
-        ),
-        flush=True,
-    )
+            r = results[trainer] = run(trainer, Path(tmp) / trainer, args.steps)
+            target = TARGET_STEP_SECONDS[trainer]
+            steps = [round(t, 3) for t in r["step_times_s"]]
+            emit(figure="steady_step_s", trainer=trainer, value=round(r["steady_step_s"], 3), target=target,
+                 meets_target=r["steady_step_s"] <= target, steps=steps)  # fmt: skip
+            emit(figure="gen_s", trainer=trainer, value=round(r["gen_s"], 3))
+            emit(figure="wall_s", trainer=trainer, value=round(r["wall_s"], 1), steps=args.steps)
+            peak = r["peak_pss_gb"]
+            emit(figure="peak_memory_gb", trainer=trainer, value=round(peak, 2), target=TARGET_PEAK_GB,
+                 meets_target=peak <= TARGET_PEAK_GB, measure="PSS summed over the process tree",
+                 rss_sum_gb=round(r["peak_rss_sum_gb"], 2))  # fmt: skip
+    ratio = results["v1"]["steady_step_s"] / results["legacy"]["steady_step_s"]
+    emit(figure="step_ratio_v1_over_legacy", value=round(ratio, 2), reference_verl_notes=round(2.5 / 0.6, 2))
 
 
 if __name__ == "__main__":

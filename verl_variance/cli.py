@@ -32,6 +32,27 @@ def _quickstart(args: argparse.Namespace) -> int:
     return run_quickstart(args.workdir, steps=args.steps, extra_overrides=args.overrides)
 
 
+_SIMULATE_FIELDS = (
+    *("variance_low", "variance_high", "dim", "eps", "reward_mean", "reward_std", "reference_policy"),
+    *("draws", "chunk_size", "bins", "seed"),
+)
+"""``simulate`` flags that map one to one to ``SimulationConfig`` fields (unset: the config's default)."""
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from verl_variance.experiments.bandit import run, summary_lines
+
+    overrides = {name: getattr(args, name) for name in _SIMULATE_FIELDS if getattr(args, name) is not None}
+    try:
+        report = run(args.output_dir, settings=tuple(args.settings), **overrides)
+    except ValueError as error:  # a SimulationConfig field out of range: the message names it
+        print(f"verl-variance simulate: {error}", file=sys.stderr)
+        return 2
+    print(f"verl-variance simulate: wrote {args.output_dir}/simulation.json and returns_<setting>.png")
+    print("\n".join(summary_lines(report)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="verl-variance", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--steps", type=int, default=2)
     quick.add_argument("overrides", nargs=argparse.REMAINDER, help="extra verl Hydra overrides")
     quick.set_defaults(run=_quickstart)
+
+    sim = commands.add_parser(
+        "simulate", help="the paper's linearized bandit (Section 3, Theorem 3.3, Figures 3-5): numpy, seconds"
+    )
+    sim.add_argument("--output-dir", default="runs/simulate")
+    sim.add_argument("--settings", nargs="+", choices=["high", "low"], default=["high", "low"])
+    sim.add_argument("--variance-low", type=float, help="lo of sigma^2 ~ U(lo, hi) (default: the setting's)")
+    sim.add_argument("--variance-high", type=float, help="hi of sigma^2 ~ U(lo, hi) (default: the setting's)")
+    sim.add_argument("--dim", type=int, help="n, the dimension of r* (default 1000)")
+    sim.add_argument("--eps", type=float, help="step budget epsilon (default 0.2)")
+    sim.add_argument("--reward-mean", type=float, help="r*_i ~ N(reward_mean, reward_std^2) (default 0)")
+    sim.add_argument("--reward-std", type=float, help="r*_i ~ N(reward_mean, reward_std^2) (default 0.3)")
+    sim.add_argument("--reference-policy", choices=["uniform", "zero"], help="pi0 (default uniform)")
+    sim.add_argument("--draws", type=int, help="Monte Carlo draws of R-hat (default 10000)")
+    sim.add_argument("--chunk-size", type=int, help="draws per vectorised batch (default 1000)")
+    sim.add_argument("--bins", type=int, help="histogram bins (default 60)")
+    sim.add_argument("--seed", type=int, help="seed of r*, sigma^2 and the draws (default 0)")
+    sim.set_defaults(run=_simulate)
     return parser
 
 

@@ -98,3 +98,18 @@ def test_main_ppo_on_cpu(tmp_path, tiny_models, name, architecture, ranks, extra
     ]
     steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
     assert_healthy(steps, expected)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_models):
+    """verl's own checkpointing works on CPU: a second run continues at step 3, not step 1."""
+    train, val = build_prompt_files(tmp_path / "data")
+    overrides = quickstart_overrides(tmp_path, tiny_models["qwen2"], train, val, steps=2)
+    overrides += ["trainer.save_freq=1", "trainer.use_v1=False"]
+    first = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
+    assert sorted(first) == [1, 2]
+    checkpoint = tmp_path / "checkpoints"
+    assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    (tmp_path / "metrics.jsonl").unlink()
+    second = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides, "trainer.total_training_steps=3"])
+    assert sorted(second) == [3]
+    assert math.isfinite(second[3]["actor/pg_loss"])
