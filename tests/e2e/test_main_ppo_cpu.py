@@ -113,3 +113,40 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_models)
     second = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides, "trainer.total_training_steps=3"])
     assert sorted(second) == [3]
     assert math.isfinite(second[3]["actor/pg_loss"])
+
+
+@pytest.mark.parametrize("trainer", ["v1", "legacy"])
+def test_variance_aware_kl_in_reward(tmp_path, tiny_models, trainer):
+    """algorithm.kl_penalty=variance_aware end to end: sigma^2 from a custom reward reaches each sample's KL."""
+    train, val = build_prompt_files(tmp_path / "data")
+    sample_log = tmp_path / "samples.jsonl"
+    overrides = quickstart_overrides(tmp_path, tiny_models["qwen2"], train, val, steps=2)
+    overrides += [
+        f"trainer.use_v1={trainer == 'v1'}",
+        "data.shuffle=False",
+        f"reward.custom_reward_function.path={Path(__file__).parent / 'variance_reward.py'}",
+        "reward.custom_reward_function.name=parity_variance_score",
+        "algorithm.kl_penalty=variance_aware",
+        "algorithm.kl_ctrl.kl_coef=0.05",
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "variance_kl.weighting=std",
+        f"variance_kl.sample_log={sample_log}",
+    ]
+    steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
+    assert_healthy(
+        steps, ["variance_kl/kl_weighted", "variance_kl/reward_variance/mean", "variance_kl/corr_variance_kl"]
+    )
+    records = [json.loads(line) for line in sample_log.read_text().splitlines()]
+    assert len(records) == 16  # 8 samples x 2 steps
+    variances = {r["reward_variance"] for r in records}
+    assert 0.0 in variances and variances - {0.0} <= {1.0, 2.0, 3.0}
+    moved = [r for r in records if r["kl_sum"] != 0]
+    assert moved, "the policy never moved away from the reference"
+    for record in records:
+        assert record["beta"] == pytest.approx(0.05)
+        assert record["kl_weight"] == pytest.approx(math.sqrt(record["reward_variance"]), rel=1e-6)
+        assert record["kl_penalty"] == pytest.approx(0.05 * record["kl_weight"] * record["kl_sum"], rel=1e-5, abs=1e-12)
+        if record["reward_variance"] == 0:
+            assert record["kl_penalty"] == 0.0
+    assert any(r["kl_penalty"] != 0 for r in moved if r["reward_variance"] > 0)
+    assert steps[2]["variance_kl/reward_variance/max"] > 0

@@ -22,6 +22,8 @@ EXPECTED_PATCHES = {
     "hf_rollout_adapter",
     "hf_rollout_replica",
     "v1_cpu_poll_interval",
+    "variance_aware_kl_in_reward",
+    "variance_aware_kl_v1",
 }
 
 PROBE = textwrap.dedent(
@@ -63,7 +65,7 @@ def test_entry_point_registers_everything_in_a_fresh_process():
     assert report["cpu_engines"] == ["cpu"]
     assert set(report["patches"]) == EXPECTED_PATCHES
     assert len(report["patches"]) == len(set(report["patches"])), "a patch was applied twice"
-    assert report["registered"] == {"platforms": ["cpu"], "rollouts": ["hf"]}
+    assert report["registered"] == {"platforms": ["cpu"], "rollouts": ["hf"], "kl_penalties": ["variance_aware"]}
 
 
 def test_cpu_platform_is_opt_in():

@@ -43,8 +43,34 @@ def check_cpu_rollout(device: str, rollout_name: str) -> None:
         )
 
 
+def check_kl_config(config) -> None:
+    """``algorithm.kl_penalty`` is a known estimator or ``variance_aware`` (with its settings valid)."""
+    from verl_variance.core.config import KL_MODE, VarianceKLConfig, valid_kl_estimators
+
+    algorithm = config.algorithm
+    mode = algorithm.get("kl_penalty", "kl")
+    valid = (*valid_kl_estimators(), KL_MODE)
+    if mode not in valid:
+        raise ConfigError(f"algorithm.kl_penalty={mode!r} is unknown; valid: {list(valid)}")
+    coef = algorithm.get("kl_ctrl", {}).get("kl_coef", 0.0)
+    if coef is not None and coef < 0:
+        raise ConfigError(f"algorithm.kl_ctrl.kl_coef={coef} is negative: beta must be >= 0")
+    if mode != KL_MODE:
+        return
+    if not algorithm.get("use_kl_in_reward", False):
+        raise ConfigError(
+            f"algorithm.kl_penalty={KL_MODE} scales the in-reward KL: set algorithm.use_kl_in_reward=True "
+            "(and a reference policy), or leave kl_penalty at its default."
+        )
+    try:
+        VarianceKLConfig.from_trainer_config(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def check_trainer_config(config) -> None:
     """All early checks on a full ``ppo_trainer`` config (an OmegaConf DictConfig)."""
+    check_kl_config(config)
     device = config.trainer.get("device", "cuda")
     check_cpu_rollout(device, config.actor_rollout_ref.rollout.name)
     check_model_path(config.actor_rollout_ref.model.get("path"), "actor_rollout_ref.model.path")

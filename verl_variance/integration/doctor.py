@@ -113,6 +113,13 @@ def _verl_registries() -> dict[str, list[str]]:
         from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
 
         registries["reward_managers"] = sorted(REWARD_MANAGER)
+        from verl_variance.core.aggregators import AGGREGATORS
+        from verl_variance.core.config import KL_MODE, valid_kl_estimators
+        from verl_variance.core.kl import KL_WEIGHTINGS
+
+        registries["kl_penalties"] = [*valid_kl_estimators(), KL_MODE]
+        registries["kl_weightings (variance_kl.weighting)"] = sorted(KL_WEIGHTINGS)
+        registries["reward_aggregators"] = sorted(AGGREGATORS)
     except Exception as exc:  # a registry moved: report it, the rest of the report still helps
         registries["error"] = [f"{type(exc).__name__}: {exc}"]
     return registries

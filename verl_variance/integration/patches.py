@@ -240,6 +240,67 @@ def _patch_replay_buffer_poll(module) -> None:
     replay_buffer.__init__ = __init__
 
 
+# ---------------------------------------------------------------------------------------------
+# 9. algorithm.kl_penalty=variance_aware: the in-reward KL of both trainers, in the driver.
+# ---------------------------------------------------------------------------------------------
+def _patch_apply_kl_penalty(module) -> None:
+    from verl_variance.core.config import KL_MODE
+    from verl_variance.integration import variance_kl
+
+    original = module.apply_kl_penalty
+    check_signature(original, ["data", "kl_ctrl", "kl_penalty"], "verl.trainer.ppo.ray_trainer.apply_kl_penalty")
+
+    @functools.wraps(original)
+    def apply_kl_penalty(data, kl_ctrl, kl_penalty="kl"):
+        if kl_penalty != KL_MODE:
+            return original(data, kl_ctrl, kl_penalty)
+        return variance_kl.variance_aware_apply_kl_penalty(data, kl_ctrl, variance_kl.active_config())
+
+    module.apply_kl_penalty = apply_kl_penalty
+    _remember_config_on_init(module.RayPPOTrainer)
+
+
+def _remember_config_on_init(trainer_cls) -> None:
+    from verl_variance.integration import variance_kl
+
+    original = trainer_cls.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):  # noqa: N807 - replaces the trainer's __init__
+        original(self, *args, **kwargs)
+        variance_kl.activate(self.config)
+
+    trainer_cls.__init__ = __init__
+
+
+def _patch_v1_trainer(module) -> None:
+    from verl_variance.integration import variance_kl
+
+    trainer_cls = module.PPOTrainer
+    _remember_config_on_init(trainer_cls)
+    original = trainer_cls._compute_advantage
+    check_signature(
+        original, ["self", "batch", "metrics"], "verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_advantage"
+    )
+
+    @functools.wraps(original)
+    def _compute_advantage(self, batch, metrics):
+        if not (self.config.algorithm.use_kl_in_reward and variance_kl.uses_variance_kl(self.config)):
+            return original(self, batch, metrics)
+        key = variance_kl.active_config().variance_key
+        data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+        extra_fields = data.pop("extra_fields")
+        extra_fields = extra_fields.tolist() if hasattr(extra_fields, "tolist") else list(extra_fields)
+        variance = variance_kl.reward_variance_from_extra_infos(extra_fields, key)
+        token = variance_kl.set_batch_variance(variance)
+        try:
+            return original(self, batch, metrics)
+        finally:
+            variance_kl.reset_batch_variance(token)
+
+    trainer_cls._compute_advantage = _compute_advantage
+
+
 def install() -> None:
     """Register every patch; each runs when its target module is imported."""
     when_imported("verl.utils.distributed", "distributed_backend", _patch_distributed)
@@ -254,3 +315,5 @@ def install() -> None:
     when_imported("verl.workers.rollout.base", "hf_rollout_adapter", _register_rollout_adapter)
     when_imported("verl.workers.rollout.replica", "hf_rollout_replica", _register_rollout_replica)
     when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll)
+    when_imported("verl.trainer.ppo.ray_trainer", "variance_aware_kl_in_reward", _patch_apply_kl_penalty)
+    when_imported("verl.trainer.ppo.v1.trainer_base", "variance_aware_kl_v1", _patch_v1_trainer)

@@ -46,6 +46,7 @@ def _install_patches() -> None:
 
     patches.install()
     compat.STATUS.add("rollouts", ROLLOUT_NAME)
+    compat.STATUS.add("kl_penalties", "variance_aware")
 
 
 register()

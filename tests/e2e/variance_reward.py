@@ -1,0 +1,6 @@
+"""Test reward: every odd-indexed prompt is uncertain (variance 1 + index % 3), every even one certain (0)."""
+
+
+def parity_variance_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    index = int(extra_info["index"])
+    return {"score": len(solution_str.split()) / 10, "reward_variance": 0.0 if index % 2 == 0 else 1.0 + index % 3}

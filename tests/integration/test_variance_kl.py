@@ -1,0 +1,173 @@
+"""variance_aware KL through verl's real ``apply_kl_penalty`` (plugin active in this process)."""
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from verl import DataProto
+from verl.trainer.ppo import core_algos, ray_trainer
+
+from verl_variance.integration import variance_kl
+from verl_variance.integration.checks import ConfigError, check_kl_config
+
+BS, T = 6, 5
+
+
+def make_batch(variance=None, seed=0) -> DataProto:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(BS, T)
+    mask[1, 3:] = 0
+    mask[4, 1:] = 0
+    scores = torch.zeros(BS, T)
+    scores[torch.arange(BS), mask.sum(1).long() - 1] = torch.randn(BS, generator=g)
+    non_tensors = {"uid": np.array([f"u{i}" for i in range(BS)], dtype=object)}
+    if variance is not None:
+        non_tensors["reward_variance"] = np.array(variance, dtype=object)
+    return DataProto.from_dict(
+        tensors={
+            "old_log_probs": -torch.rand(BS, T, generator=g) * 2,
+            "ref_log_prob": -torch.rand(BS, T, generator=g) * 2,
+            "response_mask": mask,
+            "token_level_scores": scores,
+        },
+        non_tensors=non_tensors,
+    )
+
+
+@pytest.fixture
+def config():
+    def activate(**variance_kl_settings):
+        cfg = {"algorithm": {"kl_penalty": "variance_aware", "use_kl_in_reward": True}}
+        cfg["variance_kl"] = variance_kl_settings
+        variance_kl.activate(cfg)
+
+    yield activate
+    variance_kl.activate({})
+
+
+def test_the_patch_is_what_verl_calls():
+    import verl.trainer.ppo.v1.trainer_base as trainer_base
+
+    assert trainer_base.apply_kl_penalty is ray_trainer.apply_kl_penalty
+    assert ray_trainer.apply_kl_penalty.__wrapped__.__module__ == "verl.trainer.ppo.ray_trainer"
+
+
+@pytest.mark.parametrize("estimator", ["kl", "low_var_kl", "mse"])
+@pytest.mark.parametrize("weighting", ["std", "variance"])
+def test_constant_variance_normalized_reproduces_stock_verl_exactly(config, estimator, weighting):
+    config(kl_estimator=estimator, weighting=weighting, normalize=True)
+    ours, our_metrics = ray_trainer.apply_kl_penalty(
+        make_batch([2.5] * BS), core_algos.FixedKLController(0.2), kl_penalty="variance_aware"
+    )
+    stock, stock_metrics = ray_trainer.apply_kl_penalty(make_batch(), core_algos.FixedKLController(0.2), estimator)
+    assert torch.equal(ours.batch["token_level_rewards"], stock.batch["token_level_rewards"])
+    assert our_metrics["actor/reward_kl_penalty"] == stock_metrics["actor/reward_kl_penalty"]
+
+
+def test_per_sample_weights_reach_the_rewards(config):
+    variance = [0.0, 1.0, 4.0, 0.25, 9.0, 0.0]
+    config(weighting="std")
+    data, metrics = ray_trainer.apply_kl_penalty(
+        make_batch(variance), core_algos.FixedKLController(0.1), kl_penalty="variance_aware"
+    )
+    raw = make_batch()
+    mask = raw.batch["response_mask"]
+    log_ratio = (raw.batch["old_log_probs"] - raw.batch["ref_log_prob"]) * mask
+    sigma = torch.tensor(variance).sqrt()
+    expected = raw.batch["token_level_scores"] - 0.1 * sigma[:, None] * log_ratio
+    torch.testing.assert_close(data.batch["token_level_rewards"], expected)
+    zero = torch.tensor(variance) == 0
+    assert torch.equal(data.batch["token_level_rewards"][zero], raw.batch["token_level_scores"][zero])
+    for key in ("reward_variance/mean", "reward_variance/p90", "kl_weight/mean", "kl_weighted", "kl_unweighted",
+                "corr_variance_kl", "clipped_fraction"):  # fmt: skip
+        assert np.isfinite(metrics[f"variance_kl/{key}"]), key
+    assert metrics["variance_kl/kl_weight/max"] == pytest.approx(3.0)
+    assert metrics["variance_kl/reward_variance/mean"] == pytest.approx(np.mean(variance))
+    sample_kl = log_ratio.sum(1) / mask.sum(1)
+    assert metrics["variance_kl/kl_weighted"] == pytest.approx(float((sigma * sample_kl).mean()), rel=1e-5)
+    assert metrics["actor/reward_kl_penalty"] == pytest.approx(float(sample_kl.mean()), rel=1e-5)
+
+
+def test_adaptive_controller_sees_the_unweighted_kl(config):
+    config(weighting="variance")
+    ours = core_algos.AdaptiveKLController(init_kl_coef=0.2, target_kl=0.01, horizon=100)
+    stock = core_algos.AdaptiveKLController(init_kl_coef=0.2, target_kl=0.01, horizon=100)
+    ray_trainer.apply_kl_penalty(make_batch([5.0, 0, 1, 2, 3, 4]), ours, kl_penalty="variance_aware")
+    ray_trainer.apply_kl_penalty(make_batch(), stock, kl_penalty="kl")
+    assert ours.value == stock.value != 0.2
+
+
+def test_v1_path_reads_the_variance_fetched_from_the_store(config):
+    config(weighting="variance")
+    token = variance_kl.set_batch_variance(np.array([1.0, 0, 0, 0, 0, 0]))
+    try:
+        data, _ = ray_trainer.apply_kl_penalty(make_batch(), core_algos.FixedKLController(0.1), "variance_aware")
+    finally:
+        variance_kl.reset_batch_variance(token)
+    raw = make_batch()
+    assert torch.equal(data.batch["token_level_rewards"][1:], raw.batch["token_level_scores"][1:])
+    assert not torch.equal(data.batch["token_level_rewards"][0], raw.batch["token_level_scores"][0])
+
+
+def test_sample_log_records_each_penalty(config, tmp_path):
+    log = tmp_path / "samples.jsonl"
+    config(weighting="variance", sample_log=str(log))
+    ray_trainer.apply_kl_penalty(make_batch([0, 1, 2, 3, 4, 5]), core_algos.FixedKLController(0.5), "variance_aware")
+    import json
+
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["uid"] for r in records] == [f"u{i}" for i in range(BS)]
+    for record in records:
+        assert record["kl_penalty"] == pytest.approx(0.5 * record["kl_weight"] * record["kl_sum"], rel=1e-5)
+    assert records[0]["kl_penalty"] == 0.0
+
+
+def test_missing_variance_names_the_key_and_the_fix(config):
+    config()
+    with pytest.raises(variance_kl.MissingRewardVarianceError) as error:
+        ray_trainer.apply_kl_penalty(make_batch(), core_algos.FixedKLController(0.1), "variance_aware")
+    message = str(error.value)
+    assert "needs a per-sample 'reward_variance'" in message and "positive_word_share_with_variance" in message
+    with pytest.raises(variance_kl.MissingRewardVarianceError, match=r"returned only \['acc'\]"):
+        variance_kl.reward_variance_from_extra_infos([{"reward_extra_info": {"acc": 1.0}}], "reward_variance")
+
+
+@pytest.mark.parametrize(
+    ("variance", "message"),
+    [
+        ([0.1, float("nan"), 0, 0, 0, 0], "NaN/inf"),
+        ([0.1, -1, 0, 0, 0, 0], "negative"),
+        ([0] * BS, "0 for every sample"),
+    ],
+)
+def test_bad_variance_values_fail_clearly(config, variance, message):
+    config()
+    with pytest.raises(ValueError, match=message):
+        ray_trainer.apply_kl_penalty(make_batch(variance), core_algos.FixedKLController(0.1), "variance_aware")
+
+
+def test_other_kl_modes_are_untouched():
+    data, _ = ray_trainer.apply_kl_penalty(make_batch(), core_algos.FixedKLController(0.1), "low_var_kl")
+    stock, _ = ray_trainer.apply_kl_penalty.__wrapped__(make_batch(), core_algos.FixedKLController(0.1), "low_var_kl")
+    assert torch.equal(data.batch["token_level_rewards"], stock.batch["token_level_rewards"])
+
+
+def _trainer_config(**algorithm):
+    base = {"kl_penalty": "variance_aware", "use_kl_in_reward": True, "kl_ctrl": {"kl_coef": 0.05}}
+    base.update(algorithm)
+    return OmegaConf.create({"algorithm": base})
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (_trainer_config(kl_penalty="variance"), r"algorithm.kl_penalty='variance' is unknown; valid: \["),
+        (_trainer_config(use_kl_in_reward=False), "set algorithm.use_kl_in_reward=True"),
+        (_trainer_config(kl_ctrl={"kl_coef": -0.1}), "kl_coef=-0.1 is negative"),
+        (OmegaConf.merge(_trainer_config(), {"variance_kl": {"weighting": "sd"}}), "variance_kl.weighting='sd'"),
+        (OmegaConf.merge(_trainer_config(), {"variance_kl": {"normalise": True}}), r"unknown key\(s\) \['normalise'\]"),
+    ],
+)
+def test_config_errors_before_training(config, message):
+    with pytest.raises(ConfigError, match=message):
+        check_kl_config(config)

@@ -1,0 +1,1 @@
+"""Pure tensor math of the method: KL weights, variance estimators, aggregators, telemetry. No verl imports."""

@@ -1,0 +1,98 @@
+"""Uncertainty aggregators: K ensemble member rewards -> one training reward per sample.
+
+Each aggregator is a pure function ``fn(member_rewards (bs, K), **params) -> (bs,)`` registered by
+name; the config picks one with ``aggregator=<name>`` and its parameters. Every aggregator is
+monotone in each member reward and lies between the min and max of the members (LCB and UWO are
+clamped to the minimum so that a large penalty cannot push the reward below every member).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from verl_variance.core.variance import ensemble_reward_variance
+
+
+@dataclass(frozen=True)
+class Aggregator:
+    fn: Callable[..., torch.Tensor]
+    needs_variance: bool
+    """True if the formula uses the spread across members (needs K >= 2)."""
+
+
+AGGREGATORS: dict[str, Aggregator] = {}
+
+
+def register_aggregator(name: str, needs_variance: bool = False) -> Callable:
+    """Register an aggregator under ``name`` (a re-registration replaces it)."""
+
+    def decorator(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        AGGREGATORS[name] = Aggregator(fn=fn, needs_variance=needs_variance)
+        return fn
+
+    return decorator
+
+
+@register_aggregator("mean")
+def mean_reward(member_rewards: torch.Tensor) -> torch.Tensor:
+    """r = (1/K) Σ_k r_k. (bs, K) -> (bs,)."""
+    return member_rewards.mean(dim=1)
+
+
+@register_aggregator("member")
+def member_reward(member_rewards: torch.Tensor, index: int = 0) -> torch.Tensor:
+    """r = r_i, one member (the paper trains policy i on head i, Section 5). (bs, K) -> (bs,)."""
+    if not -member_rewards.shape[1] <= index < member_rewards.shape[1]:
+        raise ValueError(f"member index {index} out of range for an ensemble of {member_rewards.shape[1]}")
+    return member_rewards[:, index]
+
+
+@register_aggregator("min")
+def min_reward(member_rewards: torch.Tensor) -> torch.Tensor:
+    """r = min_k r_k, worst case (Coste et al.). (bs, K) -> (bs,)."""
+    return member_rewards.min(dim=1).values
+
+
+@register_aggregator("uwo", needs_variance=True)
+def uncertainty_weighted_reward(member_rewards: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """Uncertainty-weighted optimisation (Coste et al.): r = max(mean_k r_k − λ · Var_k r_k, min_k r_k)."""
+    penalised = member_rewards.mean(dim=1) - lam * ensemble_reward_variance(member_rewards)
+    return torch.maximum(penalised, member_rewards.min(dim=1).values)
+
+
+@register_aggregator("lcb", needs_variance=True)
+def lower_confidence_bound_reward(member_rewards: torch.Tensor, k: float = 1.0) -> torch.Tensor:
+    """Lower confidence bound (Zhang et al. 2024): r = max(mean_k r_k − k · Std_k r_k, min_k r_k)."""
+    penalised = member_rewards.mean(dim=1) - k * ensemble_reward_variance(member_rewards).sqrt()
+    return torch.maximum(penalised, member_rewards.min(dim=1).values)
+
+
+@register_aggregator("softmin")
+def softmin_reward(member_rewards: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Soft minimum (RVPO's LogSumExp aggregation): r = −τ · log( (1/K) Σ_k exp(−r_k / τ) ).
+
+    τ → 0 gives min_k r_k, τ → ∞ gives the mean; for small spread ≈ mean − Var/(2τ).
+    """
+    if tau <= 0:
+        raise ValueError(f"softmin temperature tau must be > 0, got {tau}")
+    log_mean_exp = torch.logsumexp(-member_rewards.double() / tau, dim=1) - math.log(member_rewards.shape[1])
+    return (-tau * log_mean_exp).to(member_rewards.dtype)
+
+
+def aggregate(name: str, member_rewards: torch.Tensor, **params: float) -> torch.Tensor:
+    """Apply the aggregator ``name`` to member rewards (bs, K) -> (bs,), validating K and the name."""
+    if name not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {name!r}; valid: {sorted(AGGREGATORS)}")
+    aggregator = AGGREGATORS[name]
+    if member_rewards.dim() != 2:
+        raise ValueError(f"member_rewards must be (batch, K), got shape {tuple(member_rewards.shape)}")
+    if aggregator.needs_variance and member_rewards.shape[1] < 2:
+        raise ValueError(
+            f"aggregator {name!r} uses the spread across ensemble members but got K={member_rewards.shape[1]}; "
+            "use K >= 2 heads, or aggregator=mean/member/min"
+        )
+    return aggregator.fn(member_rewards, **params)

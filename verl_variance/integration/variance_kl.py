@@ -1,0 +1,142 @@
+"""``algorithm.kl_penalty=variance_aware`` inside verl's trainers (V1 and legacy).
+
+verl computes the in-reward KL in the driver, in ``ray_trainer.apply_kl_penalty``, with one scalar
+β. The patch (``patches.py``) routes that call here when ``kl_penalty == "variance_aware"``:
+
+    token_level_rewards = token_level_scores − β · w(σ²) · kl_t
+
+with σ² read per sample from the reward extra info (``variance_kl.variance_key``). The legacy
+trainer already carries reward extra info in ``data.non_tensor_batch``; the V1 trainer keeps it in
+its TransferQueue store, so the patched ``_compute_advantage`` fetches it for the batch first.
+Every other ``kl_penalty`` value goes to verl's own function untouched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from verl_variance.core.config import KL_MODE, VarianceKLConfig
+from verl_variance.core.kl import kl_weight, variance_aware_token_rewards
+from verl_variance.core.telemetry import variance_kl_metrics
+from verl_variance.core.variance import check_reward_variance
+from verl_variance.integration.compat import VerlVarianceError
+
+_active_config: VarianceKLConfig | None = None
+_batch_variance: contextvars.ContextVar[np.ndarray | None] = contextvars.ContextVar("batch_variance", default=None)
+
+
+class MissingRewardVarianceError(VerlVarianceError, KeyError):
+    """variance_aware KL without a per-sample reward variance."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+def uses_variance_kl(config: Mapping[str, Any]) -> bool:
+    algorithm = config.get("algorithm", {})
+    return algorithm.get("kl_penalty") == KL_MODE
+
+
+def activate(config: Mapping[str, Any]) -> None:
+    """Called when a trainer is built: remember its ``variance_kl`` settings for ``apply_kl_penalty``."""
+    global _active_config
+    _active_config = VarianceKLConfig.from_trainer_config(config) if uses_variance_kl(config) else None
+
+
+def active_config() -> VarianceKLConfig:
+    return _active_config or VarianceKLConfig()
+
+
+def missing_variance_error(key: str, available: list[str]) -> MissingRewardVarianceError:
+    return MissingRewardVarianceError(
+        f"algorithm.kl_penalty={KL_MODE} needs a per-sample {key!r} in the reward extra info, but the reward "
+        f"returned only {sorted(available)}. Fix: return {{'score': r, '{key}': sigma2}} from your custom reward "
+        "function (example: verl_variance/rewards/toy.py:positive_word_share_with_variance), or use the "
+        f"ensemble reward manager; or set variance_kl.variance_key to the key your reward returns."
+    )
+
+
+def reward_variance_from_extra_infos(extra_infos: list[Any], key: str) -> np.ndarray:
+    """σ² per sample from V1's per-sample ``extra_fields`` dicts (``reward_extra_info`` inside)."""
+    values = []
+    for extra in extra_infos:
+        info = (extra or {}).get("reward_extra_info", {}) if isinstance(extra, Mapping) else {}
+        if key not in info:
+            raise missing_variance_error(key, list(info))
+        values.append(info[key])
+    return np.asarray(values, dtype=np.float64)
+
+
+def set_batch_variance(variance: np.ndarray | None) -> contextvars.Token:
+    return _batch_variance.set(variance)
+
+
+def reset_batch_variance(token: contextvars.Token) -> None:
+    _batch_variance.reset(token)
+
+
+def _batch_reward_variance(data, key: str) -> torch.Tensor:
+    if key in data.non_tensor_batch:
+        raw = data.non_tensor_batch[key]
+    elif data.batch is not None and key in data.batch.keys():
+        raw = data.batch[key]
+    elif _batch_variance.get() is not None:
+        raw = _batch_variance.get()
+    else:
+        raise missing_variance_error(key, list(data.non_tensor_batch.keys()))
+    try:
+        values = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{key} must be one number per sample, got {raw!r:.200}") from exc
+    return check_reward_variance(torch.from_numpy(values), key)
+
+
+def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig):
+    """Variance-aware replacement of verl's ``apply_kl_penalty`` (same inputs and outputs)."""
+    from verl.trainer.ppo import core_algos
+    from verl.utils.torch_functional import masked_mean
+
+    response_mask = data.batch["response_mask"]
+    reward_variance = _batch_reward_variance(data, config.variance_key)
+    if reward_variance.shape[0] != response_mask.shape[0]:
+        raise ValueError(
+            f"{config.variance_key} has {reward_variance.shape[0]} values for {response_mask.shape[0]} samples"
+        )
+    token_kl = core_algos.kl_penalty(data.batch["old_log_probs"], data.batch["ref_log_prob"], config.kl_estimator)
+    token_kl = token_kl * response_mask
+    weights = kl_weight(reward_variance, config.weighting, config.normalize, config.min_weight, config.max_weight)
+    beta = kl_ctrl.value
+    data.batch["token_level_rewards"] = variance_aware_token_rewards(
+        data.batch["token_level_scores"], token_kl, weights.kl_weight.to(token_kl.device), beta, response_mask
+    )
+    # verl's controller sees the unweighted KL, as in stock verl (adaptive control targets the real KL)
+    current_kl = torch.mean(masked_mean(token_kl, mask=response_mask, axis=-1), dim=0).item()
+    kl_ctrl.update(current_kl=current_kl, n_steps=response_mask.shape[0])
+    metrics = {"actor/reward_kl_penalty": current_kl, "actor/reward_kl_penalty_coeff": beta}
+    metrics.update(variance_kl_metrics(reward_variance, weights.kl_weight, weights.clipped, token_kl, response_mask))
+    if config.sample_log:
+        _append_sample_log(config.sample_log, data, reward_variance, weights.kl_weight, token_kl, beta)
+    return data, metrics
+
+
+def _append_sample_log(path: str, data, reward_variance, weight, token_kl, beta: float) -> None:
+    """One JSON line per sample: σ², w, and the KL penalty β · w · Σ_t kl_t subtracted from its reward."""
+    penalty = beta * weight * token_kl.sum(dim=1)
+    uids = data.non_tensor_batch.get("uid", [None] * len(penalty))
+    with open(path, "a") as sink:
+        for i in range(len(penalty)):
+            record = {
+                "uid": None if uids[i] is None else str(uids[i]),
+                "reward_variance": float(reward_variance[i]),
+                "kl_weight": float(weight[i]),
+                "kl_sum": float(token_kl[i].sum()),
+                "kl_penalty": float(penalty[i]),
+                "beta": beta,
+            }
+            sink.write(json.dumps(record) + "\n")
