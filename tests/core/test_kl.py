@@ -33,7 +33,7 @@ def test_token_rewards_match_the_paper_formula():
     log_ratio = torch.tensor([[0.1, -0.2, 0.3], [0.5, 0.5, 0.9]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     weight = torch.tensor([2.0, 0.5])
-    out = variance_aware_token_rewards(scores, log_ratio, weight, 0.1, mask)
+    out = variance_aware_token_rewards(scores, log_ratio * mask, weight, 0.1)
     expected = torch.tensor([[-0.02, 0.04, 1.0 - 0.06], [-0.025, 2.0 - 0.025, 0.0]])
     torch.testing.assert_close(out, expected)
 

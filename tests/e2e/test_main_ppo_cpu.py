@@ -115,8 +115,8 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_models)
     assert math.isfinite(second[3]["actor/pg_loss"])
 
 
-@pytest.mark.parametrize("trainer", ["v1", "legacy"])
-def test_variance_aware_kl_in_reward(tmp_path, tiny_models, trainer):
+@pytest.mark.parametrize(("trainer", "estimator"), [("v1", "gae"), ("legacy", "grpo")])
+def test_variance_aware_kl_in_reward(tmp_path, tiny_models, trainer, estimator):
     """algorithm.kl_penalty=variance_aware end to end: sigma^2 from a custom reward reaches each sample's KL."""
     train, val = build_prompt_files(tmp_path / "data")
     sample_log = tmp_path / "samples.jsonl"
@@ -132,12 +132,15 @@ def test_variance_aware_kl_in_reward(tmp_path, tiny_models, trainer):
         "variance_kl.weighting=std",
         f"variance_kl.sample_log={sample_log}",
     ]
+    responses_per_prompt = 2 if estimator == "grpo" else 1
+    if estimator == "grpo":  # critic-less: the weighted KL reaches GRPO's advantage through the reward
+        overrides += ["algorithm.adv_estimator=grpo", f"actor_rollout_ref.rollout.n={responses_per_prompt}"]
     steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
     assert_healthy(
         steps, ["variance_kl/kl_weighted", "variance_kl/reward_variance/mean", "variance_kl/corr_variance_kl"]
     )
     records = [json.loads(line) for line in sample_log.read_text().splitlines()]
-    assert len(records) == 16  # 8 samples x 2 steps
+    assert len(records) == 8 * responses_per_prompt * 2  # prompts x responses x steps
     variances = {r["reward_variance"] for r in records}
     assert 0.0 in variances and variances - {0.0} <= {1.0, 2.0, 3.0}
     moved = [r for r in records if r["kl_sum"] != 0]

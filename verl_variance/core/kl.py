@@ -100,22 +100,18 @@ def variance_weighted_kl_penalty(token_kl: torch.Tensor, kl_weight: torch.Tensor
 
 
 def variance_aware_token_rewards(
-    token_level_scores: torch.Tensor,
-    token_kl: torch.Tensor,
-    kl_weight: torch.Tensor,
-    kl_coef: float,
-    response_mask: torch.Tensor,
+    token_level_scores: torch.Tensor, token_kl: torch.Tensor, kl_weight: torch.Tensor, kl_coef: float
 ) -> torch.Tensor:
-    """R_t = r_t − β · w(x, y) · kl_t on response tokens (Section 5, per token).
+    """R_t = r_t − β · w(x, y) · kl_t (Section 5, per token).
 
     Args:
         token_level_scores: (bs, response_length) rewards (the sequence reward sits on the last token).
-        token_kl: (bs, response_length) KL estimate per token.
+        token_kl: (bs, response_length) KL estimate per token, 0 outside the response.
         kl_weight: (bs,) per-sample weights w.
         kl_coef: β.
-        response_mask: (bs, response_length), 1 on response tokens.
 
     Returns:
-        (bs, response_length) token-level rewards.
+        (bs, response_length) token-level rewards. β · w is formed per sample first, so a weight of
+        exactly 1 gives verl's stock ``r_t − β · kl_t`` bit for bit.
     """
-    return token_level_scores - kl_coef * variance_weighted_kl_penalty(token_kl * response_mask, kl_weight)
+    return token_level_scores - (kl_coef * kl_weight).to(token_kl.dtype)[:, None] * token_kl

@@ -113,13 +113,14 @@ def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig):
     weights = kl_weight(reward_variance, config.weighting, config.normalize, config.min_weight, config.max_weight)
     beta = kl_ctrl.value
     data.batch["token_level_rewards"] = variance_aware_token_rewards(
-        data.batch["token_level_scores"], token_kl, weights.kl_weight.to(token_kl.device), beta, response_mask
+        data.batch["token_level_scores"], token_kl, weights.kl_weight.to(token_kl.device), beta
     )
     # verl's controller sees the unweighted KL, as in stock verl (adaptive control targets the real KL)
-    current_kl = torch.mean(masked_mean(token_kl, mask=response_mask, axis=-1), dim=0).item()
+    sample_kl = masked_mean(token_kl, mask=response_mask, axis=-1)
+    current_kl = torch.mean(sample_kl, dim=0).item()
     kl_ctrl.update(current_kl=current_kl, n_steps=response_mask.shape[0])
     metrics = {"actor/reward_kl_penalty": current_kl, "actor/reward_kl_penalty_coeff": beta}
-    metrics.update(variance_kl_metrics(reward_variance, weights.kl_weight, weights.clipped, token_kl, response_mask))
+    metrics.update(variance_kl_metrics(reward_variance, weights.kl_weight, weights.clipped, sample_kl.cpu()))
     if config.sample_log:
         _append_sample_log(config.sample_log, data, reward_variance, weights.kl_weight, token_kl, beta)
     return data, metrics
