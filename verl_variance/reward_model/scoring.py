@@ -1,0 +1,104 @@
+"""Score sequences with every head: r_k(x, y), their mean, and σ²(x, y) across heads (Section 4, Figure 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from verl_variance.core.variance import ensemble_reward_variance
+from verl_variance.reward_model.data import PreferencePair, encode_texts, sequence_text, warn_truncated
+from verl_variance.reward_model.features import head_rewards
+
+Item = str | tuple[Any, Any] | list[dict[str, str]]
+"""A text, a (prompt, response) pair (each text or chat messages), or a whole chat conversation."""
+
+
+def _format(item: Item, tokenizer, separator: str) -> tuple[str, bool]:
+    if isinstance(item, str):
+        return item, False
+    if isinstance(item, list) and item and all(isinstance(m, Mapping) for m in item):
+        return sequence_text([], item, tokenizer)
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return sequence_text(item[0], item[1], tokenizer, separator)
+    raise ValueError(f"cannot score {item!r}: expected text, a (prompt, response) pair or a list of chat messages")
+
+
+def score_texts(
+    model: torch.nn.Module,
+    tokenizer,
+    texts_or_pairs: Sequence[Item],
+    batch_size: int = 32,
+    max_length: int = 1024,
+    separator: str = "\n",
+) -> dict[str, torch.Tensor]:
+    """Rewards of every head for N sequences, and their ensemble statistics.
+
+    Returns:
+        ``rewards`` (N, K); ``mean`` (N,) r̄ = (1/K) Σ_k r_k; ``variance`` (N,) σ² (unbiased, 1/(K−1));
+        ``std`` (N,) σ.
+    """
+    formatted = [_format(item, tokenizer, separator) for item in texts_or_pairs]
+    encoded = encode_texts([text for text, _ in formatted], tokenizer, max_length, [chat for _, chat in formatted])
+    warn_truncated(encoded.pop("num_truncated"), len(formatted), max_length)
+    rewards = head_rewards(model, encoded["input_ids"], encoded["attention_mask"], batch_size)
+    variance = ensemble_reward_variance(rewards)
+    return {"rewards": rewards, "mean": rewards.mean(dim=1), "variance": variance, "std": variance.sqrt()}
+
+
+def score_pairs(
+    model: torch.nn.Module, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32, max_length: int = 1024
+) -> dict[str, torch.Tensor]:
+    """Chosen and rejected scores of preference pairs, and how often each head prefers the chosen one.
+
+    Returns:
+        ``chosen`` and ``rejected`` (N, K) rewards; ``head_accuracy`` (K,) and ``mean_accuracy`` () of
+        r_k(chosen) > r_k(rejected) and of the ensemble mean; ``chosen_variance`` and ``difference_variance``
+        (N,) σ² across heads of r(chosen) and of r(chosen) − r(rejected) (Figure 6).
+    """
+    chosen = score_texts(model, tokenizer, [(p.prompt, p.chosen) for p in pairs], batch_size, max_length)
+    rejected = score_texts(model, tokenizer, [(p.prompt, p.rejected) for p in pairs], batch_size, max_length)
+    return {
+        "chosen": chosen["rewards"],
+        "rejected": rejected["rewards"],
+        "head_accuracy": (chosen["rewards"] > rejected["rewards"]).float().mean(dim=0),
+        "mean_accuracy": (chosen["mean"] > rejected["mean"]).float().mean(),
+        "chosen_variance": chosen["variance"],
+        "difference_variance": ensemble_reward_variance(chosen["rewards"] - rejected["rewards"]),
+    }
+
+
+def _rows(records: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A list of row dicts, or columns of N values each (tensors from ``score_texts``) -> JSON-ready rows."""
+
+    def plain(value: Any) -> Any:
+        return value.tolist() if hasattr(value, "tolist") else value
+
+    if isinstance(records, Mapping):
+        columns = {key: plain(value) for key, value in records.items()}
+        lengths = {key: len(value) for key, value in columns.items() if isinstance(value, list)}
+        if len(set(lengths.values())) > 1 or len(lengths) != len(columns):
+            raise ValueError(f"score columns must all hold one value per row; lengths: {lengths}")
+        count = next(iter(lengths.values()), 0)
+        return [{key: value[i] for key, value in columns.items()} for i in range(count)]
+    return [{key: plain(value) for key, value in row.items()} for row in records]
+
+
+def write_scores(records: Sequence[Mapping[str, Any]] | Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write score rows to ``.jsonl`` or ``.parquet`` (by suffix); accepts ``score_texts`` output directly."""
+    path = Path(path)
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"cannot write scores to {path}: use a .jsonl or .parquet file name")
+    rows = _rows(records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(path, index=False)
+    else:
+        path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return path
