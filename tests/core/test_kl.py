@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verl_variance.core.config import VarianceKLConfig
-from verl_variance.core.kl import kl_weight, variance_aware_token_rewards, variance_weighted_kl_penalty
+from verl_variance.core.kl import (
+    kl_penalty_to_go,
+    kl_weight,
+    variance_aware_token_rewards,
+    variance_weighted_kl_penalty,
+)
 from verl_variance.core.variance import check_reward_variance, ensemble_reward_variance
 
 variances = st.lists(st.one_of(st.just(0.0), st.floats(1e-4, 50.0)), min_size=2, max_size=16).filter(
@@ -101,3 +106,10 @@ def test_bad_weighting_and_config_keys():
         VarianceKLConfig(min_weight=0.5, max_weight=0.1)
     assert VarianceKLConfig.from_trainer_config({}).weighting == "std"
     assert math.isclose(VarianceKLConfig(kl_estimator="k3+").min_weight, 0.0)
+
+
+def test_penalty_to_go_is_the_reverse_cumulative_sum_on_the_response():
+    penalty = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+    expected = torch.tensor([[10.0, 9.0, 7.0, 4.0], [1.0, 0.5, 0.0, 0.0]])
+    torch.testing.assert_close(kl_penalty_to_go(penalty, mask), expected)

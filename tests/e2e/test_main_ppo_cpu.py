@@ -115,7 +115,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_models)
     assert math.isfinite(second[3]["actor/pg_loss"])
 
 
-@pytest.mark.parametrize(("trainer", "estimator"), [("v1", "gae"), ("legacy", "grpo")])
+@pytest.mark.parametrize(("trainer", "estimator"), [("v1", "gae"), ("legacy", "grpo"), ("v1", "grpo_variance_kl")])
 def test_variance_aware_kl_in_reward(tmp_path, tiny_models, trainer, estimator):
     """algorithm.kl_penalty=variance_aware end to end: sigma^2 from a custom reward reaches each sample's KL."""
     train, val = build_prompt_files(tmp_path / "data")
@@ -132,9 +132,11 @@ def test_variance_aware_kl_in_reward(tmp_path, tiny_models, trainer, estimator):
         "variance_kl.weighting=std",
         f"variance_kl.sample_log={sample_log}",
     ]
-    responses_per_prompt = 2 if estimator == "grpo" else 1
-    if estimator == "grpo":  # critic-less: the weighted KL reaches GRPO's advantage through the reward
-        overrides += ["algorithm.adv_estimator=grpo", f"actor_rollout_ref.rollout.n={responses_per_prompt}"]
+    responses_per_prompt = 1 if estimator == "gae" else 2
+    if (
+        estimator != "gae"
+    ):  # critic-less: grpo folds the weighted KL into the reward, grpo_variance_kl adds it per token
+        overrides += [f"algorithm.adv_estimator={estimator}", f"actor_rollout_ref.rollout.n={responses_per_prompt}"]
     steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
     assert_healthy(
         steps, ["variance_kl/kl_weighted", "variance_kl/reward_variance/mean", "variance_kl/corr_variance_kl"]

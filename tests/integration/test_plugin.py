@@ -24,6 +24,7 @@ EXPECTED_PATCHES = {
     "v1_cpu_poll_interval",
     "variance_aware_kl_in_reward",
     "variance_aware_kl_v1",
+    "grpo_variance_kl_estimator",
 }
 
 PROBE = textwrap.dedent(
@@ -65,7 +66,12 @@ def test_entry_point_registers_everything_in_a_fresh_process():
     assert report["cpu_engines"] == ["cpu"]
     assert set(report["patches"]) == EXPECTED_PATCHES
     assert len(report["patches"]) == len(set(report["patches"])), "a patch was applied twice"
-    assert report["registered"] == {"platforms": ["cpu"], "rollouts": ["hf"], "kl_penalties": ["variance_aware"]}
+    assert report["registered"] == {
+        "platforms": ["cpu"],
+        "rollouts": ["hf"],
+        "kl_penalties": ["variance_aware"],
+        "advantage_estimators": ["grpo_variance_kl"],
+    }
 
 
 def test_cpu_platform_is_opt_in():

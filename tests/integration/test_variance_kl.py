@@ -122,6 +122,43 @@ def test_sample_log_records_each_penalty(config, tmp_path):
     assert records[0]["kl_penalty"] == 0.0
 
 
+def test_grpo_variance_kl_estimator_through_verls_compute_advantage():
+    """A = GRPO(scores) − Σ_{t'≥t} β w kl, computed independently from the same batch."""
+    variance_kl.activate(
+        {"algorithm": {"kl_penalty": "variance_aware", "adv_estimator": "grpo_variance_kl"}, "variance_kl": {}}
+    )
+    try:
+        data, _ = ray_trainer.apply_kl_penalty(
+            make_batch([1.0, 4.0, 0.0, 9.0, 1.0, 2.0]), core_algos.FixedKLController(0.1), "variance_aware"
+        )
+        data.non_tensor_batch["uid"] = np.array(["a", "a", "b", "b", "c", "c"], dtype=object)
+        from verl.trainer.config import AlgoConfig
+
+        out = ray_trainer.compute_advantage(
+            data, "grpo_variance_kl", config=AlgoConfig(adv_estimator="grpo_variance_kl")
+        )
+    finally:
+        variance_kl.activate({})
+    raw = make_batch()
+    mask = raw.batch["response_mask"]
+    scores = raw.batch["token_level_scores"].sum(-1)
+    sigma = torch.tensor([1.0, 2.0, 0.0, 3.0, 1.0, 1.4142135])
+    penalty = 0.1 * sigma[:, None] * (raw.batch["old_log_probs"] - raw.batch["ref_log_prob"]) * mask
+    to_go = penalty.flip(-1).cumsum(-1).flip(-1) * mask
+    pairs = scores.view(3, 2)
+    normalized = ((pairs - pairs.mean(1, keepdim=True)) / (pairs.std(1, keepdim=True) + 1e-6)).view(-1)
+    expected = normalized[:, None] * mask - to_go
+    torch.testing.assert_close(out.batch["advantages"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_grpo_variance_kl_without_the_penalty_fails_clearly():
+    from verl_variance.integration.compat import VerlVarianceError
+
+    variance_kl._last_penalty = None
+    with pytest.raises(VerlVarianceError, match="set algorithm.use_kl_in_reward=True and algorithm.kl_penalty"):
+        variance_kl.grpo_variance_kl_advantage(torch.zeros(2, 3), torch.ones(2, 3), index=np.array(["a", "a"]))
+
+
 def test_missing_variance_names_the_key_and_the_fix(config):
     config()
     with pytest.raises(variance_kl.MissingRewardVarianceError) as error:
@@ -166,6 +203,10 @@ def _trainer_config(**algorithm):
         (_trainer_config(kl_ctrl={"kl_coef": -0.1}), "kl_coef=-0.1 is negative"),
         (OmegaConf.merge(_trainer_config(), {"variance_kl": {"weighting": "sd"}}), "variance_kl.weighting='sd'"),
         (OmegaConf.merge(_trainer_config(), {"variance_kl": {"normalise": True}}), r"unknown key\(s\) \['normalise'\]"),
+        (
+            _trainer_config(kl_penalty="kl", adv_estimator="grpo_variance_kl"),
+            "puts the variance-weighted KL in the advantage",
+        ),
     ],
 )
 def test_config_errors_before_training(config, message):

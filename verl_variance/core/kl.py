@@ -114,4 +114,18 @@ def variance_aware_token_rewards(
         (bs, response_length) token-level rewards. β · w is formed per sample first, so a weight of
         exactly 1 gives verl's stock ``r_t − β · kl_t`` bit for bit.
     """
-    return token_level_scores - (kl_coef * kl_weight).to(token_kl.dtype)[:, None] * token_kl
+    return token_level_scores - variance_weighted_kl_penalty(token_kl, kl_coef * kl_weight)
+
+
+def kl_penalty_to_go(token_penalty: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Σ_{t' ≥ t} p_{t'}: the penalty still ahead of each response token (a per-token return).
+
+    Args:
+        token_penalty: (bs, response_length) β · w · kl_t, 0 outside the response.
+        response_mask: (bs, response_length).
+
+    Returns:
+        (bs, response_length), 0 outside the response.
+    """
+    masked = token_penalty * response_mask
+    return masked.flip(-1).cumsum(-1).flip(-1) * response_mask

@@ -55,6 +55,13 @@ def check_kl_config(config) -> None:
     coef = algorithm.get("kl_ctrl", {}).get("kl_coef", 0.0)
     if coef is not None and coef < 0:
         raise ConfigError(f"algorithm.kl_ctrl.kl_coef={coef} is negative: beta must be >= 0")
+    if algorithm.get("adv_estimator") == "grpo_variance_kl" and not (
+        mode == KL_MODE and algorithm.get("use_kl_in_reward", False)
+    ):
+        raise ConfigError(
+            "algorithm.adv_estimator=grpo_variance_kl puts the variance-weighted KL in the advantage: set "
+            f"algorithm.use_kl_in_reward=True and algorithm.kl_penalty={KL_MODE}"
+        )
     if mode != KL_MODE:
         return
     if not algorithm.get("use_kl_in_reward", False):

@@ -301,6 +301,13 @@ def _patch_v1_trainer(module) -> None:
     trainer_cls._compute_advantage = _compute_advantage
 
 
+def _register_advantage_estimator(module) -> None:
+    from verl_variance.integration.variance_kl import ADV_ESTIMATOR, grpo_variance_kl_advantage
+
+    if module.ADV_ESTIMATOR_REGISTRY.get(ADV_ESTIMATOR) is not grpo_variance_kl_advantage:  # idempotent
+        module.register_adv_est(ADV_ESTIMATOR)(grpo_variance_kl_advantage)
+
+
 def install() -> None:
     """Register every patch; each runs when its target module is imported."""
     when_imported("verl.utils.distributed", "distributed_backend", _patch_distributed)
@@ -317,3 +324,4 @@ def install() -> None:
     when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll)
     when_imported("verl.trainer.ppo.ray_trainer", "variance_aware_kl_in_reward", _patch_apply_kl_penalty)
     when_imported("verl.trainer.ppo.v1.trainer_base", "variance_aware_kl_v1", _patch_v1_trainer)
+    when_imported("verl.trainer.ppo.core_algos", "grpo_variance_kl_estimator", _register_advantage_estimator)

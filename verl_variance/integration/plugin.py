@@ -47,6 +47,7 @@ def _install_patches() -> None:
     patches.install()
     compat.STATUS.add("rollouts", ROLLOUT_NAME)
     compat.STATUS.add("kl_penalties", "variance_aware")
+    compat.STATUS.add("advantage_estimators", "grpo_variance_kl")
 
 
 register()

@@ -22,12 +22,22 @@ import numpy as np
 import torch
 
 from verl_variance.core.config import KL_MODE, VarianceKLConfig
-from verl_variance.core.kl import kl_weight, variance_aware_token_rewards
+from verl_variance.core.kl import (
+    kl_penalty_to_go,
+    kl_weight,
+    variance_aware_token_rewards,
+    variance_weighted_kl_penalty,
+)
 from verl_variance.core.telemetry import variance_kl_metrics
 from verl_variance.core.variance import check_reward_variance
 from verl_variance.integration.compat import VerlVarianceError
 
+ADV_ESTIMATOR = "grpo_variance_kl"
+"""Registered advantage estimator: GRPO on the scores, plus the variance-weighted KL per token."""
+
 _active_config: VarianceKLConfig | None = None
+_keep_penalty = False
+_last_penalty: torch.Tensor | None = None
 _batch_variance: contextvars.ContextVar[np.ndarray | None] = contextvars.ContextVar("batch_variance", default=None)
 
 
@@ -45,8 +55,9 @@ def uses_variance_kl(config: Mapping[str, Any]) -> bool:
 
 def activate(config: Mapping[str, Any]) -> None:
     """Called when a trainer is built: remember its ``variance_kl`` settings for ``apply_kl_penalty``."""
-    global _active_config
+    global _active_config, _keep_penalty
     _active_config = VarianceKLConfig.from_trainer_config(config) if uses_variance_kl(config) else None
+    _keep_penalty = config.get("algorithm", {}).get("adv_estimator") == ADV_ESTIMATOR
 
 
 def active_config() -> VarianceKLConfig:
@@ -99,6 +110,7 @@ def _batch_reward_variance(data, key: str) -> torch.Tensor:
 
 def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig):
     """Variance-aware replacement of verl's ``apply_kl_penalty`` (same inputs and outputs)."""
+    global _last_penalty
     from verl.trainer.ppo import core_algos
     from verl.utils.torch_functional import masked_mean
 
@@ -112,9 +124,12 @@ def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig):
     token_kl = token_kl * response_mask
     weights = kl_weight(reward_variance, config.weighting, config.normalize, config.min_weight, config.max_weight)
     beta = kl_ctrl.value
+    weight = weights.kl_weight.to(token_kl.device)
     data.batch["token_level_rewards"] = variance_aware_token_rewards(
-        data.batch["token_level_scores"], token_kl, weights.kl_weight.to(token_kl.device), beta
+        data.batch["token_level_scores"], token_kl, weight, beta
     )
+    if _keep_penalty:  # handed to the grpo_variance_kl estimator, which runs next in this process
+        _last_penalty = variance_weighted_kl_penalty(token_kl, beta * weight)
     # verl's controller sees the unweighted KL, as in stock verl (adaptive control targets the real KL)
     sample_kl = masked_mean(token_kl, mask=response_mask, axis=-1)
     current_kl = torch.mean(sample_kl, dim=0).item()
@@ -124,6 +139,45 @@ def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig):
     if config.sample_log:
         _append_sample_log(config.sample_log, data, reward_variance, weights.kl_weight, token_kl, beta)
     return data, metrics
+
+
+def grpo_variance_kl_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    config=None,
+    index: np.ndarray | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Critic-less variance-aware advantage (``algorithm.adv_estimator=grpo_variance_kl``).
+
+        A_t = GRPO(r)_i − Σ_{t' ≥ t} β · w_i · kl_{t'}
+
+    GRPO's group-normalised outcome advantage of the scores r, plus the variance-weighted KL as a
+    per-token return that group normalisation does not rescale (with KL folded into the reward,
+    GRPO would divide it by the group's reward std).
+
+    Args:
+        token_level_rewards: (bs, response_length) r_t − β w kl_t, from variance-aware ``apply_kl_penalty``.
+        response_mask: (bs, response_length).
+        index: (bs,) group ids (verl's ``uid``).
+
+    Returns:
+        (advantages, returns), both (bs, response_length).
+    """
+    from verl.trainer.ppo import core_algos
+
+    penalty = _last_penalty
+    if penalty is None or penalty.shape != token_level_rewards.shape:
+        raise VerlVarianceError(
+            f"algorithm.adv_estimator={ADV_ESTIMATOR} needs this step's variance-weighted KL: set "
+            f"algorithm.use_kl_in_reward=True and algorithm.kl_penalty={KL_MODE}"
+        )
+    norm_by_std = True if config is None else config.get("norm_adv_by_std_in_grpo", True)
+    outcome, _ = core_algos.compute_grpo_outcome_advantage(
+        token_level_rewards + penalty, response_mask, index, norm_adv_by_std_in_grpo=norm_by_std
+    )
+    advantages = outcome - kl_penalty_to_go(penalty, response_mask)
+    return advantages, advantages
 
 
 def _append_sample_log(path: str, data, reward_variance, weight, token_kl, beta: float) -> None:
