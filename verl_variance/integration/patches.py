@@ -15,8 +15,7 @@ import inspect
 import threading
 
 from verl_variance.integration.compat import VerlVarianceError, check_signature, when_imported
-
-PLATFORM_NAME = "cpu"
+from verl_variance.integration.cpu_platform import PLATFORM_NAME
 
 
 def _on_cpu_platform() -> bool:
