@@ -11,7 +11,7 @@ import pytest
 
 from verl_variance.cli import main as cli_main
 from verl_variance.experiments import demo
-from verl_variance.experiments.preferences import bradley_terry_labels, build_preference_pairs
+from verl_variance.experiments.preferences import bradley_terry_labels, build_preference_pairs, pair_indices
 
 
 def test_bradley_terry_labels_follow_the_sigmoid_of_the_score_gap():
@@ -26,11 +26,25 @@ def test_pairs_keep_the_judge_scores_and_the_full_texts():
     def judge(texts):
         return np.array([10.0 if "good" in text else -10.0 for text in texts])
 
-    rows = build_preference_pairs(["A film ", "It was "], [[" good", " bad"], [" bad", " good"]], judge, seed=0)
-    for row, context in zip(rows, ["A film ", "It was "], strict=True):
-        assert row["prompt"] == "" and row["context"] == context
-        assert row["chosen"] == context + " good" and row["rejected"] == context + " bad"  # sigma(20) ~ 1
-        assert (row["judge_chosen"], row["judge_rejected"]) == (10.0, -10.0)
+    rows = build_preference_pairs(["A good film", "It was bad"], ["A bad film", "It was good"], judge, seed=0)
+    assert [(row["chosen"], row["rejected"]) for row in rows] == [  # sigma(20) ~ 1
+        ("A good film", "A bad film"),
+        ("It was good", "It was bad"),
+    ]
+    assert all(row["prompt"] == "" and (row["judge_chosen"], row["judge_rejected"]) == (10.0, -10.0) for row in rows)
+    with pytest.raises(ValueError, match="2 first texts for 1 second texts"):
+        build_preference_pairs(["a", "b"], ["c"], judge, seed=0)
+
+
+def test_pair_indices_use_each_text_once_then_evenly():
+    first, second = pair_indices(10, 5, seed=0)
+    assert sorted([*first, *second]) == list(range(10))  # enough texts: each once
+    first, second = pair_indices(7, 20, seed=1)
+    assert first.shape == second.shape == (20,) and (first != second).all()
+    assert np.bincount(np.concatenate([first, second]), minlength=7).min() >= 40 // 7  # about equally often
+    assert all(np.array_equal(x, y) for x, y in zip(pair_indices(7, 20, seed=1), (first, second), strict=True))
+    with pytest.raises(ValueError, match="at least 2 texts"):
+        pair_indices(1, 1, seed=0)
 
 
 def run_with_kl(method, kls):

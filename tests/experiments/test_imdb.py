@@ -23,6 +23,7 @@ from verl_variance.experiments.imdb import (
     stratified_split,
     verl_prompt_overrides,
 )
+from verl_variance.experiments.preferences import review_openings
 
 CONFIG = ImdbPromptConfig(eval_reviews=800)
 
@@ -109,6 +110,16 @@ def test_make_prompts_never_splits_a_character(tokenizer):
         assert 2 <= n_tokens(tokenizer, prompt) <= 8
     with pytest.raises(ValueError, match="no clean opening of 2-2 tokens"):
         make_prompts(["😀😀"], tokenizer, min_tokens=2, max_tokens=2)  # 2 tokens = half an emoji
+
+
+def test_review_openings_continue_each_prompt_with_its_own_review(tokenizer):
+    reviews = ["This film was a complete waste of two hours and I want them back now please", "Wonderful cast."]
+    prompts = make_prompts(reviews, tokenizer, min_tokens=2, max_tokens=4, seed=0)
+    texts = review_openings(reviews, prompts, tokenizer, response_tokens=5)
+    for review, prompt, text in zip(reviews, prompts, texts, strict=True):
+        assert text.startswith(prompt) and review.startswith(text)
+        expected = min(n_tokens(tokenizer, prompt) + 5, n_tokens(tokenizer, review))  # a short review ends early
+        assert n_tokens(tokenizer, text) == expected
 
 
 def test_prompt_files(prompts, cache, tokenizer):

@@ -23,7 +23,6 @@ Re-running resumes: finished stages and policies are read back, not redone.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -88,13 +87,13 @@ SCALES: dict[str, DemoScale] = {
         train_batch_size=8,
         train_prompts=256,
         eval_prompts=48,
-        preference_pairs=512,
+        preference_pairs=1024,
         rm_max_length=32,
         rm_layers=6,
-        rm_stage1={"learning_rate": 5e-5, "batch_size": 32, "num_epochs": 1, "target_loss": 0.4},
+        rm_stage1={"learning_rate": 5e-4, "batch_size": 32, "num_epochs": 2, "target_loss": None},
         rm_stage2={"learning_rate": 1e-3, "batch_size": 32, "num_epochs": 4, "lr_scheduler": "constant"},
         beta=0.05,
-        actor_lr=5e-5,
+        actor_lr=2e-4,  # 8 steps instead of the paper's 192: a larger step so the policies move
     ),
     "paper": DemoScale(
         name="paper",
@@ -166,24 +165,33 @@ def prepare_assets(scale: DemoScale, workdir: Path, cache) -> dict[str, Any]:
         if len(frame) < count:
             raise DemoError(f"{file_name} has {len(frame)} prompts, the {scale.name} scale needs {count}")
         frame.iloc[:count].to_parquet(data_dir / file_name, index=False)
-    return {"policy": policy, "judge": judge_asset, "data_dir": data_dir, "judge_accuracy": judge_asset.info}
+    return {"policy": policy, "judge": judge_asset, "data_dir": data_dir, "judge_accuracy": judge_asset.info,
+            "reviews": reviews, "prompts": prompts}  # fmt: skip
 
 
 def prepare_pairs(scale: DemoScale, workdir: Path, assets: dict[str, Any], judge) -> Path:
+    """``preferences.jsonl``: judge-labelled pairs of training-review openings (see ``preferences``)."""
     import pandas as pd
+    from transformers import AutoTokenizer
 
     from verl_variance.experiments import imdb
-    from verl_variance.experiments.preferences import build_preference_pairs, sample_continuations, write_pairs
+    from verl_variance.experiments.preferences import build_preference_pairs, pair_indices, review_openings, write_pairs
 
     path = workdir / "preferences.jsonl"
     if path.is_file():
         return path
-    frame = pd.read_parquet(assets["data_dir"].parent / "data" / imdb.TRAIN_FILE)
-    source = pd.concat([frame] * math.ceil(scale.preference_pairs / len(frame)))[: scale.preference_pairs]
-    prompts = [row[0]["content"] for row in source["prompt"]]
-    _log(f"sampling {2 * len(prompts)} reference continuations for {len(prompts)} preference pairs")
-    continuations = sample_continuations(assets["policy"], prompts, 2, scale.response_length, seed=0)
-    rows = build_preference_pairs(prompts, continuations, judge.score, seed=0)
+    train = pd.read_parquet(assets["prompts"].path / imdb.TRAIN_FILE)  # never an eval review
+    train = train.iloc[: 2 * scale.preference_pairs]
+    reviews = imdb.read_reviews(assets["reviews"], "prompt").set_index("review_id")["text"]
+    texts = review_openings(
+        [reviews[row["review_id"]] for row in train["extra_info"]],
+        [row[0]["content"] for row in train["prompt"]],
+        AutoTokenizer.from_pretrained(assets["policy"]),
+        scale.response_length,
+    )
+    first, second = pair_indices(len(texts), scale.preference_pairs, seed=0)
+    _log(f"{scale.preference_pairs} preference pairs of {len(texts)} review openings, labelled by the judge")
+    rows = build_preference_pairs([texts[i] for i in first], [texts[i] for i in second], judge.score, seed=0)
     return write_pairs(rows, path)
 
 

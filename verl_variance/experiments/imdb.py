@@ -115,6 +115,11 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
     return chosen, np.setdiff1d(np.arange(len(labels)), chosen)
 
 
+def review_window(text: str, tokens: int) -> str:
+    """The review's first words, enough to hold its first ``tokens`` tokens (whitespace normalised)."""
+    return " ".join(text.split()[: _WINDOW_WORDS_PER_TOKEN * tokens])
+
+
 def _prefix(ids: list[int], length: int, tokenizer: Any, min_tokens: int, max_tokens: int) -> str | None:
     """The decoded first ``length`` tokens, if they decode to whole characters and re-encode in bounds."""
     text = tokenizer.decode(ids[:length], skip_special_tokens=True).rstrip()
@@ -144,7 +149,7 @@ def make_prompts(
     """
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min_tokens, max_tokens + 1, size=len(reviews))
-    windows = [" ".join(text.split()[: _WINDOW_WORDS_PER_TOKEN * max_tokens]) for text in reviews]
+    windows = [review_window(text, max_tokens) for text in reviews]
     encoded = tokenizer(windows, add_special_tokens=False)["input_ids"] if windows else []
     prompts = []
     for index, (ids, length) in enumerate(zip(encoded, lengths, strict=True)):

@@ -1,14 +1,23 @@
-"""Preference pairs for the demo's reward model, built honestly from the reference policy and the judge.
+"""Preference pairs for the demo's reward model: openings of real IMDB reviews, labelled by the judge.
 
-For each training prompt x the reference policy π0 samples two continuations y_a, y_b (≤ N tokens);
-the gold judge scores the full texts, s_a = J(x + y_a), s_b = J(x + y_b), and the label is drawn from
-the Bradley–Terry model the reward model assumes (Section 4):
+Each text is a training prompt x (the first 2-8 tokens of a review) followed by the review's own next
+N tokens (N = the policies' response length), so it has the shape of prompt + response the reward
+model will score during PPO. Texts are paired at random; the gold judge scores both, s_a = J(text_a),
+s_b = J(text_b), and the label is drawn from the Bradley–Terry model the reward model assumes (Section 4):
 
-    P(y_a ≻ y_b | x) = σ(s_a − s_b),
+    P(a ≻ b) = σ(s_a − s_b),
 
 so near-ties are noisy and clear differences are clean, as with human labels. The raw judge scores
-stay in every row. Rows are plain texts (``prompt`` empty, ``chosen``/``rejected`` = x + y), the
+stay in every row. Rows are plain texts (``prompt`` empty, ``chosen``/``rejected`` the texts), the
 format the ensemble reward manager scores with ``ensemble_reward.prompt_format=text``.
+
+Why review text and not pairs of reference-policy continuations of one prompt: two 10-token samples of
+SmolLM2 after the same opening differ little in sentiment, so their judge labels agree with the judge's
+ordering only 70% of the time, and a reward model trained on 512 of them ranked policy samples no
+better than chance (Spearman 0.06 against the judge). Human review openings carry the review's
+sentiment (labels 79% in the judge's order) and cost no sampling: 1024 pairs gave Spearman 0.23
+(measured on the default scale's reference samples; see the README). The paper's reward model, too,
+is trained on preference data that the policy did not generate.
 """
 
 from __future__ import annotations
@@ -20,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def bradley_terry_labels(score_a: np.ndarray, score_b: np.ndarray, seed: int) -> np.ndarray:
@@ -29,76 +37,57 @@ def bradley_terry_labels(score_a: np.ndarray, score_b: np.ndarray, seed: int) ->
     return np.random.default_rng(seed).random(probability.shape) < probability
 
 
-def sample_continuations(
-    model_path: str | os.PathLike,
-    prompts: Sequence[str],
-    samples_per_prompt: int,
-    max_new_tokens: int,
-    seed: int,
-    batch_size: int = 64,
-    temperature: float = 1.0,
-) -> list[list[str]]:
-    """``samples_per_prompt`` sampled continuations of every prompt from the causal LM at ``model_path``.
+def review_openings(reviews: Sequence[str], prompts: Sequence[str], tokenizer: Any, response_tokens: int) -> list[str]:
+    """Each prompt followed by the next ``response_tokens`` tokens of its own review: ``(n,)`` texts.
 
-    The prompt is the raw text (no chat template: the policy continues a review). Returns
-    ``len(prompts)`` lists of decoded continuations (special tokens dropped).
+    ``prompts[i]`` is the opening of ``reviews[i]`` (as ``imdb.make_prompts`` cuts it); the text is the review's
+    first ``len(prompt tokens) + response_tokens`` tokens under ``tokenizer`` (the policy's), decoded.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from verl_variance.experiments.imdb import review_window
 
-    from verl_variance.integration.hf_rollout import sample_batch
+    texts = []
+    for review, prompt in zip(reviews, prompts, strict=True):
+        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + response_tokens
+        ids = tokenizer(review_window(review, length), add_special_tokens=False)["input_ids"]
+        texts.append(tokenizer.decode(ids[:length], skip_special_tokens=True).rstrip())
+    return texts
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    eos = model.generation_config.eos_token_id
-    eos_ids = sorted({t for t in (eos if isinstance(eos, list) else [eos]) + [tokenizer.eos_token_id] if t is not None})
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    generator = torch.Generator().manual_seed(seed)
-    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
-    requests = [ids for ids in encoded for _ in range(samples_per_prompt)]
-    continuations: list[str] = []
-    for start in range(0, len(requests), batch_size):
-        tokens, _ = sample_batch(
-            model,
-            requests[start : start + batch_size],
-            max_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=1.0,
-            top_k=-1,
-            eos_token_ids=eos_ids,
-            pad_token_id=pad_id,
-            generator=generator,
-        )
-        continuations += [tokenizer.decode(ids, skip_special_tokens=True) for ids in tokens]
-    return [continuations[i : i + samples_per_prompt] for i in range(0, len(continuations), samples_per_prompt)]
+
+def pair_indices(num_texts: int, num_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, second)``: ``(num_pairs,)`` indices of two different texts per pair, drawn at random.
+
+    Each text is used once while ``2 * num_pairs <= num_texts``; beyond that, every text about equally often.
+    """
+    if num_texts < 2:
+        raise ValueError(f"pairs need at least 2 texts, got {num_texts}")
+    rng = np.random.default_rng(seed)
+    rounds = -(-2 * num_pairs // num_texts)
+    order = np.concatenate([rng.permutation(num_texts) for _ in range(rounds)])[: 2 * num_pairs]
+    first, second = order[0::2], order[1::2].copy()
+    same = first == second  # only where a pair straddles two permutations
+    second[same] = (second[same] + 1) % num_texts
+    return first, second
 
 
 def build_preference_pairs(
-    prompts: Sequence[str],
-    continuations: Sequence[Sequence[str]],
-    judge_score: Callable[[Sequence[str]], np.ndarray],
-    seed: int,
+    texts_a: Sequence[str], texts_b: Sequence[str], judge_score: Callable[[Sequence[str]], np.ndarray], seed: int
 ) -> list[dict[str, Any]]:
-    """One pair per prompt from its first two continuations, labelled by Bradley–Terry sampling.
+    """One pair per (text_a, text_b), labelled by Bradley–Terry sampling on the judge's scores.
 
-    Returns rows ``{"prompt": "", "chosen", "rejected", "context", "judge_chosen", "judge_rejected"}``.
+    Returns rows ``{"prompt": "", "chosen", "rejected", "judge_chosen", "judge_rejected"}``.
     """
-    texts_a = [prompt + pair[0] for prompt, pair in zip(prompts, continuations, strict=True)]
-    texts_b = [prompt + pair[1] for prompt, pair in zip(prompts, continuations, strict=True)]
+    if len(texts_a) != len(texts_b):
+        raise ValueError(f"{len(texts_a)} first texts for {len(texts_b)} second texts")
     score_a, score_b = judge_score(texts_a), judge_score(texts_b)
     a_wins = bradley_terry_labels(score_a, score_b, seed)
     rows = []
-    for i, prompt in enumerate(prompts):
-        (chosen, rejected, s_chosen, s_rejected) = (
-            (texts_a[i], texts_b[i], score_a[i], score_b[i])
-            if a_wins[i]
-            else (texts_b[i], texts_a[i], score_b[i], score_a[i])
-        )
+    for text_a, text_b, s_a, s_b, a_won in zip(texts_a, texts_b, score_a, score_b, a_wins, strict=True):
+        chosen, rejected, s_chosen, s_rejected = (text_a, text_b, s_a, s_b) if a_won else (text_b, text_a, s_b, s_a)
         rows.append(
             {
                 "prompt": "",
                 "chosen": chosen,
                 "rejected": rejected,
-                "context": prompt,
                 "judge_chosen": float(s_chosen),
                 "judge_rejected": float(s_rejected),
             }
