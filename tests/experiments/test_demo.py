@@ -122,6 +122,9 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
     assert len(policy_runs) == 2
     validation = json.loads(policy_runs[0].read_text())
     assert len(validation["judge_final"]) == demo.SCALES["quick"].eval_prompts
+    assert len(validation["proxy_reference"]) == len(validation["judge_reference"])
+    agreement = saved["proxy_judge_agreement"]
+    assert len(agreement["per_run"]) == 2 and all(-1 <= value <= 1 for value in agreement["per_run"])
     stamps = [path.stat().st_mtime_ns for path in policy_runs]
     again = demo.run_demo("quick", workdir, str(assets))  # resumes: nothing is retrained
     assert [path.stat().st_mtime_ns for path in policy_runs] == stamps

@@ -17,6 +17,7 @@ from verl_variance.experiments.report import (
     kl_match,
     method_table,
     policy_summary,
+    proxy_judge_agreement,
     summary_lines,
     trajectory,
     wilson_interval,
@@ -214,7 +215,7 @@ def test_write_report_writes_every_file(runs, tmp_path):
         image = imread(path)
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
     lines = summary_lines(report)
-    assert len(lines) == 4 and "matched=True" in lines[-1]
+    assert len(lines) == 5 and "matched=True" in lines[-2] and "Spearman n/a" in lines[-1]
 
 
 def test_final_value_averages_the_last_quarter_of_steps():
@@ -223,3 +224,19 @@ def test_final_value_averages_the_last_quarter_of_steps():
     assert final_value(run, "m") == pytest.approx(7.5)
     run["steps"] = {1: {"m": 3.0}}
     assert final_value(run, "m") == 3.0
+
+
+def test_proxy_judge_agreement_is_the_mean_spearman_over_runs(runs):
+    from scipy.stats import spearmanr
+
+    assert proxy_judge_agreement(runs) is None  # runs without proxy scores (older results)
+    rng = np.random.default_rng(0)
+    for run in runs:
+        run["proxy_reference"] = (np.asarray(run["judge_reference"]) + rng.normal(0, 0.1, N_PROMPTS)).tolist()
+    agreement = proxy_judge_agreement(runs)
+    expected = [spearmanr(run["proxy_reference"], run["judge_reference"]).statistic for run in runs]
+    assert agreement["per_run"] == pytest.approx(expected)
+    assert agreement["spearman"] == pytest.approx(np.mean(expected))
+    built = build_report(runs, {}, {}, kl_tolerance=2.0)
+    assert built["proxy_judge_agreement"] == agreement
+    assert f"Spearman {agreement['spearman']:.3f}" in summary_lines(built)[-1]

@@ -304,19 +304,24 @@ def read_metrics(path: Path) -> dict[int, dict[str, float]]:
     return steps
 
 
-def judge_validation(validation_dir: Path, judge) -> tuple[list[float], list[float]]:
+def judge_validation(validation_dir: Path, judge) -> dict[str, list[float]]:
     """Judge scores of the responses verl generated before training (step 0) and after (last step).
 
-    Rows are sorted by prompt, so every run lists the same eval prompts in the same order.
+    Returns ``judge_reference``, ``judge_final`` and ``proxy_reference`` (the run's reward of each step-0
+    sample). Rows are sorted by prompt, so every run lists the same eval prompts in the same order.
     """
     dumps = sorted(validation_dir.glob("*.jsonl"), key=lambda p: int(p.stem))
     if len(dumps) < 2:
         raise DemoError(f"{validation_dir} holds {len(dumps)} validation dumps; expected step 0 and the last step")
-    scores = []
-    for dump in (dumps[0], dumps[-1]):
-        rows = sorted((json.loads(line) for line in dump.read_text().splitlines()), key=lambda r: r["input"])
-        scores.append([float(s) for s in judge.score([row["input"] + row["output"] for row in rows])])
-    return scores[0], scores[1]
+    reference, final = (
+        sorted((json.loads(line) for line in dump.read_text().splitlines()), key=lambda r: r["input"])
+        for dump in (dumps[0], dumps[-1])
+    )
+    return {
+        "judge_reference": [float(s) for s in judge.score([row["input"] + row["output"] for row in reference])],
+        "judge_final": [float(s) for s in judge.score([row["input"] + row["output"] for row in final])],
+        "proxy_reference": [float(row["score"]) for row in reference],
+    }
 
 
 def train_policy(
@@ -355,7 +360,6 @@ def train_policy(
         tail = (run_dir / "run.log").read_text()[-3000:]
         raise DemoError(f"verl run {run_dir.name} ({method}) failed (exit {process.returncode}); log: "
                         f"{run_dir / 'run.log'}\n{tail}")  # fmt: skip
-    judge_reference, judge_final = judge_validation(run_dir / "validation", judge)
     result = {
         "method": method,
         "policy": f"head{head}_seed{seed}",
@@ -364,8 +368,7 @@ def train_policy(
         "beta": beta,
         "seconds": round(time.perf_counter() - start, 1),
         "steps": read_metrics(run_dir / "metrics.jsonl"),
-        "judge_reference": judge_reference,
-        "judge_final": judge_final,
+        **judge_validation(run_dir / "validation", judge),
     }
     _write_json(result_file, result)
     return result

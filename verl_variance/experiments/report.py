@@ -309,6 +309,24 @@ def _check_finite(value: Any, where: str) -> None:
         raise ValueError(f"{where} = {value} is not finite; the report holds finite numbers only")
 
 
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation of two (n,) arrays (Pearson correlation of their ranks; ties broken by order)."""
+    ranks = [np.argsort(np.argsort(np.asarray(values, dtype=np.float64))).astype(np.float64) for values in (x, y)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
+def proxy_judge_agreement(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How well the proxy reward ranks the reference samples as the judge does (what PPO can gain).
+
+    Per run: Spearman between ``proxy_reference`` (the run's reward-head score of each reference sample)
+    and ``judge_reference``; ``spearman`` is their mean over runs. None if a run lacks the proxy scores.
+    """
+    if not all(run.get("proxy_reference") for run in runs):
+        return None
+    per_run = [spearman(run["proxy_reference"], run["judge_reference"]) for run in runs]
+    return {"spearman": float(np.mean(per_run)), "per_run": per_run}
+
+
 def build_report(
     runs: list[dict[str, Any]], timings: dict[str, Any], settings: dict[str, Any], kl_tolerance: float
 ) -> dict[str, Any]:
@@ -316,8 +334,8 @@ def build_report(
 
     Keys: ``study``; ``settings`` and ``timings`` (passed through; timings may hold memory too);
     ``policies`` (``policy_summary`` of each run); ``table`` (``method_table``); ``kl_match``
-    (``kl_match(table, kl_tolerance)``); ``paper`` (``PAPER_FIGURE_7``). Raises ValueError naming the
-    run and metric (or the report path, for settings and timings) on a non-finite number.
+    (``kl_match(table, kl_tolerance)``); ``proxy_judge_agreement``; ``paper`` (``PAPER_FIGURE_7``).
+    Raises ValueError naming the run and metric (or the report path, for settings and timings) on a non-finite number.
     """
     table = method_table(runs)
     report = {
@@ -326,6 +344,7 @@ def build_report(
         "policies": [policy_summary(run) for run in runs],
         "table": table,
         "kl_match": kl_match(table, kl_tolerance),
+        "proxy_judge_agreement": proxy_judge_agreement(runs),
         "paper": PAPER_FIGURE_7,
         "timings": timings,
     }
@@ -386,6 +405,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"KL match: variance-aware / vanilla mean final KL = {match['variance_aware_final_kl']:.4f} / "
         f"{match['vanilla_final_kl']:.4f} = {ratio} (tolerance ×{match['tolerance']:g}): "
         f"{'matched' if match['matched'] else 'NOT matched'}.",
+        f"Reward model: {_agreement_text(report)}.",
         "",
         "Paper, Figure 7 (40 policies each, another judge: compare orderings, not values):",
         "",
@@ -427,7 +447,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             )
     ratio = "n/a" if match["ratio"] is None else f"{match['ratio']:.3f}"
     lines.append(f"  KL ratio aware/vanilla={ratio} (tolerance ×{match['tolerance']:g}) matched={match['matched']}")
-    return lines
+    return [*lines, f"  {_agreement_text(report)}"]
+
+
+def _agreement_text(report: dict[str, Any]) -> str:
+    agreement = report.get("proxy_judge_agreement")
+    value = "n/a" if agreement is None else f"{agreement['spearman']:.3f}"
+    return f"proxy reward vs judge on the reference samples: Spearman {value} (mean over runs)"
 
 
 # --- figures --------------------------------------------------------------------------------------
