@@ -15,7 +15,7 @@ Why review text and not pairs of reference-policy continuations of one prompt: t
 SmolLM2 after the same opening differ little in sentiment, so their judge labels agree with the judge's
 ordering only 70% of the time, and a reward model trained on 512 of them ranked policy samples no
 better than chance (Spearman 0.06 against the judge). Human review openings carry the review's
-sentiment (labels 79% in the judge's order) and cost no sampling: 1024 pairs gave Spearman 0.23
+sentiment (labels 79% in the judge's order) and cost no sampling: 1024 pairs gave Spearman 0.42
 (measured on the default scale's reference samples; see the README). The paper's reward model, too,
 is trained on preference data that the policy did not generate.
 """
