@@ -20,10 +20,10 @@ from verl_variance.experiments.imdb import (
     load_imdb_reviews,
     make_prompts,
     read_reviews,
+    review_openings,
     stratified_split,
     verl_prompt_overrides,
 )
-from verl_variance.experiments.preferences import review_openings
 
 CONFIG = ImdbPromptConfig(eval_reviews=800)
 

@@ -175,15 +175,16 @@ def prepare_pairs(scale: DemoScale, workdir: Path, assets: dict[str, Any], judge
     from transformers import AutoTokenizer
 
     from verl_variance.experiments import imdb
-    from verl_variance.experiments.preferences import build_preference_pairs, pair_indices, review_openings, write_pairs
+    from verl_variance.experiments.preferences import build_preference_pairs, pair_indices, write_pairs
 
     path = workdir / "preferences.jsonl"
     if path.is_file():
         return path
-    train = pd.read_parquet(assets["prompts"].path / imdb.TRAIN_FILE)  # never an eval review
-    train = train.iloc[: 2 * scale.preference_pairs]
+    train = pd.read_parquet(assets["prompts"].path / imdb.TRAIN_FILE).iloc[
+        : 2 * scale.preference_pairs
+    ]  # no eval review
     reviews = imdb.read_reviews(assets["reviews"], "prompt").set_index("review_id")["text"]
-    texts = review_openings(
+    texts = imdb.review_openings(
         [reviews[row["review_id"]] for row in train["extra_info"]],
         [row[0]["content"] for row in train["prompt"]],
         AutoTokenizer.from_pretrained(assets["policy"]),

@@ -168,6 +168,20 @@ def make_prompts(
     return prompts
 
 
+def review_openings(reviews: Sequence[str], prompts: Sequence[str], tokenizer: Any, response_tokens: int) -> list[str]:
+    """Each prompt followed by the next ``response_tokens`` tokens of its own review: ``(n,)`` texts.
+
+    ``prompts[i]`` is the opening of ``reviews[i]`` (as ``make_prompts`` cuts it); the text is the review's
+    first ``len(prompt tokens) + response_tokens`` tokens under ``tokenizer`` (the policy's), decoded.
+    """
+    texts = []
+    for review, prompt in zip(reviews, prompts, strict=True):
+        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + response_tokens
+        ids = tokenizer(review_window(review, length), add_special_tokens=False)["input_ids"]
+        texts.append(tokenizer.decode(ids[:length], skip_special_tokens=True).rstrip())
+    return texts
+
+
 def prompt_row(prompt: str, index: int, split: str, review_id: int, label: int) -> dict[str, Any]:
     """One row of verl's RL dataset layout (``data.prompt_key=prompt``)."""
     return {

@@ -37,22 +37,6 @@ def bradley_terry_labels(score_a: np.ndarray, score_b: np.ndarray, seed: int) ->
     return np.random.default_rng(seed).random(probability.shape) < probability
 
 
-def review_openings(reviews: Sequence[str], prompts: Sequence[str], tokenizer: Any, response_tokens: int) -> list[str]:
-    """Each prompt followed by the next ``response_tokens`` tokens of its own review: ``(n,)`` texts.
-
-    ``prompts[i]`` is the opening of ``reviews[i]`` (as ``imdb.make_prompts`` cuts it); the text is the review's
-    first ``len(prompt tokens) + response_tokens`` tokens under ``tokenizer`` (the policy's), decoded.
-    """
-    from verl_variance.experiments.imdb import review_window
-
-    texts = []
-    for review, prompt in zip(reviews, prompts, strict=True):
-        length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + response_tokens
-        ids = tokenizer(review_window(review, length), add_special_tokens=False)["input_ids"]
-        texts.append(tokenizer.decode(ids[:length], skip_special_tokens=True).rstrip())
-    return texts
-
-
 def pair_indices(num_texts: int, num_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(first, second)``: ``(num_pairs,)`` indices of two different texts per pair, drawn at random.
 

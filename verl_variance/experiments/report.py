@@ -309,21 +309,17 @@ def _check_finite(value: Any, where: str) -> None:
         raise ValueError(f"{where} = {value} is not finite; the report holds finite numbers only")
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation of two (n,) arrays (Pearson correlation of their ranks; ties broken by order)."""
-    ranks = [np.argsort(np.argsort(np.asarray(values, dtype=np.float64))).astype(np.float64) for values in (x, y)]
-    return float(np.corrcoef(*ranks)[0, 1])
-
-
 def proxy_judge_agreement(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How well the proxy reward ranks the reference samples as the judge does (what PPO can gain).
 
     Per run: Spearman between ``proxy_reference`` (the run's reward-head score of each reference sample)
     and ``judge_reference``; ``spearman`` is their mean over runs. None if a run lacks the proxy scores.
     """
+    from scipy.stats import spearmanr  # scipy comes with the demo extra (scikit-learn)
+
     if not all(run.get("proxy_reference") for run in runs):
         return None
-    per_run = [spearman(run["proxy_reference"], run["judge_reference"]) for run in runs]
+    per_run = [float(spearmanr(run["proxy_reference"], run["judge_reference"]).statistic) for run in runs]
     return {"spearman": float(np.mean(per_run)), "per_run": per_run}
 
 
