@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -28,3 +29,15 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 30
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def assert_all_finite(value, where: str = "report") -> None:
+    """Every float in a nested dict/list structure (a report, a metrics record) is finite; names the path."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert_all_finite(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            assert_all_finite(item, f"{where}[{index}]")
+    elif isinstance(value, float):
+        assert math.isfinite(value), where

@@ -36,6 +36,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from verl_variance.experiments.assets import InsufficientDiskSpace, MissingDemoExtra
     from verl_variance.experiments.demo import SCALES, DemoError, run_demo
+    from verl_variance.experiments.study import StudyError
 
     if args.scale not in SCALES:  # argparse's choices say it too; run_demo is also called from Python
         print(f"verl-variance demo: unknown scale {args.scale!r}; valid: {sorted(SCALES)}", file=sys.stderr)
@@ -46,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     try:
         run_demo(args.scale, args.workdir, args.assets_dir, **overrides)
-    except (MissingDemoExtra, InsufficientDiskSpace, DemoError) as error:
+    except (MissingDemoExtra, InsufficientDiskSpace, DemoError, StudyError) as error:
         print(f"verl-variance demo: {error}", file=sys.stderr)
         return 2
     print(f"verl-variance demo: report in {args.workdir}/report.json, report.md and fig*.png")
@@ -139,7 +140,44 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_check(args: argparse.Namespace) -> int:
+    from verl_variance.experiments.recipes import RecipeError, preflight
+
+    models = dict(item.split("=", 1) for item in args.model)
+    try:
+        preflight(args.device, args.backend, args.data_dir, models, args.reward_model, args.head, args.nnodes,
+                  args.gpus_per_node)  # fmt: skip
+    except RecipeError as error:
+        return _fail("recipe-check", error)
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from verl_variance.experiments import recipes
+    from verl_variance.experiments.assets import MissingDemoExtra
+    from verl_variance.experiments.study import StudyError
+
+    try:
+        if args.study_command == "run":
+            betas = {"vanilla": args.vanilla_kl_coef, "variance_aware": args.aware_kl_coef}
+            overrides = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
+            recipes.run_recipe_study(args.recipe_dir, args.study_dir, args.heads, args.seeds, betas, args.steps,
+                                     calibrate=args.calibrate, overrides=overrides)  # fmt: skip
+            print(f"verl-variance study: trained every policy in {args.study_dir}; judge them with evaluate.sh")
+        else:
+            from verl_variance.experiments.judge import make_judge
+
+            judge = make_judge(args.judge, args.assets_dir, args.judge_format, args.batch_size, args.max_length)
+            recipes.evaluate_recipe_study(args.study_dir, judge, args.kl_tolerance)
+            print(f"verl-variance study: report in {args.study_dir}/report.json, report.md and fig*.png")
+    except (StudyError, MissingDemoExtra, ValueError, FileNotFoundError) as error:
+        return _fail("study", error)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from verl_variance.experiments.judge import PAPER_JUDGE
+
     parser = argparse.ArgumentParser(prog="verl-variance", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -243,6 +281,46 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--batch-size", type=int, default=32)
     analyze.add_argument("--max-length", type=int, default=1024)
     analyze.set_defaults(run=_analyze)
+
+    check = commands.add_parser(
+        "recipe-check", help="check a recipe's inputs before Ray starts (recipes/imdb_gpt2/common.sh runs it)"
+    )
+    check.add_argument("--device", required=True, help="gpu or cpu")
+    check.add_argument("--backend", default="fsdp", help="fsdp or megatron")
+    check.add_argument("--data-dir", help="DATA_DIR: train.parquet and test.parquet (unset: a dry run's checks)")
+    check.add_argument("--model", action="append", default=[], metavar="VARIABLE=PATH", help="a model path to check")
+    check.add_argument("--reward-model", help="REWARD_MODEL_PATH: the K-head ensemble folder")
+    check.add_argument("--head", type=int, default=0, help="HEAD: the reward head this policy trains on")
+    check.add_argument("--nnodes", type=int, default=1)
+    check.add_argument("--gpus-per-node", type=int, default=1)
+    check.set_defaults(run=_recipe_check)
+
+    study = commands.add_parser("study", help="the IMDB study through the recipes (run_study.sh, evaluate.sh)")
+    study_commands = study.add_subparsers(dest="study_command", required=True)
+    study_run = study_commands.add_parser(
+        "run", help="train HEADS x SEEDS policies of both methods with the recipe scripts, resumable, beta-calibrated"
+    )
+    study_run.add_argument("--recipe-dir", required=True, help="the folder of run_gpt2_<method>_fsdp.sh")
+    study_run.add_argument("--study-dir", required=True, help="policies/, calibration.json, later the report")
+    study_run.add_argument("--heads", type=int, nargs="+", required=True, help="reward heads (paper: 0..9)")
+    study_run.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds (paper: 0..3)")
+    study_run.add_argument("--steps", type=int, required=True, help="TRAIN_STEPS of every run (progress lines)")
+    study_run.add_argument("--vanilla-kl-coef", type=float, default=0.2, help="beta of vanilla PPO (Table 6: 0.2)")
+    study_run.add_argument("--aware-kl-coef", type=float, default=0.05, help="initial variance-aware beta (Table 7)")
+    study_run.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                           help="keep --aware-kl-coef instead of matching the vanilla pilot's final KL")  # fmt: skip
+    study_run.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then verl overrides for every run")
+    evaluate = study_commands.add_parser("evaluate", help="judge every finished policy, write the report")
+    evaluate.add_argument("--study-dir", required=True)
+    evaluate.add_argument(
+        "--judge", default=PAPER_JUDGE, help="a Hugging Face sequence classifier (folder or hub name), or tfidf"
+    )
+    evaluate.add_argument("--judge-format", default="chat", help="chat (the judge's chat template) or text")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--max-length", type=int, default=1024)
+    evaluate.add_argument("--assets-dir", default=None, help="asset cache of the tfidf judge")
+    evaluate.add_argument("--kl-tolerance", type=float, default=1.25, help="max final-KL ratio called matched")
+    study.set_defaults(run=_study)
     return parser
 
 

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from tests.conftest import assert_all_finite
 from verl_variance.cli import main as cli_main
 from verl_variance.experiments.bandit import (
     PAPER_FIGURES,
@@ -192,17 +193,6 @@ def test_zero_reference_policy():
     assert samples["reference_return"] == 0.0 and not samples["pi0"].any()
 
 
-def _assert_all_finite(value, where="report"):
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _assert_all_finite(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _assert_all_finite(item, f"{where}[{index}]")
-    elif isinstance(value, float):
-        assert math.isfinite(value), where
-
-
 def _assert_png(path):
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, path
@@ -213,7 +203,7 @@ def test_run_writes_json_and_one_png_per_setting(tmp_path):
     written = json.loads((tmp_path / "simulation.json").read_text())
     assert written == json.loads(json.dumps(report))
     assert set(written["settings"]) == {"high", "low"}
-    _assert_all_finite(written)
+    assert_all_finite(written)
     for setting, result in written["settings"].items():
         assert result["config"]["draws"] == 400 and result["config"]["setting"] == setting
         histogram = result["histogram"]

@@ -89,3 +89,40 @@ def test_missing_sklearn(monkeypatch, tmp_path):
     with pytest.raises(MissingDemoExtra, match=r"scikit-learn.*pip install 'verl-variance\[demo\]'"):
         build_judge(AssetCache(tmp_path))
     assert not (tmp_path / "judge").exists()
+
+
+def test_tfidf_judge_scores_a_response_as_the_continued_review(judge_asset):
+    judge = load_judge(judge_asset)
+    prompts, responses = ["This movie was", "I thought it"], [" wonderful and moving", " a boring mess"]
+    expected = judge.score(["This movie was wonderful and moving", "I thought it a boring mess"])
+    np.testing.assert_array_equal(judge.score_responses(prompts, responses), expected)
+    assert judge.name == "tfidf" and expected[0] > 0 > expected[1]
+
+
+@pytest.mark.parametrize("prompt_format", ["chat", "text"])
+def test_any_sequence_classifier_is_a_judge(tmp_path, prompt_format):
+    """A Hugging Face classifier judge (the paper's FsfairX is one): its logit for each (prompt, response), read
+    through its chat template or as one text, equals a direct unbatched forward pass."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from verl_variance.experiments.judge import make_judge
+    from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
+
+    path = build_tiny_model(tmp_path / "judge", TinyModelConfig("qwen2", num_labels=1, seed=4))
+    judge = make_judge(str(path), prompt_format=prompt_format, batch_size=2)
+    prompts, responses = ["the film was", "i thought it", "a"], [" great fun", " boring and slow and long", " mess"]
+    scores = judge.score_responses(prompts, responses)
+    model, tokenizer = (
+        AutoModelForSequenceClassification.from_pretrained(path).eval(),
+        AutoTokenizer.from_pretrained(path),
+    )
+    for prompt, response, score in zip(prompts, responses, scores, strict=True):
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False) if prompt_format == "chat" else prompt + response
+        with torch.no_grad():
+            logit = model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0]
+        assert score == pytest.approx(float(logit), rel=1e-4, abs=1e-5)
+    assert judge.name == str(path) and scores.shape == (3,)
+    with pytest.raises(ValueError, match="judge prompt format 'html': expected 'chat' or 'text'"):
+        make_judge(str(path), prompt_format="html")

@@ -122,6 +122,15 @@ def test_bad_ensembles_fail_with_the_cause(reward_models, tmp_path):
         EnsembleRewardConfig(aggregator="softmin", aggregator_params={"temperature": 2.0})
 
 
+def test_a_served_reward_model_is_not_loaded_again_in_the_reward_worker(tmp_path):
+    """With reward.reward_model.enable the vLLM server scores: the manager verl builds anyway loads nothing
+    (the model path may even be a hub name the worker cannot load)."""
+    config = trainer_config("org/served-ensemble-rm", aggregator="member", aggregator_params={"index": 1})
+    config.reward.reward_model.enable = True
+    manager = load_reward_manager(config, AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "p")))
+    assert manager.scorer is None and manager.settings.aggregator_params == {"index": 1}
+
+
 class FakeRewardLoopWorker:
     """verl's RewardLoopWorker with the vLLM server replaced by a canned /classify answer."""
 

@@ -17,22 +17,19 @@ Stages (each timed, with its peak memory, in ``report.json``):
    and after it; the gold judge scores those responses;
 6. the report (``report.py``): ``report.json``, ``report.md`` and the figures.
 
-Re-running resumes: finished stages and policies are read back, not redone.
+Re-running resumes: finished stages and policies are read back, not redone. Stages 4-6 are the study
+orchestration shared with ``recipes/imdb_gpt2`` (``study.py``).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-METHODS = ("vanilla", "variance_aware")
+from verl_variance.experiments import study
 
 
 @dataclass(frozen=True)
@@ -121,21 +118,6 @@ class DemoError(RuntimeError):
     """A demo stage failed; the message names the stage, the log and the fix."""
 
 
-def _log(message: str) -> None:
-    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
-
-
 # ---------------------------------------------------------------------------------------------
 # Stages 1-3: assets, preference pairs, reward model
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +173,7 @@ def prepare_pairs(scale: DemoScale, workdir: Path, assets: dict[str, Any], judge
         scale.response_length,
     )
     first, second = pair_indices(len(texts), scale.preference_pairs, seed=0)
-    _log(f"{scale.preference_pairs} preference pairs of {len(texts)} review openings, labelled by the judge")
+    study.log(f"{scale.preference_pairs} preference pairs of {len(texts)} review openings, labelled by the judge")
     rows = build_preference_pairs([texts[i] for i in first], [texts[i] for i in second], judge.score, seed=0)
     return write_pairs(rows, path)
 
@@ -324,97 +306,17 @@ def gpu_count(device: str) -> int:
     return torch.cuda.device_count()
 
 
-def read_metrics(path: Path) -> dict[int, dict[str, float]]:
-    steps = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        steps[int(record["step"])] = record["data"]
-    return steps
-
-
-def judge_validation(validation_dir: Path, judge) -> dict[str, list[float]]:
-    """Judge scores of the responses verl generated before training (step 0) and after (last step).
-
-    Returns ``judge_reference``, ``judge_final`` and ``proxy_reference`` (the run's reward of each step-0
-    sample). Rows are sorted by prompt, so every run lists the same eval prompts in the same order.
-    """
-    dumps = sorted(validation_dir.glob("*.jsonl"), key=lambda p: int(p.stem))
-    if len(dumps) < 2:
-        raise DemoError(f"{validation_dir} holds {len(dumps)} validation dumps; expected step 0 and the last step")
-    reference, final = (
-        sorted((json.loads(line) for line in dump.read_text().splitlines()), key=lambda r: r["input"])
-        for dump in (dumps[0], dumps[-1])
-    )
-    return {
-        "judge_reference": [float(s) for s in judge.score([row["input"] + row["output"] for row in reference])],
-        "judge_final": [float(s) for s in judge.score([row["input"] + row["output"] for row in final])],
-        "proxy_reference": [float(row["score"]) for row in reference],
-    }
-
-
-def train_policy(
-    scale: DemoScale, method: str, index: int, beta: float, paths: dict[str, Path], judge, progress: str
-) -> dict[str, Any]:
-    """One verl PPO run (or its saved result): metrics per step and judge scores before/after."""
-    head, seed = index % scale.num_heads, index // scale.num_heads
-    run_dir = paths["runs"] / method / f"head{head}_seed{seed}"
-    result_file = run_dir / "result.json"
-    cached = _read_json(result_file)
-    if cached is not None and cached.get("beta") == beta:
-        _log(f"{progress} {method} head{head}_seed{seed}: done earlier, reusing {result_file}")
-        return cached
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (run_dir / "metrics.jsonl", *(run_dir / "validation").glob("*.jsonl")):
-        stale.unlink(missing_ok=True)
+def demo_launcher(scale: DemoScale, paths: dict[str, Path]) -> study.Launcher:
+    """One policy run of the demo: ``verl-variance ppo`` (verl's ``main_ppo``) with ``policy_overrides``."""
     device = resolve_device(scale.device)
-    overrides = policy_overrides(scale, method, head, seed, beta, paths, run_dir, gpus=gpu_count(device))
-    (run_dir / "overrides.json").write_text(json.dumps(overrides, indent=2))
-    env = dict(os.environ, VERL_FILE_LOGGER_PATH=str(run_dir / "metrics.jsonl"))
-    command = [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", device, *overrides]
-    start = time.perf_counter()
-    step_pattern = re.compile(r"\bstep:(\d+)\b")
-    with (
-        open(run_dir / "run.log", "w") as log,
-        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process,
-    ):
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            match = step_pattern.search(line)
-            if match:
-                step = int(match.group(1))
-                _log(f"{progress} {method} head{head}_seed{seed} (beta={beta:.4g}): step {step}/{scale.steps}, "
-                     f"{time.perf_counter() - start:.0f} s")  # fmt: skip
-    if process.returncode != 0:
-        tail = (run_dir / "run.log").read_text()[-3000:]
-        raise DemoError(f"verl run {run_dir.name} ({method}) failed (exit {process.returncode}); log: "
-                        f"{run_dir / 'run.log'}\n{tail}")  # fmt: skip
-    result = {
-        "method": method,
-        "policy": f"head{head}_seed{seed}",
-        "head": head,
-        "seed": seed,
-        "beta": beta,
-        "seconds": round(time.perf_counter() - start, 1),
-        "steps": read_metrics(run_dir / "metrics.jsonl"),
-        **judge_validation(run_dir / "validation", judge),
-    }
-    _write_json(result_file, result)
-    return result
+    gpus = gpu_count(device)
 
+    def launch(spec: study.PolicySpec, beta: float, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        overrides = policy_overrides(scale, spec.method, spec.head, spec.seed, beta, paths, run_dir, gpus=gpus)
+        env = dict(os.environ, VERL_FILE_LOGGER_PATH=str(run_dir / "metrics.jsonl"))
+        return [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", device, *overrides], env
 
-def calibrated_beta(scale: DemoScale, pilots: dict[str, dict[str, Any]]) -> float:
-    """β of the remaining variance-aware policies, so their final KL meets the vanilla pilot's.
-
-    At a fixed number of steps the final KL falls roughly like 1/β, so β_aware ← β_aware · KL_aware / KL_vanilla,
-    clipped to [β/4, 4β].
-    """
-    from verl_variance.experiments.report import KL_METRIC, final_value
-
-    vanilla, aware = (final_value(pilots[method], KL_METRIC) for method in METHODS)
-    if not (vanilla > 0 and aware > 0):
-        return scale.beta
-    return float(min(max(scale.beta * aware / vanilla, scale.beta / 4), scale.beta * 4))
+    return launch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +326,6 @@ def run_demo(scale_name: str, workdir: str | os.PathLike, assets_dir: str | None
     """Run (or resume) the study at ``scale_name``; returns the report dict (also written to workdir)."""
     from verl_variance.experiments.assets import AssetCache, require_demo_extra
     from verl_variance.experiments.judge import load_judge
-    from verl_variance.experiments.report import KL_METRIC, build_report, final_value, summary_lines, write_report
     from verl_variance.experiments.resources import StageMeter
 
     if scale_name not in SCALES:
@@ -435,8 +336,8 @@ def run_demo(scale_name: str, workdir: str | os.PathLike, assets_dir: str | None
     workdir.mkdir(parents=True, exist_ok=True)
     meter = StageMeter()
     cache = AssetCache(assets_dir)
-    _log(f"scale {scale.name}: {scale.policies_per_method} policies per method x {scale.steps} steps, "
-         f"K={scale.num_heads} heads, workdir {workdir}")  # fmt: skip
+    study.log(f"scale {scale.name}: {scale.policies_per_method} policies per method x {scale.steps} steps, "
+              f"K={scale.num_heads} heads, workdir {workdir}")  # fmt: skip
     with meter.stage("assets"):
         assets = prepare_assets(scale, workdir, cache)
         judge = load_judge(assets["judge"])
@@ -444,43 +345,16 @@ def run_demo(scale_name: str, workdir: str | os.PathLike, assets_dir: str | None
         pairs = prepare_pairs(scale, workdir, assets, judge)
     with meter.stage("reward_model"):
         reward_model = train_reward_model(scale, workdir, assets, pairs)
-    paths = {"policy": assets["policy"], "data_dir": assets["data_dir"], "reward_model": reward_model,
-             "critic": reward_backbone(assets["policy"], scale.rm_layers, workdir / "models" / "reward_backbone"),
-             "runs": workdir / "policies"}  # fmt: skip
-    runs: list[dict[str, Any]] = []
-    total = 2 * scale.policies_per_method
-    calibration_file = workdir / "calibration.json"
-    calibration = _read_json(calibration_file)
-    started = time.perf_counter()
-
-    def progress(done: int) -> str:
-        if not done:
-            return f"[policy {done + 1}/{total}]"
-        eta = (time.perf_counter() - started) / done * (total - done)
-        return f"[policy {done + 1}/{total}, ~{eta / 60:.1f} min left]"
-
-    for method in METHODS:  # pilots: the first policy of each method, at the initial beta
-        with meter.stage(f"policy_{method}_0"):
-            runs.append(train_policy(scale, method, 0, scale.beta, paths, judge, progress(len(runs))))
-    if calibration is None:
-        pilots = {run["method"]: run for run in runs}
-        calibration = {
-            "initial_beta": scale.beta,
-            "pilot_final_kl": {method: final_value(run, KL_METRIC) for method, run in pilots.items()},
-            "beta": {"vanilla": scale.beta, "variance_aware": calibrated_beta(scale, pilots)},
-        }
-        _write_json(calibration_file, calibration)
-    for index in range(1, scale.policies_per_method):
-        for method in METHODS:
-            with meter.stage(f"policy_{method}_{index}"):
-                beta = calibration["beta"][method]
-                runs.append(train_policy(scale, method, index, beta, paths, judge, progress(len(runs))))
+    critic = reward_backbone(assets["policy"], scale.rm_layers, workdir / "models" / "reward_backbone")
+    paths = {"policy": assets["policy"], "data_dir": assets["data_dir"], "reward_model": reward_model, "critic": critic}
+    grid = study.policy_grid(range(scale.num_heads), range(-(-scale.policies_per_method // scale.num_heads)))
+    betas = {method: scale.beta for method in study.METHODS}
+    runs, calibration = study.train_policies(grid[: scale.policies_per_method], demo_launcher(scale, paths), workdir,
+                                             betas, scale.steps, stage=meter.stage)  # fmt: skip
     with meter.stage("report"):
+        runs = study.evaluate_runs(runs, workdir, judge)
         settings = {**asdict(scale), "calibration": calibration, "judge": assets["judge_accuracy"]}
-        report = build_report(runs, meter.stages, settings, kl_tolerance=scale.kl_tolerance)
-        write_report(report, runs, workdir)
-    report["timings"] = meter.stages
-    _write_json(workdir / "report.json", report)
-    for line in summary_lines(report):
-        print(line)
+        report = study.write_study_report(runs, workdir, settings, meter.stages, scale.kl_tolerance)
+    report["timings"] = meter.stages  # the report stage's own time too
+    study.write_json(workdir / "report.json", report)
     return report

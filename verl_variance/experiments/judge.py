@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 JUDGE_FILE = "judge.pkl"
+TFIDF_JUDGE = "tfidf"
+"""The name that selects this module's TF-IDF judge where a judge model is asked for (``make_judge``)."""
+PAPER_JUDGE = "sfairXC/FsfairX-LLaMA3-RM-v0.1"
+"""The paper's judge (Section 5): a Llama-3-8B reward model, a Hugging Face sequence classifier."""
 MIN_ACCURACY = 0.85
 """A judge below this held-out accuracy on full reviews is rejected at build time."""
 
@@ -53,10 +57,15 @@ class SentimentJudge:
 
     vectorizer: TfidfVectorizer
     classifier: LogisticRegression
+    name: ClassVar[str] = TFIDF_JUDGE
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """Log-odds of a positive review, one float64 per text: ``(n,)``."""
         return self.classifier.decision_function(self.vectorizer.transform(list(texts)))
+
+    def score_responses(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """``score`` of each prompt followed by its response (a continued review): ``(n,)``."""
+        return self.score([prompt + response for prompt, response in zip(prompts, responses, strict=True)])
 
     def accuracy(self, texts: Sequence[str], labels: Sequence[int]) -> float:
         """Share of ``texts`` whose sign of ``score`` matches ``labels`` (1 positive, 0 negative)."""
@@ -156,3 +165,44 @@ def build_judge(cache: AssetCache, config: JudgeConfig | None = None, reviews: A
 def load_judge(asset: Asset) -> SentimentJudge:
     """The judge of a ``judge`` asset (verified by ``AssetCache`` before it is unpickled)."""
     return SentimentJudge.load(asset.path / JUDGE_FILE)
+
+
+class SequenceClassifierJudge:
+    """Any Hugging Face sequence classifier as the judge (the paper's: ``PAPER_JUDGE``), on the GPU if any.
+
+    A response's score is the classifier's logit (the mean of its logits if it has several heads) for the
+    prompt and the response: as a user turn and an assistant turn through the model's chat template
+    (``prompt_format="chat"``, what reward models such as FsfairX are trained on), or as one plain text, the
+    prompt followed by the response (``"text"``).
+    """
+
+    def __init__(self, path: str, prompt_format: str = "chat", batch_size: int = 8, max_length: int = 1024) -> None:
+        from verl_variance.reward_model.analysis import load_reward_model
+
+        if prompt_format not in ("chat", "text"):
+            raise ValueError(f"judge prompt format {prompt_format!r}: expected 'chat' or 'text'")
+        self.name, self.prompt_format, self.batch_size, self.max_length = path, prompt_format, batch_size, max_length
+        self.model, self.tokenizer = load_reward_model(path)
+        if prompt_format == "chat" and getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(f"judge {path} has no chat template: use the text prompt format (JUDGE_FORMAT=text)")
+
+    def score_responses(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """The judge's reward of each (prompt, response): ``(n,)`` float64."""
+        from verl_variance.reward_model.scoring import member_rewards
+
+        if self.prompt_format == "chat":
+            items = [(p, [{"role": "assistant", "content": r}]) for p, r in zip(prompts, responses, strict=True)]
+        else:
+            items = list(zip(prompts, responses, strict=True))
+        rewards = member_rewards(self.model, self.tokenizer, items, self.batch_size, self.max_length, separator="")
+        return rewards.mean(dim=1).double().numpy()
+
+
+def make_judge(
+    judge: str, assets_dir: str | None = None, prompt_format: str = "chat", batch_size: int = 8, max_length: int = 1024
+) -> SentimentJudge | SequenceClassifierJudge:
+    """The judge named ``judge``: ``"tfidf"`` (this module's, built offline into the asset cache at
+    ``assets_dir``) or a Hugging Face sequence classifier (a local folder or a hub name)."""
+    if judge == TFIDF_JUDGE:
+        return load_judge(build_judge(AssetCache(assets_dir)))
+    return SequenceClassifierJudge(judge, prompt_format, batch_size, max_length)

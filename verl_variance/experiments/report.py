@@ -313,14 +313,19 @@ def proxy_judge_agreement(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How well the proxy reward ranks the reference samples as the judge does (what PPO can gain).
 
     Per run: Spearman between ``proxy_reference`` (the run's reward-head score of each reference sample)
-    and ``judge_reference``; ``spearman`` is their mean over runs. None if a run lacks the proxy scores.
+    and ``judge_reference``, None where either is constant (no ranking); ``spearman`` is the mean of the
+    defined ones (None if there is none). None if a run lacks the proxy scores.
     """
     from scipy.stats import spearmanr  # scipy comes with the demo extra (scikit-learn)
 
     if not all(run.get("proxy_reference") for run in runs):
         return None
-    per_run = [float(spearmanr(run["proxy_reference"], run["judge_reference"]).statistic) for run in runs]
-    return {"spearman": float(np.mean(per_run)), "per_run": per_run}
+    per_run = []
+    for run in runs:
+        constant = min(np.ptp(run["proxy_reference"]), np.ptp(run["judge_reference"])) == 0
+        per_run.append(None if constant else float(spearmanr(run["proxy_reference"], run["judge_reference"]).statistic))
+    defined = [value for value in per_run if value is not None]
+    return {"spearman": float(np.mean(defined)) if defined else None, "per_run": per_run}
 
 
 def build_report(
@@ -402,6 +407,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{match['vanilla_final_kl']:.4f} = {ratio} (tolerance ×{match['tolerance']:g}): "
         f"{'matched' if match['matched'] else 'NOT matched'}.",
         f"Reward model: {_agreement_text(report)}.",
+        f"Calibration: {_calibration_text(report['settings'].get('calibration'))}.",
         "",
         "Paper, Figure 7 (40 policies each, another judge: compare orderings, not values):",
         "",
@@ -446,9 +452,23 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return [*lines, f"  {_agreement_text(report)}"]
 
 
+def _calibration_text(calibration: dict[str, Any] | None) -> str:
+    """One line on how β was set: the pilots' final KLs and the β each method then trained with."""
+    if not calibration:
+        return "none recorded"
+    beta, kl = calibration["beta"], calibration["pilot_final_kl"]
+    pilot = calibration.get("pilot", {})
+    where = f" (head {pilot['head']}, seed {pilot['seed']})" if pilot else ""
+    text = (
+        f"the pilots{where} ended at final KL {kl['vanilla']:.4g} (vanilla) and {kl['variance_aware']:.4g} "
+        f"(variance-aware); β vanilla {beta['vanilla']:.4g}, variance-aware {beta['variance_aware']:.4g}"
+    )
+    return text if calibration.get("calibrated", True) else text + " (not calibrated: β as given)"
+
+
 def _agreement_text(report: dict[str, Any]) -> str:
     agreement = report.get("proxy_judge_agreement")
-    value = "n/a" if agreement is None else f"{agreement['spearman']:.3f}"
+    value = "n/a" if agreement is None or agreement["spearman"] is None else f"{agreement['spearman']:.3f}"
     return f"proxy reward vs judge on the reference samples: Spearman {value} (mean over runs)"
 
 

@@ -170,7 +170,10 @@ def build_manager_class():
         def __init__(self, config, tokenizer, compute_score, reward_router_address=None, reward_model_tokenizer=None):
             super().__init__(config, tokenizer, compute_score)
             self.settings = EnsembleRewardConfig.from_trainer_config(config)
-            self.scorer = shared_scorer(resolve_model_path(config, self.settings), self.settings)
+            served = config.get("reward", {}).get("reward_model", {}).get("enable", False)
+            # a served reward model (reward.reward_model.enable) is scored by the server through the patched
+            # compute_score_disrm: verl still builds this manager in every reward worker, so load nothing here
+            self.scorer = None if served else shared_scorer(resolve_model_path(config, self.settings), self.settings)
             self.batcher = RequestBatcher(
                 self._score_batch, self.settings.batch_wait_ms / 1000, self.settings.batch_size
             )

@@ -28,6 +28,25 @@ def _format(item: Item, tokenizer, separator: str) -> tuple[str, bool]:
     raise ValueError(f"cannot score {item!r}: expected text, a (prompt, response) pair or a list of chat messages")
 
 
+def member_rewards(
+    model: torch.nn.Module,
+    tokenizer,
+    texts_or_pairs: Sequence[Item],
+    batch_size: int = 32,
+    max_length: int = 1024,
+    separator: str = "\n",
+) -> torch.Tensor:
+    """(N, K) float32 reward of every head (any K >= 1) for N texts, (prompt, response) pairs or conversations.
+
+    A pair of texts reads as ``prompt + separator + response``; chat messages go through the tokenizer's chat
+    template (``data.sequence_text``).
+    """
+    formatted = [_format(item, tokenizer, separator) for item in texts_or_pairs]
+    encoded = encode_texts([text for text, _ in formatted], tokenizer, max_length, [chat for _, chat in formatted])
+    warn_truncated(encoded.pop("num_truncated"), len(formatted), max_length)
+    return head_rewards(model, encoded["input_ids"], encoded["attention_mask"], batch_size)
+
+
 def score_texts(
     model: torch.nn.Module,
     tokenizer,
@@ -36,16 +55,13 @@ def score_texts(
     max_length: int = 1024,
     separator: str = "\n",
 ) -> dict[str, torch.Tensor]:
-    """Rewards of every head for N sequences, and their ensemble statistics.
+    """Rewards of every head for N sequences (``member_rewards``), and their ensemble statistics (K >= 2).
 
     Returns:
         ``rewards`` (N, K); ``mean`` (N,) r̄ = (1/K) Σ_k r_k; ``variance`` (N,) σ² (unbiased, 1/(K−1));
         ``std`` (N,) σ.
     """
-    formatted = [_format(item, tokenizer, separator) for item in texts_or_pairs]
-    encoded = encode_texts([text for text, _ in formatted], tokenizer, max_length, [chat for _, chat in formatted])
-    warn_truncated(encoded.pop("num_truncated"), len(formatted), max_length)
-    rewards = head_rewards(model, encoded["input_ids"], encoded["attention_mask"], batch_size)
+    rewards = member_rewards(model, tokenizer, texts_or_pairs, batch_size, max_length, separator)
     variance = ensemble_reward_variance(rewards)
     return {"rewards": rewards, "mean": rewards.mean(dim=1), "variance": variance, "std": variance.sqrt()}
 

@@ -1,0 +1,74 @@
+"""The recipes' checks before Ray and the study's launcher of recipe scripts (no verl run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from verl_variance.experiments import recipes, study
+from verl_variance.experiments.recipes import RecipeError
+
+
+def test_gpu_checks_count_this_nodes_gpus_and_want_a_ray_cluster_for_several_nodes(monkeypatch, tmp_path):
+    monkeypatch.setattr(recipes, "visible_gpus", lambda: 4)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    recipes.check_gpus("gpu", 1, 4)
+    recipes.check_gpus("cpu", 1, 64)  # CPU ranks are processes
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    with pytest.raises(RecipeError, match=r"GPUS_PER_NODE=8, but this node has 4 visible GPU\(s\) "
+                                          r"\(CUDA_VISIBLE_DEVICES=0,1,2,3\): set GPUS_PER_NODE=4$"):  # fmt: skip
+        recipes.check_gpus("gpu", 1, 8)
+    with pytest.raises(RecipeError, match="NNODES=0, GPUS_PER_NODE=4: both must be at least 1"):
+        recipes.check_gpus("gpu", 0, 4)
+    monkeypatch.setattr(recipes.Path, "is_file", lambda self: False)  # no local Ray cluster file
+    with pytest.raises(RecipeError, match="NNODES=2 needs a Ray cluster: .*`ray start --head`"):
+        recipes.check_gpus("gpu", 2, 4)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    recipes.check_gpus("gpu", 2, 4)
+
+
+def test_reward_model_heads_come_from_its_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"id2label": {str(k): f"LABEL_{k}" for k in range(10)}}))
+    assert recipes.check_reward_model(str(tmp_path), 9) == 10
+    with pytest.raises(RecipeError, match=r"HEAD=10, but REWARD_MODEL_PATH=.* has heads 0\.\.9"):
+        recipes.check_reward_model(str(tmp_path), 10)
+    (tmp_path / "config.json").write_text(json.dumps({"num_labels": 1}))
+    with pytest.raises(RecipeError, match="has 1 reward head"):
+        recipes.check_reward_model(str(tmp_path), 0)
+
+
+def test_device_and_backend_checks():
+    recipes.check_device("cpu", "fsdp")
+    recipes.check_device("gpu", "megatron")
+    with pytest.raises(RecipeError, match="DEVICE=cpu: Megatron runs on NVIDIA GPUs only"):
+        recipes.check_device("cpu", "megatron")
+    with pytest.raises(RecipeError, match="DEVICE='cuda' is unknown"):
+        recipes.check_device("cuda")
+    with pytest.raises(RecipeError, match="backend 'deepspeed' is unknown"):
+        recipes.check_device("gpu", "deepspeed")
+
+
+def test_the_launcher_runs_each_methods_recipe_with_the_runs_variables(tmp_path, monkeypatch):
+    with pytest.raises(study.StudyError, match="has no run_gpt2_vanilla_fsdp.sh"):
+        recipes.recipe_launcher(tmp_path, [])
+    for script in recipes.RECIPE_SCRIPTS.values():
+        (tmp_path / script).write_text("#!/usr/bin/env bash\n")
+    monkeypatch.setenv("MODEL_PATH", "/models/gpt2")
+    launch = recipes.recipe_launcher(tmp_path, ["trainer.use_v1=False"])
+    spec = study.PolicySpec("variance_aware", 3, 1)
+    command, env = launch(spec, 0.0375, tmp_path / "run")
+    assert command == ["bash", str(tmp_path / "run_gpt2_variance_aware_fsdp.sh"), "trainer.use_v1=False"]
+    assert {key: env[key] for key in ("HEAD", "SEED", "KL_COEF", "OUTPUT_DIR", "MODEL_PATH")} == {
+        "HEAD": "3", "SEED": "1", "KL_COEF": "0.0375", "OUTPUT_DIR": str(tmp_path / "run"), "MODEL_PATH": "/models/gpt2"
+    }  # fmt: skip
+    assert env["VERL_FILE_LOGGER_PATH"] == str(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_evaluating_a_study_without_both_methods_is_a_clear_error(tmp_path):
+    with pytest.raises(study.StudyError, match="holds no finished run: run recipes/imdb_gpt2/run_study.sh first"):
+        recipes.evaluate_recipe_study(tmp_path, judge=None, kl_tolerance=1.25)
+    study.write_json(study.PolicySpec("vanilla", 0, 0).run_dir(tmp_path) / study.RESULT_FILE,
+                     {"method": "vanilla", "head": 0, "seed": 0})  # fmt: skip
+    with pytest.raises(study.StudyError, match=r"has no finished \['variance_aware'\] run"):
+        recipes.evaluate_recipe_study(tmp_path, judge=None, kl_tolerance=1.25)

@@ -1,0 +1,157 @@
+"""The study orchestration (shared by the demo and the recipes), driven by a fake verl run: grid, resume,
+calibration, failure messages, judging and the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from verl_variance.experiments import study
+
+FAKE_RUN = r"""
+import json, os, sys
+from pathlib import Path
+run_dir, beta, steps, kl = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+fail_at = int(os.environ.get("FAKE_FAIL_AT", "0"))
+first = int(os.environ.get("FAKE_FIRST_STEP", "1"))
+(run_dir / "validation").mkdir(exist_ok=True)
+prompts = ["b prompt", "a prompt", "c prompt"]
+def dump(step, suffix):
+    rows = [{"input": p, "output": suffix, "score": float(i), "step": step} for i, p in enumerate(prompts)]
+    (run_dir / "validation" / f"{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+if first == 1:
+    dump(0, " meh")
+with open(run_dir / "metrics.jsonl", "w") as log:
+    for step in range(first, steps + 1):
+        if step == fail_at:
+            print("Traceback: something broke in a worker", flush=True)
+            sys.exit(3)
+        log.write(json.dumps({"step": step, "data": {"actor/reward_kl_penalty": kl / beta * step / steps,
+                                                     "critic/score/mean": step / steps}}) + "\n")
+        print(f"step:{step} - actor/pg_loss:0.1", flush=True)
+dump(steps, " good good")
+"""
+
+
+def fake_launcher(tmp_path: Path, steps: int, kl: float = 0.01) -> tuple[study.Launcher, list]:
+    script = tmp_path / "fake_run.py"
+    script.write_text(FAKE_RUN)
+    calls = []
+
+    def launch(spec, beta, run_dir):
+        calls.append((spec.method, spec.name, beta))
+        scale = 2.0 if spec.method == "variance_aware" else 1.0  # the aware pilot ends at twice vanilla's KL
+        return [sys.executable, str(script), str(run_dir), str(beta), str(steps), str(kl * scale)], None
+
+    return launch, calls
+
+
+class WordJudge:
+    name = "words/v1"
+
+    def score_responses(self, prompts, responses):
+        return np.array([float(response.count("good")) for response in responses])
+
+
+def test_policy_grid_is_seed_major_and_rejects_bad_lists():
+    assert study.policy_grid([0, 1, 2], [0, 1]) == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
+    grid = study.policy_grid(range(4), range(3))  # the demo's policy i: head i % K, seed i // K
+    assert [grid[i] for i in (0, 5, 11)] == [(0, 0), (1, 1), (3, 2)]
+    with pytest.raises(study.StudyError, match="no heads given"):
+        study.policy_grid([], [0])
+    with pytest.raises(study.StudyError, match=r"seeds \[1, 1\] repeat a value"):
+        study.policy_grid([0], [1, 1])
+    with pytest.raises(study.StudyError, match="non-negative"):
+        study.policy_grid([-1], [0])
+
+
+def run_with_kl(method, kls):
+    steps = {i + 1: {"actor/reward_kl_penalty": value} for i, value in enumerate(kls)}
+    return {"method": method, "policy": "p", "steps": steps}
+
+
+def test_calibration_scales_beta_by_the_kl_ratio():
+    pilots = {"vanilla": run_with_kl("vanilla", [0.1, 0.2, 0.2, 0.2]), "variance_aware": run_with_kl("vanilla", [0.3])}
+    assert study.calibrated_beta(0.05, pilots) == pytest.approx(0.05 * 0.3 / 0.2)
+    pilots["variance_aware"] = run_with_kl("variance_aware", [100.0])
+    assert study.calibrated_beta(0.05, pilots) == pytest.approx(4 * 0.05)  # clipped
+    pilots["vanilla"] = run_with_kl("vanilla", [-0.01])
+    assert study.calibrated_beta(0.05, pilots) == 0.05  # no signal: keep beta
+
+
+def test_study_trains_calibrates_resumes_and_reports(tmp_path, capsys):
+    launch, calls = fake_launcher(tmp_path, steps=4)
+    grid = study.policy_grid([0, 1], [0])
+    betas = {"vanilla": 0.2, "variance_aware": 0.05}
+    runs, calibration = study.train_policies(grid, launch, tmp_path / "s", betas, total_steps=4)
+    # pilots first (head0_seed0, both methods, initial betas), then the rest at the calibrated beta
+    aware = 0.05 * (0.02 / 0.05) / (0.01 / 0.2)  # final KL = kl / beta: aware 0.02/0.05, vanilla 0.01/0.2
+    assert calibration["beta"] == {"vanilla": 0.2, "variance_aware": pytest.approx(min(aware, 0.2))}
+    assert calls == [
+        ("vanilla", "head0_seed0", 0.2),
+        ("variance_aware", "head0_seed0", 0.05),
+        ("vanilla", "head1_seed0", 0.2),
+        ("variance_aware", "head1_seed0", calibration["beta"]["variance_aware"]),
+    ]
+    assert [run["policy"] for run in runs] == ["head0_seed0", "head0_seed0", "head1_seed0", "head1_seed0"]
+    assert sorted(runs[0]["steps"]) == [1, 2, 3, 4]
+    out = capsys.readouterr().out
+    assert "[policy 1/4] vanilla head0_seed0 (beta=0.2): step 4/4" in out and "min left]" in out
+    assert json.loads((tmp_path / "s" / "calibration.json").read_text()) == calibration
+
+    calls.clear()  # everything is finished: nothing runs again
+    again, _ = study.train_policies(grid, launch, tmp_path / "s", betas, total_steps=4)
+    assert calls == [] and again == json.loads(json.dumps(runs))
+
+    judged = study.evaluate_runs(study.finished_runs(tmp_path / "s"), tmp_path / "s", WordJudge())
+    first = judged[0]
+    assert first["judge_reference"] == [0.0, 0.0, 0.0] and first["judge_final"] == [2.0, 2.0, 2.0]
+    assert first["proxy_reference"] == [1.0, 0.0, 2.0]  # sorted by prompt: "a", "b", "c"
+    assert (tmp_path / "s" / "policies" / "vanilla" / "head0_seed0" / "judge_words_v1.json").is_file()
+    report = study.write_study_report(judged, tmp_path / "s", {"calibration": calibration}, {}, kl_tolerance=5.0)
+    assert report["table"]["vanilla"]["n_policies"] == report["table"]["variance_aware"]["n_policies"] == 2
+    assert report["table"]["vanilla"]["gain"]["value"] == pytest.approx(2.0)
+    assert "variance-aware" in (tmp_path / "s" / "report.md").read_text()
+    # the fake judge scores every reference sample alike: no ranking, so no correlation (not NaN)
+    assert report["proxy_judge_agreement"] == {"spearman": None, "per_run": [None] * 4}
+
+
+def test_a_failed_run_names_its_log_and_a_rerun_resumes_it(tmp_path, monkeypatch):
+    launch, calls = fake_launcher(tmp_path, steps=4)
+    spec = study.PolicySpec("vanilla", 0, 0)
+    monkeypatch.setenv("FAKE_FAIL_AT", "3")
+    with pytest.raises(study.StudyError, match=r"run vanilla/head0_seed0 failed \(exit 3\); log: .*run.log") as error:
+        study.run_policy(spec, 0.2, tmp_path, launch, 4, "[1/1]")
+    assert "something broke in a worker" in str(error.value)
+    run_dir = spec.run_dir(tmp_path)
+    assert not (run_dir / "result.json").exists()
+    # the second attempt resumes after step 2 (as verl does from a checkpoint): the metrics of both are kept
+    monkeypatch.setenv("FAKE_FAIL_AT", "0")
+    monkeypatch.setenv("FAKE_FIRST_STEP", "3")
+    result = study.run_policy(spec, 0.2, tmp_path, launch, 4, "[1/1]")
+    assert sorted(result["steps"]) == [1, 2, 3, 4]
+    assert (run_dir / "metrics.attempt1.jsonl").is_file() and (run_dir / "validation" / "0.jsonl").is_file()
+    assert "something broke" in (run_dir / "run.log").read_text()  # the log keeps both attempts
+
+    # the same policy at another beta is a new run: nothing of the old one is kept
+    monkeypatch.setenv("FAKE_FIRST_STEP", "1")
+    fresh = study.run_policy(spec, 0.1, tmp_path, launch, 4, "[1/1]")
+    assert fresh["beta"] == 0.1 and not (run_dir / "metrics.attempt1.jsonl").exists()
+    assert len(calls) == 3
+
+
+def test_missing_validation_dumps_and_metrics_are_clear_errors(tmp_path):
+    (tmp_path / "validation").mkdir()
+    (tmp_path / "validation" / "0.jsonl").write_text("")
+    with pytest.raises(study.StudyError, match="1 validation dumps; expected step 0 and the last step"):
+        study.validation_dumps(tmp_path)
+
+    def silent(spec, beta, run_dir):
+        return [sys.executable, "-c", "print('no metrics')"], None
+
+    with pytest.raises(study.StudyError, match="logged no metrics.*keep 'file' in trainer.logger"):
+        study.run_policy(study.PolicySpec("vanilla", 0, 0), 0.2, tmp_path, silent, 2, "[1/1]")

@@ -1,0 +1,189 @@
+"""What the shell recipes (``recipes/imdb_gpt2/``) call in Python: checks before Ray, and the study's launcher.
+
+The recipes call verl's ``main_ppo`` themselves; this module only (1) checks their inputs before anything
+long starts (``verl-variance recipe-check``, run by ``recipes/imdb_gpt2/common.sh``), each failure one
+message naming the variable to set, and (2) launches a recipe script per policy for the study
+(``verl-variance study run``, run by ``run_study.sh``) and judges the runs (``verl-variance study evaluate``,
+run by ``evaluate.sh``), through the orchestration the demo uses (``study.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from verl_variance.experiments import study
+
+DEVICES = ("gpu", "cpu")
+BACKENDS = ("fsdp", "megatron")
+RECIPE_SCRIPTS = {"vanilla": "run_gpt2_vanilla_fsdp.sh", "variance_aware": "run_gpt2_variance_aware_fsdp.sh"}
+"""The PPO recipe of each method (``recipes/imdb_gpt2/``)."""
+PREPARE_SCRIPT = "recipes/imdb_gpt2/prepare_data.py"
+DATA_FILES = ("train.parquet", "test.parquet")
+STUDY_FILE = "study.json"
+
+
+class RecipeError(ValueError):
+    """A recipe input that cannot work; the message names the variable and the fix."""
+
+
+def check_device(device: str, backend: str = "fsdp") -> None:
+    if device not in DEVICES:
+        raise RecipeError(f"DEVICE={device!r} is unknown: use DEVICE=gpu (NVIDIA GPUs) or DEVICE=cpu (no GPU)")
+    if backend not in BACKENDS:
+        raise RecipeError(f"backend {backend!r} is unknown: expected one of {list(BACKENDS)}")
+    if device == "cpu" and backend == "megatron":
+        raise RecipeError(
+            "DEVICE=cpu: Megatron runs on NVIDIA GPUs only; on a CPU use the FSDP recipes "
+            "(run_gpt2_variance_aware_fsdp.sh with DEVICE=cpu)"
+        )
+
+
+def check_data(data_dir: str) -> None:
+    missing = [name for name in DATA_FILES if not (Path(data_dir).expanduser() / name).is_file()]
+    if missing:
+        raise RecipeError(
+            f"DATA_DIR={data_dir} has no {' or '.join(missing)}: prepare the IMDB prompts first with\n"
+            f"  python3 {PREPARE_SCRIPT} --local_save_dir {data_dir} [--tokenizer <MODEL_PATH, offline>]"
+        )
+
+
+def _num_labels(config: dict[str, Any]) -> int:
+    return int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)  # transformers' default: 2
+
+
+def check_reward_model(path: str, head: int) -> int:
+    """The K-head reward model folder holds a sequence classifier with K >= 2 heads and ``head`` < K; returns K."""
+    config_file = Path(path).expanduser() / "config.json"
+    if not config_file.is_file():
+        raise RecipeError(
+            f"REWARD_MODEL_PATH={path} is not a model folder (no config.json): point it at the ensemble reward "
+            "model (train-rm's OUTPUT_DIR/ensemble, or recipes/gemma_ensemble_rm's output)"
+        )
+    heads = _num_labels(json.loads(config_file.read_text()))
+    if heads < 2:
+        raise RecipeError(
+            f"REWARD_MODEL_PATH={path} has {heads} reward head: an ensemble of one head has no variance; use the "
+            "stage-2 folder (K heads, train-rm --num-heads 10)"
+        )
+    if not 0 <= head < heads:
+        raise RecipeError(f"HEAD={head}, but REWARD_MODEL_PATH={path} has heads 0..{heads - 1}")
+    return heads
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_gpus(device: str, nnodes: int, gpus_per_node: int) -> None:
+    """Enough GPUs on this node, and a Ray cluster to join when more than one node is asked for."""
+    if nnodes < 1 or gpus_per_node < 1:
+        raise RecipeError(f"NNODES={nnodes}, GPUS_PER_NODE={gpus_per_node}: both must be at least 1")
+    if device == "cpu":
+        return  # CPU ranks are processes: any number works (a rank per core is the sensible most)
+    visible = visible_gpus()
+    if gpus_per_node > visible:
+        where = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise RecipeError(
+            f"GPUS_PER_NODE={gpus_per_node}, but this node has {visible} visible GPU(s)"
+            f"{f' (CUDA_VISIBLE_DEVICES={where})' if where is not None else ''}: set GPUS_PER_NODE={visible or 1}"
+            f"{'' if visible else ', or DEVICE=cpu to run on the CPU'}"
+        )
+    if nnodes > 1 and not (os.environ.get("RAY_ADDRESS") or Path("/tmp/ray/ray_current_cluster").is_file()):
+        raise RecipeError(
+            f"NNODES={nnodes} needs a Ray cluster: on this (head) node `ray start --head`, on each other node "
+            "`ray start --address=<head ip>:6379`, then run the recipe here on the head node"
+        )
+
+
+def preflight(
+    device: str,
+    backend: str = "fsdp",
+    data_dir: str | None = None,
+    model_paths: dict[str, str] | None = None,
+    reward_model: str | None = None,
+    head: int = 0,
+    nnodes: int = 1,
+    gpus_per_node: int = 1,
+) -> None:
+    """Every check of a recipe run, ``RecipeError`` on the first failure. A dry run checks only the device and
+    the backend (``data_dir`` and ``reward_model`` None); ``model_paths``: variable name -> path."""
+    from verl_variance.integration.checks import ConfigError, check_model_path
+
+    check_device(device, backend)
+    if data_dir is None:
+        return
+    check_data(data_dir)
+    for variable, path in (model_paths or {}).items():
+        try:
+            check_model_path(path, variable)
+        except ConfigError as error:
+            raise RecipeError(str(error)) from None
+    if reward_model is not None:
+        check_reward_model(reward_model, head)
+    check_gpus(device, nnodes, gpus_per_node)
+
+
+# ---------------------------------------------------------------------------------------------
+# The study through the recipe scripts
+# ---------------------------------------------------------------------------------------------
+def recipe_launcher(recipe_dir: Path, overrides: Sequence[str]) -> study.Launcher:
+    """One policy of the study: ``bash <recipe_dir>/run_gpt2_<method>_fsdp.sh <overrides>`` with the run's
+    ``HEAD``, ``SEED``, ``KL_COEF``, ``OUTPUT_DIR`` and ``EXPERIMENT_NAME``; every other variable of the
+    recipe (``MODEL_PATH``, ``DEVICE``, ``TRAIN_STEPS``, ...) comes from the caller's environment."""
+    for method, script in RECIPE_SCRIPTS.items():
+        if not (recipe_dir / script).is_file():
+            raise study.StudyError(f"{recipe_dir} has no {script} (the {method} recipe): pass the recipes folder")
+
+    def launch(spec: study.PolicySpec, beta: float, run_dir: Path) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ, HEAD=str(spec.head), SEED=str(spec.seed), KL_COEF=repr(beta), OUTPUT_DIR=str(run_dir),
+                   EXPERIMENT_NAME=f"gpt2_{spec.method}_{spec.name}",
+                   VERL_FILE_LOGGER_PATH=str(run_dir / "metrics.jsonl"))  # fmt: skip
+        return ["bash", str(recipe_dir / RECIPE_SCRIPTS[spec.method]), *overrides], env
+
+    return launch
+
+
+def run_recipe_study(
+    recipe_dir: str | os.PathLike,
+    study_dir: str | os.PathLike,
+    heads: Sequence[int],
+    seeds: Sequence[int],
+    betas: dict[str, float],
+    total_steps: int,
+    calibrate: bool = True,
+    overrides: Sequence[str] = (),
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``run_study.sh``: every (head, seed) of both methods through the recipe scripts; resumable."""
+    study_dir = Path(study_dir).expanduser().resolve()
+    grid = study.policy_grid(list(heads), list(seeds))
+    launch = recipe_launcher(Path(recipe_dir).resolve(), overrides)
+    settings = {"recipe_dir": str(Path(recipe_dir).resolve()), "heads": list(heads), "seeds": list(seeds),
+                "initial_beta": betas, "calibrate": calibrate, "total_steps": total_steps,
+                "overrides": list(overrides)}  # fmt: skip
+    study.write_json(study_dir / STUDY_FILE, settings)
+    study.log(f"{len(grid)} policies per method ({len(heads)} heads x {len(seeds)} seeds) x {total_steps} steps, "
+              f"study folder {study_dir}")  # fmt: skip
+    return study.train_policies(grid, launch, study_dir, betas, total_steps, calibrate=calibrate)
+
+
+def evaluate_recipe_study(study_dir: str | os.PathLike, judge: study.Judge, kl_tolerance: float) -> dict[str, Any]:
+    """``evaluate.sh``: the judge on every finished run's validation generations, then the report."""
+    study_dir = Path(study_dir).expanduser().resolve()
+    runs = study.finished_runs(study_dir)
+    if not runs:
+        raise study.StudyError(f"{study_dir} holds no finished run: run recipes/imdb_gpt2/run_study.sh first")
+    missing = [method for method in study.METHODS if not any(run["method"] == method for run in runs)]
+    if missing:
+        raise study.StudyError(f"{study_dir} has no finished {missing} run: the report compares both methods")
+    study.log(f"judging {len(runs)} policies with {judge.name}")
+    judged = study.evaluate_runs(runs, study_dir, judge)
+    settings = {**(study.read_json(study_dir / STUDY_FILE) or {}), "judge": judge.name,
+                "calibration": study.read_json(study_dir / study.CALIBRATION_FILE)}  # fmt: skip
+    timings = {f"{run['method']}/{run['policy']}": {"seconds": run["seconds"]} for run in judged}
+    return study.write_study_report(judged, study_dir, settings, timings, kl_tolerance=kl_tolerance)

@@ -1,0 +1,323 @@
+"""The IMDB study's orchestration: many verl PPO runs over heads × seeds, β calibration, judging, report.
+
+Banerjee & Gopalan, Section 5 and Appendix 8: for every reward head h and seed s, one vanilla PPO
+policy and one variance-aware PPO policy (the paper: 10 heads × 4 seeds × 2 methods); β of the
+variance-aware runs is tuned so that both methods end at about the same KL from the reference
+(Figure 10); a gold judge scores every policy's held-out generations (Figure 7).
+
+Two front ends share this module, so the protocol is written once:
+
+- ``verl-variance demo`` (``demo.py``): each run is ``verl-variance ppo`` with the demo's overrides;
+- ``recipes/imdb_gpt2/run_study.sh`` (``verl-variance study run``): each run is the recipe script
+  ``run_gpt2_<method>_fsdp.sh`` with ``HEAD``, ``SEED``, ``KL_COEF`` and ``OUTPUT_DIR`` set, and
+  ``recipes/imdb_gpt2/evaluate.sh`` (``verl-variance study evaluate``) judges and reports.
+
+Layout of a study folder::
+
+    policies/<method>/head<h>_seed<s>/   run.log, metrics.jsonl (verl's file logger), validation/<step>.jsonl
+                                         (verl's validation dumps: step 0 = the reference policy),
+                                         checkpoints/, result.json (the finished run), judge_<name>.json
+    calibration.json                     the pilots' final KLs and the β of each method
+    report.json, report.md, fig*.png     after evaluation (``report.py``)
+
+Resuming: a run with a ``result.json`` at the same β is not run again; an interrupted run (no
+``result.json``) is started again and verl resumes it from its last checkpoint
+(``trainer.resume_mode=auto``), keeping the metrics and validation dumps of the earlier attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from verl_variance.experiments.report import KL_METRIC, METHODS, build_report, final_value, summary_lines, write_report
+
+RESULT_FILE = "result.json"
+CALIBRATION_FILE = "calibration.json"
+_STEP = re.compile(r"\bstep:(\d+)\b")  # verl's console logger: "step:3 - actor/pg_loss:..."
+
+
+class StudyError(RuntimeError):
+    """A run or an input of the study failed; the message names the run, its log and the fix."""
+
+
+def log(message: str) -> None:
+    print(f"[study {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One trained policy: its method, the reward head it trains on and its seed."""
+
+    method: str
+    head: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"head{self.head}_seed{self.seed}"
+
+    def run_dir(self, study_dir: Path) -> Path:
+        return study_dir / "policies" / self.method / self.name
+
+
+def policy_grid(heads: Sequence[int], seeds: Sequence[int]) -> list[tuple[int, int]]:
+    """(head, seed) of every policy of a method, seed-major: all heads of the first seed come first.
+
+    The first entry is the calibration pilot. The demo's policy ``i`` is entry ``i`` of
+    ``policy_grid(range(K), range(n))``: head ``i % K``, seed ``i // K``.
+    """
+    for name, values in (("heads", heads), ("seeds", seeds)):
+        if not values:
+            raise StudyError(f"no {name} given: the study needs at least one head and one seed")
+        if len(set(values)) != len(values):
+            raise StudyError(f"{name} {list(values)} repeat a value: each policy must be distinct")
+        if min(values) < 0:
+            raise StudyError(f"{name} {list(values)}: expected non-negative integers")
+    return [(head, seed) for seed in seeds for head in heads]
+
+
+Launcher = Callable[[PolicySpec, float, Path], tuple[list[str], dict[str, str]]]
+"""``launch(spec, beta, run_dir) -> (command, environment)`` of one verl run that writes its metrics to
+``run_dir/metrics.jsonl`` and its validation dumps to ``run_dir/validation``."""
+
+
+def read_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """verl's file-logger records of a run, ``{step: metrics}``, over every attempt (later attempts win)."""
+    files = sorted(run_dir.glob("metrics.attempt*.jsonl"), key=lambda p: int(p.stem.rsplit("attempt", 1)[1]))
+    steps: dict[int, dict[str, Any]] = {}
+    for path in [*files, run_dir / "metrics.jsonl"]:
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                steps[int(record["step"])] = record["data"]
+    return steps
+
+
+def _prepare_run_dir(run_dir: Path, restart: bool) -> None:
+    """A fresh run (``restart``: nothing of an earlier run kept) or a resumed one (checkpoints, dumps and the
+    earlier attempts' metrics kept; verl's file logger truncates ``metrics.jsonl``, so it is renamed first)."""
+    if restart:
+        for stale in ("checkpoints", "validation"):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
+        for stale in run_dir.glob("metrics*.jsonl"):
+            stale.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    current = run_dir / "metrics.jsonl"
+    if current.is_file() and current.stat().st_size:
+        attempt = 1 + len(list(run_dir.glob("metrics.attempt*.jsonl")))
+        current.rename(run_dir / f"metrics.attempt{attempt}.jsonl")
+
+
+def run_policy(
+    spec: PolicySpec, beta: float, study_dir: Path, launch: Launcher, total_steps: int, label: str
+) -> dict[str, Any]:
+    """Train one policy (or read back its finished run): ``{method, policy, head, seed, beta, seconds, steps}``.
+
+    Streams the run's output to ``run.log`` and prints one progress line per training step. A failed run
+    raises ``StudyError`` with the tail of its log.
+    """
+    run_dir = spec.run_dir(study_dir)
+    result_file = run_dir / RESULT_FILE
+    cached = read_json(result_file)
+    if cached is not None and cached.get("beta") == beta:
+        log(f"{label} {spec.method} {spec.name}: done earlier, reusing {result_file}")
+        return cached
+    _prepare_run_dir(run_dir, restart=cached is not None)  # a finished run at another beta starts over
+    command, env = launch(spec, beta, run_dir)
+    (run_dir / "command.json").write_text(json.dumps({"command": command, "env": env}, indent=2))
+    start = time.perf_counter()
+    with (
+        open(run_dir / "run.log", "a") as run_log,
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process,
+    ):
+        assert process.stdout is not None
+        for line in process.stdout:
+            run_log.write(line)
+            match = _STEP.search(line)
+            if match:
+                log(f"{label} {spec.method} {spec.name} (beta={beta:.4g}): step {match.group(1)}/{total_steps}, "
+                    f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+    if process.returncode != 0:
+        tail = (run_dir / "run.log").read_text()[-3000:]
+        raise StudyError(f"run {spec.method}/{spec.name} failed (exit {process.returncode}); log: "
+                         f"{run_dir / 'run.log'}\n{tail}")  # fmt: skip
+    steps = read_metrics(run_dir)
+    if not steps:
+        raise StudyError(
+            f"run {spec.method}/{spec.name} logged no metrics to {run_dir / 'metrics.jsonl'}: keep 'file' in "
+            "trainer.logger (the recipes' LOGGER) and VERL_FILE_LOGGER_PATH unset"
+        )
+    result = {"method": spec.method, "policy": spec.name, "head": spec.head, "seed": spec.seed, "beta": beta,
+              "seconds": round(time.perf_counter() - start, 1), "steps": steps}  # fmt: skip
+    write_json(result_file, result)
+    return result
+
+
+def calibrated_beta(aware_beta: float, pilots: dict[str, dict[str, Any]]) -> float:
+    """β of the variance-aware policies, so their final KL meets the vanilla pilot's (Figure 10).
+
+    At a fixed number of steps the final KL falls roughly like 1/β, so β ← β · KL_aware / KL_vanilla, with
+    both pilots' final KLs (``report.final_value``), clipped to [β/4, 4β]. No KL signal (a pilot's KL ≤ 0)
+    keeps β.
+    """
+    vanilla, aware = (final_value(pilots[method], KL_METRIC) for method in METHODS)
+    if not (vanilla > 0 and aware > 0):
+        return aware_beta
+    return float(min(max(aware_beta * aware / vanilla, aware_beta / 4), aware_beta * 4))
+
+
+def train_policies(
+    grid: Sequence[tuple[int, int]],
+    launch: Launcher,
+    study_dir: Path,
+    betas: dict[str, float],
+    total_steps: int,
+    calibrate: bool = True,
+    stage: Callable[[str], Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train both methods' policies over ``grid`` ((head, seed) pairs, ``policy_grid``); resumable.
+
+    The first grid entry of each method runs first, at ``betas`` (the initial β per method). With
+    ``calibrate``, their final KLs set the variance-aware β of every later policy (``calibrated_beta``),
+    recorded in ``calibration.json`` and read back on resume. ``stage(name)``, if given, is a context
+    manager wrapped around each run (the demo times them).
+
+    Returns the runs' records (``run_policy``) and the calibration record.
+    """
+    from contextlib import nullcontext
+
+    stage = stage or (lambda name: nullcontext())
+    total = 2 * len(grid)
+    runs: list[dict[str, Any]] = []
+    started = time.perf_counter()
+
+    def train(method: str, index: int, beta: float) -> None:
+        done = len(runs)
+        eta = "" if not done else f", ~{(time.perf_counter() - started) / done * (total - done) / 60:.1f} min left"
+        head, seed = grid[index]
+        with stage(f"policy_{method}_{index}"):
+            spec = PolicySpec(method, head, seed)
+            runs.append(run_policy(spec, beta, study_dir, launch, total_steps, f"[policy {done + 1}/{total}{eta}]"))
+
+    for method in METHODS:  # the pilots
+        train(method, 0, betas[method])
+    calibration_file = study_dir / CALIBRATION_FILE
+    calibration = read_json(calibration_file)
+    if calibration is None or calibration.get("initial_beta") != betas:
+        pilots = {run["method"]: run for run in runs}
+        aware = calibrated_beta(betas["variance_aware"], pilots) if calibrate else betas["variance_aware"]
+        calibration = {
+            "initial_beta": dict(betas),
+            "calibrated": calibrate,
+            "pilot": {"head": grid[0][0], "seed": grid[0][1]},
+            "pilot_final_kl": {method: final_value(run, KL_METRIC) for method, run in pilots.items()},
+            "beta": {"vanilla": betas["vanilla"], "variance_aware": aware},
+        }
+        write_json(calibration_file, calibration)
+        log(f"calibration: pilot final KL vanilla {calibration['pilot_final_kl']['vanilla']:.4g}, variance-aware "
+            f"{calibration['pilot_final_kl']['variance_aware']:.4g} -> variance-aware beta {aware:.4g}")  # fmt: skip
+    for index in range(1, len(grid)):
+        for method in METHODS:
+            train(method, index, calibration["beta"][method])
+    return runs, calibration
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: the gold judge on verl's validation dumps
+# ---------------------------------------------------------------------------------------------
+class Judge(Protocol):
+    name: str
+
+    def score_responses(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """(n,) float judge score of each (prompt, response)."""
+
+
+def validation_dumps(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """verl's validation samples before training (the lowest step: the reference policy) and after it
+    (the highest step: the trained policy), each sorted by prompt so every run lists the same prompts in
+    the same order. Rows: ``input`` (the prompt), ``output`` (the response), ``score`` (the run's reward)."""
+    validation_dir = run_dir / "validation"
+    dumps = sorted(validation_dir.glob("*.jsonl"), key=lambda p: int(p.stem))
+    if len(dumps) < 2:
+        raise StudyError(
+            f"{validation_dir} holds {len(dumps)} validation dumps; expected step 0 and the last step: run with "
+            "trainer.val_before_train=True, trainer.test_freq=<steps> and trainer.validation_data_dir set"
+        )
+    first, last = (
+        sorted((json.loads(line) for line in dump.read_text().splitlines()), key=lambda r: r["input"])
+        for dump in (dumps[0], dumps[-1])
+    )
+    return first, last
+
+
+def judge_run(run_dir: Path, judge: Judge) -> dict[str, list[float]]:
+    """Judge scores of a run's generations, cached in ``judge_<name>.json``: ``judge_reference`` and
+    ``judge_final`` (n_prompts,) and ``proxy_reference`` (the run's own reward of each reference sample)."""
+    cache = run_dir / f"judge_{re.sub(r'[^A-Za-z0-9_.-]+', '_', judge.name)}.json"
+    cached = read_json(cache)
+    if cached is not None:
+        return cached
+    reference, final = validation_dumps(run_dir)
+
+    def scores(rows: list[dict[str, Any]]) -> list[float]:
+        return [float(s) for s in judge.score_responses([r["input"] for r in rows], [r["output"] for r in rows])]
+
+    scored = {
+        "judge": judge.name,
+        "judge_reference": scores(reference),
+        "judge_final": scores(final),
+        "proxy_reference": [float(row["score"]) for row in reference],
+    }
+    write_json(cache, scored)
+    return scored
+
+
+def finished_runs(study_dir: Path) -> list[dict[str, Any]]:
+    """The records of every finished run in a study folder, in method order then name order."""
+    runs = []
+    for method in METHODS:
+        for result in sorted((study_dir / "policies" / method).glob(f"*/{RESULT_FILE}")):
+            runs.append(read_json(result))
+    return runs
+
+
+def evaluate_runs(runs: Iterable[dict[str, Any]], study_dir: Path, judge: Judge) -> list[dict[str, Any]]:
+    """Each run record with its judge scores added (``judge_run``)."""
+    judged = []
+    for run in runs:
+        spec = PolicySpec(run["method"], run["head"], run["seed"])
+        judged.append({**run, **judge_run(spec.run_dir(study_dir), judge)})
+    return judged
+
+
+def write_study_report(
+    runs: list[dict[str, Any]], study_dir: Path, settings: dict[str, Any], timings: dict[str, Any], kl_tolerance: float
+) -> dict[str, Any]:
+    """``report.json``, ``report.md`` and the figures of judged runs (``report.py``); returns the report."""
+    report = build_report(runs, timings, settings, kl_tolerance=kl_tolerance)
+    write_report(report, runs, study_dir)
+    for line in summary_lines(report):
+        print(line)
+    return report
