@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -206,8 +207,6 @@ def train_policies(
 
     Returns the runs' records (``run_policy``) and the calibration record.
     """
-    from contextlib import nullcontext
-
     stage = stage or (lambda name: nullcontext())
     total = 2 * len(grid)
     runs: list[dict[str, Any]] = []
