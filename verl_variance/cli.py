@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -84,7 +85,7 @@ def _fail(command: str, error: Exception) -> int:
 def _train_rm(args: argparse.Namespace) -> int:
     import logging
 
-    from verl_variance.reward_model.train import build_config, run_train_rm
+    from verl_variance.reward_model.train import build_config, check_inputs, run_train_rm
 
     logging.basicConfig(level=logging.INFO, format="verl-variance train-rm: %(message)s")
     flags = {
@@ -95,13 +96,20 @@ def _train_rm(args: argparse.Namespace) -> int:
         "max_length": args.max_length,
         "skip_stage1": args.skip_stage1,
         "overwrite": args.overwrite,
+        "stage": args.stage,
         "stage2.num_heads": args.num_heads,
         "stage2.bootstrap": args.bootstrap,
         "stage1.seed": args.seed,
         "stage2.seed": args.seed,
     }
     try:
-        summary = run_train_rm(build_config(args.config, flags, args.overrides))
+        config = build_config(args.config, flags, args.overrides)
+        if args.check or args.dry_run:
+            if args.check:
+                check_inputs(config)
+            print(json.dumps(dataclasses.asdict(config), indent=2))
+            return 0
+        summary = run_train_rm(config)
     except (ValueError, FileNotFoundError) as error:
         return _fail("train-rm", error)
     if summary is not None:  # the main process
@@ -250,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--seed", type=int, help="stage1.seed and stage2.seed (default 0)")
     rm.add_argument("--skip-stage1", action="store_true", default=None, help="heads on --model directly")
     rm.add_argument("--overwrite", action="store_true", default=None, help="retrain both stages")
+    rm.add_argument(
+        "--stage", type=int, choices=[1, 2], help="1: stage 1 only (many GPUs); 2: stage 2 on OUTPUT_DIR/stage1"
+    )
+    rm.add_argument(
+        "--check", action="store_true", help="check the inputs (files, tokenizer vs config), print the config, exit"
+    )
+    rm.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (reads nothing)")
     rm.add_argument(
         "--set",
         dest="overrides",

@@ -14,12 +14,11 @@ with verl-variance's demo extra), whose held-out share then stands in for the te
 """
 
 import argparse
-import json
-import logging
 import os
 import sys
 
-from verl_variance.experiments.imdb import RECIPE_TOKENIZER, DataPreparationError, prepare_recipe_data
+from verl_variance.experiments.datasets_io import run_preparation
+from verl_variance.experiments.imdb import RECIPE_TOKENIZER, prepare_recipe_data
 
 
 def main() -> int:
@@ -29,16 +28,11 @@ def main() -> int:
     parser.add_argument("--tokenizer", default=RECIPE_TOKENIZER, help="the policy's tokenizer (hub name or folder)")
     parser.add_argument("--num_test_prompts", type=int, default=1000, help="held-out evaluation prompts")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="prepare_data: %(message)s")
-    try:
-        summary = prepare_recipe_data(
+    return run_preparation(
+        lambda: prepare_recipe_data(
             os.path.expanduser(args.local_save_dir), args.tokenizer, args.local_dataset_path, args.num_test_prompts
         )
-    except DataPreparationError as error:
-        print(f"prepare_data: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0
+    )
 
 
 if __name__ == "__main__":

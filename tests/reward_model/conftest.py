@@ -9,7 +9,7 @@ import pytest
 from tests.reward_model.synthetic import synthetic_pairs
 from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 from verl_variance.reward_model.data import encode_pairs
-from verl_variance.reward_model.stage1 import Stage1Config, train_stage1
+from verl_variance.reward_model.stage1 import Stage1Config, train_stage1_reference
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def stage1(tiny_rm):
     train, test = synthetic_pairs(1000, seed=0), synthetic_pairs(300, seed=1)
     encoded = encode_pairs(train, tokenizer, max_length=64)
     config = Stage1Config(learning_rate=1e-3, num_epochs=5, lr_scheduler="constant", seed=0)
-    history = train_stage1(model, encoded, config)
+    history = train_stage1_reference(model, encoded, config)
     return {"model": model, "tokenizer": tokenizer, "history": history, "test": test, "encoded": encoded}
 
 

@@ -1,4 +1,5 @@
-"""Run by ``test_distributed.py`` under torchrun: ``verl-variance train-rm``, recording what each process trains on.
+"""Run by ``test_distributed.py`` under torchrun: ``verl-variance train-rm``, recording what each process
+trains on.
 
 Every training forward pass of the stage-1 model appends its ``input_ids`` to ``$SEEN_DIR/seen_rank<RANK>.json``.
 """

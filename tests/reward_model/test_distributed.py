@@ -1,13 +1,12 @@
-"""Stage 1 on 2 CPU processes (torchrun, gloo, DDP through accelerate): each process trains on its own half of
-every batch, and the result is the single-process one."""
+"""Stage 1 on 2 CPU processes (torchrun, gloo, DDP through TRL's RewardTrainer): each process trains on
+its own half of every global batch, and the result is the single-process one."""
 
 import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,18 +15,16 @@ from tests.reward_model.conftest import load
 from tests.reward_model.synthetic import synthetic_pairs
 from verl_variance.reward_model.checkpoint import load_ensemble
 from verl_variance.reward_model.data import encode_pairs
-from verl_variance.reward_model.features import head_rewards, trim_padding
-from verl_variance.reward_model.heads import sample_order
-from verl_variance.reward_model.stage1 import Stage1Config, train_stage1, train_stage1_distributed
+from verl_variance.reward_model.stage1 import Stage1Config, train_stage1
 
 HARNESS = Path(__file__).with_name("distributed_train.py")
-STAGE1 = Stage1Config(learning_rate=1e-3, batch_size=16, num_epochs=2, lr_scheduler="constant", target_loss=None)
+STAGE1 = Stage1Config(learning_rate=1e-3, batch_size=16, max_steps=6, lr_scheduler="constant", target_loss=None)
 
 
 @pytest.mark.slow
 def test_stage1_on_two_processes_shards_batches_and_matches_one_process(tiny_rm, tmp_path):
     train = tmp_path / "train.jsonl"
-    pairs = synthetic_pairs(192, seed=0)
+    pairs = synthetic_pairs(96, seed=0)
     train.write_text("".join(json.dumps(asdict(pair)) + "\n" for pair in pairs))
     overrides = [f"stage1.{key}={json.dumps(value)}" for key, value in asdict(STAGE1).items()]
     argv = ["train-rm", "--model", str(tiny_rm(1)), "--train-files", str(train), "--output-dir", str(tmp_path / "out")]
@@ -37,37 +34,20 @@ def test_stage1_on_two_processes_shards_batches_and_matches_one_process(tiny_rm,
     done = subprocess.run([*launch, *argv], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads(done.stdout[done.stdout.index("{") :])["trained"] == ["stage1", "stage2"]  # main process only
+    assert done.stdout.count("reward model (stage 1) step:") == 6  # the console line: the main process only
 
-    model, tokenizer = load(tiny_rm(1))
-    encoded = encode_pairs(pairs, tokenizer, max_length=64)
-    steps = 2 * 192 // 16
-    order = sample_order(192, steps, 16, STAGE1.seed)
-    for rank in (0, 1):
-        seen = json.loads((tmp_path / f"seen_rank{rank}.json").read_text())
-        assert len(seen) == 2 * steps  # a chosen and a rejected forward pass per step
-        for step in range(steps):
-            rows = order[step, 0].view(2, 8)[rank]  # rank r trains on the r-th half of the global batch
-            for index, side in enumerate(("chosen", "rejected")):
-                ids, _ = trim_padding(encoded[side]["input_ids"][rows], encoded[side]["attention_mask"][rows])
-                assert seen[2 * step + index] == ids.tolist(), (rank, step, side)
+    seen = [json.loads((tmp_path / f"seen_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [len(rank) for rank in seen] == [6, 6]  # one forward pass per step: chosen + rejected of 8 pairs
+    assert all(len(batch) == 16 for rank in seen for batch in rank)
+    rows = [{tuple(row) for batch in rank for row in batch} for rank in seen]
+    assert not rows[0] & rows[1]  # the two halves of every global batch are different pairs
 
-    history = train_stage1(model, encoded, STAGE1)  # one process, the whole batch at every step
+    model, tokenizer = load(tiny_rm(1))  # one process, the whole batch at every step
+    config = replace(STAGE1, logger=[], save_steps=0)
+    result = train_stage1(model, tokenizer, encode_pairs(pairs, tokenizer, 64), config, tmp_path / "single")
     recorded = torch.tensor(json.loads((tmp_path / "out" / "history.json").read_text())["stage1"]["loss"])
-    torch.testing.assert_close(recorded, history.loss, atol=1e-4, rtol=1e-4)  # the losses averaged over ranks
+    torch.testing.assert_close(recorded, result.history.loss, atol=2e-4, rtol=0)  # the losses averaged over ranks
     trained, _, record = load_ensemble(tmp_path / "out" / "stage1")
-    for name, value in model.state_dict().items():
+    for name, value in result.trainer.model.state_dict().items():
         torch.testing.assert_close(trained.state_dict()[name], value, atol=1e-4, rtol=1e-3)
-    assert record["stage"] == 1 and history.loss[-5:].mean() < 0.5 * history.loss[:5].mean()
-    test = encode_pairs(synthetic_pairs(200, seed=1), tokenizer, max_length=64)
-    chosen, rejected = (head_rewards(trained, **test[side], batch_size=200)[:, 0] for side in test)
-    assert (chosen > rejected).float().mean() > 0.8  # held-out pairs, chance is 0.5
-
-
-def test_the_global_batch_must_split_evenly_over_the_processes(tiny_rm):
-    model, tokenizer = load(tiny_rm(1))
-    encoded = encode_pairs(synthetic_pairs(8, seed=0), tokenizer, max_length=64)
-    three = SimpleNamespace(num_processes=3, process_index=0)
-    with pytest.raises(
-        ValueError, match="batch_size=16 is the global batch .* set stage1.batch_size to a multiple of 3"
-    ):
-        train_stage1_distributed(model, encoded, STAGE1, three)
+    assert record["stage"] == 1 and record["steps"] == 6

@@ -8,12 +8,10 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from tests.reward_model.conftest import load
 from tests.reward_model.synthetic import synthetic_pairs
 from verl_variance.reward_model.checkpoint import data_hash, load_ensemble
-from verl_variance.reward_model.data import encode_pairs
 from verl_variance.reward_model.heads import HeadTrainingConfig
-from verl_variance.reward_model.stage1 import Stage1Config, train_stage1
+from verl_variance.reward_model.stage1 import Stage1Config
 from verl_variance.reward_model.train import (
     TrainRMConfig,
     build_config,
@@ -98,17 +96,35 @@ def test_pipeline_writes_checkpoints_history_figures_and_eval(run, data):
     assert summary["eval_accuracy"]["single model"] > 60  # 20 steps already rank most held-out pairs right
 
 
-def test_stage1_through_accelerate_is_train_stage1(run, tiny_rm, data):
-    """One process: the accelerate path takes exactly the steps of the plain loop (bitwise on the CPU)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the pipeline trained
-    model, tokenizer = load(tiny_rm(1))
-    history = train_stage1(model.to(device), encode_pairs(load_pairs([data["train"]]), tokenizer, 64), STAGE1)
-    trained, _, _ = load_ensemble(f"{run['config'].output_dir}/stage1")
-    recorded = json.loads(open(f"{run['config'].output_dir}/history.json").read())["stage1"]["loss"]
-    tolerance = {"atol": 0.0, "rtol": 0.0} if device == "cpu" else {"atol": 1e-5, "rtol": 1e-5}
-    torch.testing.assert_close(torch.tensor(recorded), history.loss, **tolerance)
-    for name, value in model.state_dict().items():
-        torch.testing.assert_close(trained.state_dict()[name], value.cpu(), **tolerance)
+def test_stage_1_then_stage_2_is_the_run_in_one_go(run, data, tmp_path):
+    """The recipe's two scripts: stage 1 alone (--stage 1), then stage 2 alone (--stage 2) with none of the stage-1
+    settings repeated: the same checkpoints and records as one run of both stages."""
+    out = tmp_path / "split"
+    first = run_train_rm(make_config_like(run, out, stage=1, eval_files=[]))
+    assert first["trained"] == ["stage1"] and first["num_heads"] is None and not (out / "ensemble").exists()
+    second_config = make_config_like(run, out, stage=2, model_name_or_path="unused", stage1=Stage1Config())
+    assert run_train_rm(second_config)["trained"] == ["stage2"]
+    both = run["config"].output_dir
+    for folder in ("stage1", "ensemble"):
+        split_model, _, split_record = load_ensemble(out / folder)
+        whole_model, _, whole_record = load_ensemble(f"{both}/{folder}")
+        assert split_record == whole_record
+        for name, value in whole_model.state_dict().items():
+            torch.testing.assert_close(split_model.state_dict()[name], value, atol=0, rtol=0)
+    history = json.loads((out / "history.json").read_text())
+    assert history == json.loads(open(f"{both}/history.json").read())
+
+
+def make_config_like(run, output_dir, **changes) -> TrainRMConfig:
+    return replace(run["config"], output_dir=str(output_dir), **changes)
+
+
+def test_stage_2_alone_needs_stage_1_of_the_same_data(run, data, tmp_path, copy_of_run):
+    with pytest.raises(FileNotFoundError, match="stage=2 needs the stage-1 model, and .* has none: run stage 1 first"):
+        run_train_rm(make_config_like(run, tmp_path / "empty", stage=2))
+    other = write_pairs(tmp_path / "other.jsonl", synthetic_pairs(40, seed=5))
+    with pytest.raises(ValueError, match="was trained with data_sha256=.* stage 2 trains on the stage-1 data"):
+        run_train_rm(make_config_like(run, copy_of_run, stage=2, train_files=[other]))
 
 
 def test_a_finished_run_is_not_retrained(run, copy_of_run, caplog):
@@ -226,6 +242,8 @@ def test_build_config_reads_yaml_then_flags_then_overrides(tmp_path):
         ({"train_files": ["a"]}, ["stage1.learning_rate"], "is not key=value"),
         ({"train_files": ["a"]}, ["stage1.learning_rate=fast"], "learning_rate='fast' in the stage1 config is not a"),
         ({"train_files": ["a"]}, ["stage2.num_heads=1"], "an ensemble needs K >= 2 heads"),
+        ({"train_files": ["a"]}, ["stage=3"], "TrainRMConfig.stage=3: use 1, 2 or null"),
+        ({"train_files": ["a"], "skip_stage1": True}, ["stage=1"], "stage=1 with skip_stage1: there is nothing"),
     ],
 )
 def test_config_errors(tmp_path, mapping, overrides, match):
@@ -238,7 +256,7 @@ def test_config_errors(tmp_path, mapping, overrides, match):
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="config file .*nowhere.yaml does not exist"):
         build_config(tmp_path / "nowhere.yaml")
-    with pytest.raises(FileNotFoundError, match="preference file .*gone.jsonl does not exist; hub datasets are read"):
+    with pytest.raises(FileNotFoundError, match="gone.jsonl does not exist: prepare .* recipes/gemma_ensemble_rm/prep"):
         load_pairs([tmp_path / "gone.jsonl"])
     with pytest.raises(FileNotFoundError, match="backbone folder .*missing does not exist"):
         load_backbone(str(tmp_path / "missing"))

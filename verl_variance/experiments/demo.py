@@ -212,7 +212,7 @@ def train_reward_model(scale: DemoScale, workdir: Path, assets: dict[str, Any], 
             "train_files": [str(pairs)],
             "output_dir": str(output),
             "max_length": scale.rm_max_length,
-            "stage1": scale.rm_stage1,
+            "stage1": {**scale.rm_stage1, "logger": [], "save_steps": 0},  # the demo prints its own progress lines
             "stage2": stage2,
         }
     )

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from verl_variance.experiments.assets import Asset, AssetCache, require_demo_extra
+from verl_variance.experiments.datasets_io import DataPreparationError, load_local_dataset
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -330,10 +331,6 @@ RECIPE_TOKENIZER = "openai-community/gpt2"
 RECIPE_TRAIN_FILE, RECIPE_TEST_FILE = "train.parquet", "test.parquet"
 
 
-class DataPreparationError(ValueError):
-    """The data cannot be prepared as asked; the message names the fix."""
-
-
 def _splits_from_datasets(dataset: Any, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     import pandas as pd
 
@@ -363,17 +360,7 @@ def load_imdb_splits(local_dataset_path: str | None = None) -> tuple[pd.DataFram
 
     if local_dataset_path is not None:
         path = Path(local_dataset_path).expanduser()
-        if not path.exists():
-            raise DataPreparationError(f"--local_dataset_path {path} does not exist")
-        try:
-            loaded = (
-                datasets.load_from_disk(str(path))
-                if (path / "dataset_dict.json").is_file()
-                else datasets.load_dataset(str(path))
-            )
-        except Exception as error:  # datasets raises many types for an unreadable folder
-            raise DataPreparationError(f"cannot read {path} as a dataset: {type(error).__name__}: {error}") from None
-        return (*_splits_from_datasets(loaded, str(path)), str(path))
+        return (*_splits_from_datasets(load_local_dataset(path, "--local_dataset_path"), str(path)), str(path))
     try:
         return (*_splits_from_datasets(datasets.load_dataset(HUB_DATASET), HUB_DATASET), HUB_DATASET)
     except DataPreparationError:

@@ -39,17 +39,24 @@ def data_hash(pairs: Iterable[PreferencePair]) -> str:
 
 def check_tokenizer_fits(model: torch.nn.Module, tokenizer, where: str = "the reward model") -> None:
     """The tokenizer's ids must index the model's embeddings, and both must agree on the pad token."""
-    rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
+    check_tokenizer_matches(tokenizer, model.get_input_embeddings().num_embeddings, model.config.pad_token_id, where)
+
+
+def check_tokenizer_matches(tokenizer, embedding_rows: int, pad_token_id: int | None, where: str) -> None:
+    """``check_tokenizer_fits`` from a model's config alone (``vocab_size``, ``pad_token_id``): no weights loaded.
+
+    A ``pad_token_id`` of None is accepted (the loaders set the tokenizer's).
+    """
+    if len(tokenizer) > embedding_rows:
         raise ValueError(
-            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows, so the "
-            "tokenizer and the weights come from different checkpoints: load both from the same folder, or call "
+            f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has {embedding_rows} rows, "
+            "so the tokenizer and the weights come from different checkpoints: load both from the same folder, or call "
             "model.resize_token_embeddings(len(tokenizer)) and retrain"
         )
     pad_id = check_pad_token(tokenizer)
-    if model.config.pad_token_id != pad_id:
+    if pad_token_id is not None and pad_token_id != pad_id:
         raise ValueError(
-            f"{where}: model.config.pad_token_id={model.config.pad_token_id} but the tokenizer pads with id {pad_id}, "
+            f"{where}: model.config.pad_token_id={pad_token_id} but the tokenizer pads with id {pad_id}, "
             "so the classifier would score padding: set model.config.pad_token_id = tokenizer.pad_token_id"
         )
 
@@ -63,12 +70,27 @@ def save_ensemble(
         metadata: recorded as is, e.g. ``stage`` (1 or 2), ``data_sha256`` (``data_hash``), ``seeds``,
             the training configs; ``num_heads``, ``hidden_size`` and ``verl_variance_version`` are filled in.
     """
+    output_dir = Path(output_dir)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = check_pad_token(tokenizer)
+    check_tokenizer_fits(model, tokenizer, f"cannot save to {output_dir}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / ENSEMBLE_FILE).unlink(missing_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return write_record(model, tokenizer, output_dir, metadata)
+
+
+def write_record(
+    model: torch.nn.Module, tokenizer, output_dir: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``ensemble.json`` into a folder that already holds the weights and tokenizer of ``model`` (last: a
+    folder without it is an interrupted save). ``model`` may be wrapped for training (FSDP, DDP): only its shapes
+    are read."""
     from verl_variance import __version__
 
     output_dir = Path(output_dir)
     score = score_layer_of(model)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = check_pad_token(tokenizer)
     check_tokenizer_fits(model, tokenizer, f"cannot save to {output_dir}")
     record = {"stage": None, "data_sha256": None, "seeds": None, **dict(metadata or {})}
     derived = {"num_heads": score.out_features, "hidden_size": score.in_features}
@@ -76,10 +98,6 @@ def save_ensemble(
         if key in record and record[key] != value:
             raise ValueError(f"metadata[{key!r}]={record[key]!r} but the model's score layer has {key} = {value}")
     record.update(derived, format=FORMAT, verl_variance_version=__version__)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / ENSEMBLE_FILE).unlink(missing_ok=True)
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
     (output_dir / ENSEMBLE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
     return output_dir
 
@@ -91,7 +109,8 @@ def _corrupt(path: Path, problem: str) -> ValueError:
     )
 
 
-def _read_record(path: Path) -> dict[str, Any]:
+def read_record(path: Path) -> dict[str, Any]:
+    """The ``ensemble.json`` record of checkpoint folder ``path``; an error naming the fix if it is missing or bad."""
     file = path / ENSEMBLE_FILE
     if not file.is_file():
         raise _corrupt(path, f"{ENSEMBLE_FILE} is missing")
@@ -119,7 +138,7 @@ def load_ensemble(path: str | os.PathLike, require_variance: bool = False, **mod
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"reward ensemble folder {path} does not exist")
-    record = _read_record(path)
+    record = read_record(path)
     weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
     if not any((path / name).is_file() for name in weights):
         raise _corrupt(path, "no weights file")

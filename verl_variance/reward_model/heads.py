@@ -4,7 +4,7 @@ loss = Σ_k BT(θ_k), θ_k = row k of one Linear(H -> K). Each head starts from 
 initialisation and, with ``bootstrap``, sees its own resample of the pairs; the features h_T of the
 frozen backbone are computed once (``train_heads_on_features``) or at every step
 (``train_heads_uncached``, the slow reference). Both paths share the sampling order and the update,
-so they produce the same heads. The seeded order and the AdamW loop are shared with stage 1 (``stage1``).
+so they produce the same heads. The seeded order and the AdamW loop are shared with stage 1's reference loop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,9 +23,6 @@ from tqdm.auto import tqdm
 from verl_variance.core.config import from_mapping
 from verl_variance.reward_model.features import last_token_features, score_layer_of
 from verl_variance.reward_model.losses import ensemble_bradley_terry_loss
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
 
 # Shared with stage 1: the seeded pair order and the AdamW loop on Σ_k BT(θ_k).
 
@@ -128,34 +125,25 @@ def run_steps(
     order: torch.Tensor,
     config: OptimConfig,
     desc: str,
-    accelerator: Accelerator | None = None,
 ) -> TrainingHistory:
     """Minimise loss = Σ_k BT(θ_k) over the steps of ``order``; stop once every head's running loss
     (mean of the last ``loss_window`` steps) is below ``target_loss``.
 
     Args:
         order: (steps, K, B) pair indices; step t calls ``rewards(order[t])``.
-        accelerator: an ``accelerate.Accelerator`` whose model and ``optimizer`` were prepared together; then
-            ``rewards`` scores this process's shard of the batch, the backward pass syncs gradients (DDP/FSDP),
-            and the logged losses are averaged over processes, so every process takes the same early-stop decision.
-            None: plain single-process PyTorch.
     """
     steps = order.shape[0]
-    show = show_progress(config.show_progress) and (accelerator is None or accelerator.is_main_process)
+    show = show_progress(config.show_progress)
     losses, stopped = [], False
     with tqdm(total=steps, desc=desc, disable=not show) as bar:
         for step in range(steps):
             chosen, rejected = rewards(order[step])
             total, per_head = ensemble_bradley_terry_loss(chosen, rejected)
             optimizer.zero_grad(set_to_none=True)
-            if accelerator is None:
-                total.backward()
-            else:
-                accelerator.backward(total)
+            total.backward()
             optimizer.step()
             schedule.step()
-            per_head = per_head.detach() if accelerator is None else accelerator.reduce(per_head.detach(), "mean")
-            losses.append(per_head.float().cpu())
+            losses.append(per_head.detach().float().cpu())
             running = torch.stack(losses[-config.loss_window :]).mean(dim=0)
             bar.update(1)
             bar.set_postfix(loss=f"{float(running.mean()):.3f}", worst=f"{float(running.max()):.3f}")

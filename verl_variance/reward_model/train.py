@@ -4,20 +4,22 @@
           ─► stage 2: K heads on the frozen stage-1 backbone, Σ_k BT(θ_k) (Table 4) ─► output_dir/ensemble/
           ─► output_dir/history.json, loss_curves.png (Figure 8), eval/ (eval_files: Table 1, Figs 6, 9)
 
-Stage 1 runs through Hugging Face accelerate, so one command serves one device or several (a 2B backbone):
+Stage 1 runs on TRL's ``RewardTrainer`` (``stage1``), so one command serves one device or several (a 2B backbone):
 
-    verl-variance train-rm --config rm.yaml                                          # one process
-    accelerate launch --num_processes 4 -m verl_variance.cli train-rm --config rm.yaml                # DDP
-    accelerate launch --use_fsdp --num_processes 4 -m verl_variance.cli train-rm --config rm.yaml     # FSDP
-    torchrun --nproc_per_node 2 -m verl_variance.cli train-rm --config rm.yaml       # also on CPUs (gloo)
+    verl-variance train-rm --config rm.yaml                                                         # one process
+    accelerate launch --num_processes 4 -m verl_variance.cli train-rm --config rm.yaml                      # DDP
+    accelerate launch --config_file recipes/gemma_ensemble_rm/config/fsdp2.yaml -m verl_variance.cli train-rm ...
+    torchrun --nproc_per_node 2 -m verl_variance.cli train-rm --config rm.yaml              # also on CPUs (gloo)
 
 Stage 2 (cached features, 20,480 parameters for K = 10) and the evaluation run on the main process; the
-other processes stop after stage 1.
+other processes stop after stage 1. ``stage`` (``--stage``) runs one of them: 1 (on many GPUs), then 2 (on one).
 
 Resuming: ``output_dir/stage1`` made with the same backbone, data, ``max_length`` and stage-1 config is
-reused (a different one is an error: it took the paper 51 h, so it is never replaced silently);
-an ``output_dir/ensemble`` whose record also matches the stage-2 config is kept and nothing is trained,
-one made with another stage-2 config is retrained. ``overwrite`` retrains both.
+reused (a different one is an error: it took the paper 51 h, so it is never replaced silently); an
+interrupted stage 1 continues from its last checkpoint in ``output_dir/checkpoints/stage1`` (every
+``stage1.save_steps`` steps; removed once the stage-1 model is saved); an ``output_dir/ensemble`` whose
+record also matches the stage-2 config is kept and nothing is trained, one made with another stage-2
+config is retrained. ``overwrite`` retrains both.
 """
 
 from __future__ import annotations
@@ -38,25 +40,34 @@ import torch
 from verl_variance.core.config import from_mapping
 from verl_variance.reward_model.analysis import ALL, run_analysis
 from verl_variance.reward_model.checkpoint import (
-    _read_record,
+    ENSEMBLE_FILE,
     check_tokenizer_fits,
+    check_tokenizer_matches,
     data_hash,
     load_ensemble,
+    read_record,
     save_ensemble,
+    write_record,
 )
 from verl_variance.reward_model.data import PreferencePair, check_pad_token, encode_pairs, load_preferences
 from verl_variance.reward_model.heads import HeadTrainingConfig, TrainingHistory, derived_seed, train_stage2
-from verl_variance.reward_model.stage1 import Stage1Config, train_stage1_distributed
+from verl_variance.reward_model.stage1 import Stage1Config, process_state, train_stage1
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
+    from accelerate import PartialState
 
 logger = logging.getLogger(__name__)
 
-STAGE1_DIR, ENSEMBLE_DIR = "stage1", "ensemble"
+STAGE1_DIR, ENSEMBLE_DIR, CHECKPOINTS_DIR = "stage1", "ensemble", "checkpoints/stage1"
 HISTORY_FILE, CURVES_FILE, EVAL_DIR = "history.json", "loss_curves.png", "eval"
-NOT_RESULTS = ("show_progress",)
-"""Config fields that do not change what is trained; ignored when a checkpoint's record is compared."""
+CHECKPOINT_RECORD = "record.json"
+NOT_RESULTS = (
+    *("show_progress", "micro_batch_size_per_device", "gradient_checkpointing", "save_steps", "save_total_limit"),
+    *("logger", "project_name", "experiment_name"),
+)
+"""Config fields that do not change what is trained (up to float rounding); ignored when a record is compared."""
+PREPARE_DATA = "recipes/gemma_ensemble_rm/prepare_data.py"
+_RUN_STAGE1 = "run stage 1 first (recipes/gemma_ensemble_rm/run_gemma2b_stage1_fsdp.sh, or train-rm --stage 1)"
 BACKBONE_INIT = 3
 """Derived-seed purpose of the stage-1 score head's initialisation (heads.ORDER/BOOTSTRAP/INIT are 0-2)."""
 
@@ -84,6 +95,9 @@ class TrainRMConfig:
         default=False, metadata={"help": "Train the heads directly on model_name_or_path (already a reward model)."}
     )
     overwrite: bool = field(default=False, metadata={"help": "Retrain both stages even if output_dir has them."})
+    stage: int | None = field(
+        default=None, metadata={"help": "1: stage 1 only; 2: stage 2 on output_dir/stage1; null: both."}
+    )
     stage1: Stage1Config = field(default_factory=Stage1Config, metadata={"help": "Stage 1 (Table 2)."})
     stage2: HeadTrainingConfig = field(default_factory=HeadTrainingConfig, metadata={"help": "Stage 2 (Table 4)."})
 
@@ -98,6 +112,10 @@ class TrainRMConfig:
             )
         if self.max_length < 1:
             raise ValueError(f"TrainRMConfig.max_length must be >= 1, got {self.max_length}")
+        if self.stage not in (None, 1, 2):
+            raise ValueError(f"TrainRMConfig.stage={self.stage!r}: use 1, 2 or null (both)")
+        if self.stage == 1 and self.skip_stage1:
+            raise ValueError("TrainRMConfig.stage=1 with skip_stage1: there is nothing to train")
         if self.stage2.num_heads < 2:
             raise ValueError(
                 f"stage2.num_heads={self.stage2.num_heads}: an ensemble needs K >= 2 heads for a variance (paper: 10)"
@@ -180,22 +198,19 @@ def build_config(
     return TrainRMConfig.from_dict(mapping)
 
 
-def make_accelerator() -> Accelerator:
-    """An ``accelerate.Accelerator`` for this process: the GPU when one is visible, else the CPU (gloo when launched).
+def _check_folder(name_or_path: str) -> None:
+    if (Path(name_or_path).is_absolute() or name_or_path.startswith(".")) and not Path(name_or_path).is_dir():
+        raise FileNotFoundError(f"backbone folder {name_or_path} does not exist")
 
-    Raises:
-        RuntimeError: the launcher started several processes (``WORLD_SIZE``) but accelerate sees one.
-    """
-    from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise RuntimeError(
-            f"WORLD_SIZE={launched} processes were launched but accelerate set up {accelerator.num_processes}: "
-            "launch with `accelerate launch --num_processes N` or `torchrun --nproc_per_node N`"
-        )
-    return accelerator
+def _from_pretrained(load, name_or_path: str, **kwargs):
+    try:
+        return load(name_or_path, **kwargs)
+    except OSError as error:
+        raise ValueError(
+            f"cannot load the backbone {name_or_path!r}: it is not a local model folder and the hub lookup failed "
+            f"({error}); pass a folder with config.json, weights and tokenizer, or a valid hub name"
+        ) from error
 
 
 def load_backbone(name_or_path: str, num_labels: int | None = 1):
@@ -207,21 +222,42 @@ def load_backbone(name_or_path: str, num_labels: int | None = 1):
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if (Path(name_or_path).is_absolute() or name_or_path.startswith(".")) and not Path(name_or_path).is_dir():
-        raise FileNotFoundError(f"backbone folder {name_or_path} does not exist")
+    _check_folder(name_or_path)
     kwargs = {} if num_labels is None else {"num_labels": num_labels}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
-    except OSError as error:
-        raise ValueError(
-            f"cannot load the backbone {name_or_path!r}: it is not a local model folder and the hub lookup failed "
-            f"({error}); pass a folder with config.json, weights and tokenizer, or a valid hub name"
-        ) from error
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path)
+    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = check_pad_token(tokenizer)
     check_tokenizer_fits(model, tokenizer, f"backbone {name_or_path}")
     return model, tokenizer
+
+
+def check_inputs(config: TrainRMConfig) -> None:
+    """What ``run_train_rm`` would refuse, checked without loading weights or starting a launch (``train-rm --check``,
+    run by the recipes before ``accelerate launch``/``torchrun``): the data files, the backbone's tokenizer against
+    its config (pad token, vocabulary), and for ``stage=2`` the stage-1 model."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    for file in [*config.train_files, *config.eval_files]:
+        if not Path(file).is_file():
+            raise FileNotFoundError(_missing_data(file))
+    stage1_dir = Path(config.output_dir) / STAGE1_DIR
+    if config.stage == 2 and not config.skip_stage1:
+        if not (stage1_dir / ENSEMBLE_FILE).is_file():
+            raise FileNotFoundError(f"stage=2 needs the stage-1 model, and {stage1_dir} has none: {_RUN_STAGE1}")
+        return
+    name = config.model_name_or_path
+    _check_folder(name)
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name)
+    model_config = _from_pretrained(AutoConfig.from_pretrained, name).get_text_config()
+    check_tokenizer_matches(tokenizer, model_config.vocab_size, model_config.pad_token_id, f"backbone {name}")
+
+
+def _missing_data(file: str | os.PathLike) -> str:
+    return (
+        f"preference file {file} does not exist: prepare the paper's data with `python3 {PREPARE_DATA} "
+        "--local_save_dir <dir>` (preference_dataset_mix2 -> train.parquet, RewardBench -> rewardbench.parquet)"
+    )
 
 
 def load_pairs(files: Sequence[str | os.PathLike]) -> list[PreferencePair]:
@@ -229,10 +265,7 @@ def load_pairs(files: Sequence[str | os.PathLike]) -> list[PreferencePair]:
     pairs = []
     for file in files:
         if not Path(file).is_file():
-            raise FileNotFoundError(
-                f"preference file {file} does not exist; hub datasets are read from a local copy, e.g. "
-                "datasets.load_dataset('weqweasdas/preference_dataset_mix2', split='train').to_parquet('mix2.parquet')"
-            )
+            raise FileNotFoundError(_missing_data(file))
         pairs += load_preferences(file)
     return pairs
 
@@ -278,7 +311,7 @@ def _existing_record(path: Path, fix: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return _read_record(path)
+        return read_record(path)
     except ValueError as error:
         raise _checkpoint_error(path, error, fix) from None
 
@@ -374,34 +407,25 @@ def run_train_rm(config: TrainRMConfig) -> dict[str, Any] | None:
         "final_loss": (K,) running stage-2 loss, "eval_accuracy": {model: % of eval pairs ranked right} | None}``;
         None on the other processes.
     """
-    accelerator = make_accelerator()
-    main = accelerator.is_main_process
+    state = process_state()
+    main = state.is_main_process
     output_dir = Path(config.output_dir)
     stage1_dir, ensemble_dir = output_dir / STAGE1_DIR, output_dir / ENSEMBLE_DIR
     fix_ensemble = f"delete {ensemble_dir} (stage 1 is kept) or pass --overwrite to retrain both stages"
     fix_stage1 = f"delete {stage1_dir} or pass --overwrite to retrain both stages"
     if config.overwrite and main:
-        for folder in (stage1_dir, ensemble_dir):
+        for folder in (stage1_dir, ensemble_dir, output_dir / CHECKPOINTS_DIR):
             shutil.rmtree(folder, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    state.wait_for_everyone()
     pairs = load_pairs(config.train_files)
     digest = data_hash(pairs)
     history = _read_history(output_dir) if main else {}
 
-    wanted = expected_record(config, digest, stage=2)
-    ensemble = _existing_record(ensemble_dir, fix_ensemble)
-    if ensemble is not None and not record_differences(ensemble, wanted):
-        if not main:
-            return None
-        _load_checkpoint(ensemble_dir, fix_ensemble)  # the weights load too: the folder is whole
-        logger.info("%s matches the config and data: nothing to train (pass --overwrite to retrain)", ensemble_dir)
-        return _finish(config, ensemble["num_heads"], [], history)
-
-    trained, model, tokenizer, encoded = [], None, None, None
-    if not config.skip_stage1:
+    trained = []
+    if not config.skip_stage1 and config.stage != 2:
         stage1 = _existing_record(stage1_dir, fix_stage1)
         if stage1 is None:
-            model, tokenizer, encoded, history["stage1"] = _run_stage1(config, pairs, digest, accelerator)
+            history["stage1"] = _run_stage1(config, pairs, digest, state)
             trained.append("stage1")
         elif differences := record_differences(stage1, expected_record(config, digest, stage=1)):
             raise ValueError(
@@ -410,19 +434,29 @@ def run_train_rm(config: TrainRMConfig) -> dict[str, Any] | None:
             )
         elif main:
             logger.info("%s holds the stage-1 model of this config and data: stage 1 is not retrained", stage1_dir)
-    accelerator.wait_for_everyone()
+    state.wait_for_everyone()
     if not main:
         return None
+    if config.stage == 1:
+        history.setdefault("stage2", None)
+        _write_history(output_dir, history)
+        return _summary(config, None, trained, history, None)
+
+    wanted = _stage2_record(config, digest, stage1_dir)
+    ensemble = _existing_record(ensemble_dir, fix_ensemble)
+    if ensemble is not None and not record_differences(ensemble, wanted):
+        _load_checkpoint(ensemble_dir, fix_ensemble)  # the weights load too: the folder is whole
+        logger.info("%s matches the config and data: nothing to train (pass --overwrite to retrain)", ensemble_dir)
+        return _finish(config, ensemble["num_heads"], trained, history)
     if ensemble is not None:
         differences = "; ".join(record_differences(ensemble, wanted))
         logger.info("%s was trained differently (%s): retraining stage 2", ensemble_dir, differences)
-    if model is None and config.skip_stage1:
+    if config.skip_stage1:
         model, tokenizer = load_backbone(config.model_name_or_path, num_labels=None)
-    elif model is None:
+    else:
         model, tokenizer, _ = _load_checkpoint(stage1_dir, fix_stage1)
-    if encoded is None:
-        encoded = encode_pairs(pairs, tokenizer, config.max_length)
-    model.to(accelerator.device)
+    encoded = encode_pairs(pairs, tokenizer, config.max_length)
+    model.to(state.device)
     stage2 = train_stage2(model, encoded, config.stage2)
     history["stage2"] = history_dict(stage2, config.stage2)
     metadata = {**wanted, "final_loss": history["stage2"]["final_loss"], "steps": stage2.steps}
@@ -431,20 +465,75 @@ def run_train_rm(config: TrainRMConfig) -> dict[str, Any] | None:
     return _finish(config, config.stage2.num_heads, trained, history)
 
 
-def _run_stage1(config: TrainRMConfig, pairs: Sequence[PreferencePair], digest: str, accelerator: Accelerator):
-    """Train and save stage 1 in every process; returns (model, tokenizer, encoded, history) on the main process."""
+def _stage2_record(config: TrainRMConfig, digest: str, stage1_dir: Path) -> dict[str, Any]:
+    """What the ensemble of ``config`` records; with ``stage=2`` its stage-1 part is the stage-1 model's own record
+    (the stage-2 script need not repeat the stage-1 settings), which must have been trained on the same data."""
+    wanted = expected_record(config, digest, stage=2)
+    if config.stage != 2 or config.skip_stage1:
+        return wanted
+    fix = f"{_RUN_STAGE1} into {stage1_dir}"
+    if not (stage1_dir / ENSEMBLE_FILE).is_file():
+        raise FileNotFoundError(f"stage=2 needs the stage-1 model, and {stage1_dir} has none: {fix}")
+    stage1 = _existing_record(stage1_dir, fix)
+    for key in ("data_sha256", "max_length"):
+        if stage1.get(key) != wanted[key]:
+            raise ValueError(
+                f"{stage1_dir} was trained with {key}={stage1.get(key)!r}, this config has {wanted[key]!r}: stage 2 "
+                f"trains on the stage-1 data; pass the same train_files and max_length, or {fix}"
+            )
+    seeds = [(stage1.get("seeds") or [None])[0], config.stage2.seed]
+    return {**wanted, "model_name_or_path": stage1.get("model_name_or_path"), "stage1": stage1.get("stage1"),
+            "seeds": seeds}  # fmt: skip
+
+
+def _resume_point(checkpoints: Path, record: dict[str, Any], fix: str) -> Path | None:
+    """The newest ``checkpoint-<step>`` of an interrupted stage 1 of this config and data, or None (fresh start)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    file = checkpoints / CHECKPOINT_RECORD
+    if not file.is_file():
+        return None
+    try:
+        saved = json.loads(file.read_text())
+    except json.JSONDecodeError:
+        raise _checkpoint_error(checkpoints, ValueError(f"{file} is not valid JSON"), fix) from None
+    if differences := record_differences(saved, record):
+        raise ValueError(
+            f"{checkpoints} holds an interrupted stage 1 trained differently: {'; '.join(differences)}; {fix}"
+        )
+    last = get_last_checkpoint(str(checkpoints))
+    return None if last is None else Path(last)
+
+
+def _run_stage1(config: TrainRMConfig, pairs: Sequence[PreferencePair], digest: str, state: PartialState):
+    """Train stage 1 in every process (from its last checkpoint if interrupted) and save it; returns its history."""
+    output_dir = Path(config.output_dir)
+    checkpoints, record = output_dir / CHECKPOINTS_DIR, expected_record(config, digest, stage=1)
+    fix = f"delete {checkpoints} to start stage 1 again, or pass --overwrite"
+    resume = _resume_point(checkpoints, record, fix)
+    if state.is_main_process and resume is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        checkpoints.mkdir(parents=True)
+        (checkpoints / CHECKPOINT_RECORD).write_text(json.dumps(record, indent=2, default=str))
+    state.wait_for_everyone()
     with torch.random.fork_rng(devices=[]):  # a fresh scalar head gets the same init in every process and run
         torch.manual_seed(derived_seed(config.stage1.seed, BACKBONE_INIT))
         model, tokenizer = load_backbone(config.model_name_or_path, num_labels=1)
     encoded = encode_pairs(pairs, tokenizer, config.max_length)
-    history, model = train_stage1_distributed(model, encoded, config.stage1, accelerator)
-    entry = history_dict(history, config.stage1)
-    if accelerator.is_main_process:
-        metadata = {**expected_record(config, digest, stage=1), "final_loss": entry["final_loss"]}
-        metadata.update(steps=history.steps, stopped_early=history.stopped_early)
-        save_ensemble(model, tokenizer, Path(config.output_dir) / STAGE1_DIR, metadata)
-        _write_history(Path(config.output_dir), {"stage1": entry})
-    return model, tokenizer, encoded, entry
+    result = train_stage1(model, tokenizer, encoded, config.stage1, checkpoints, resume)
+    entry = history_dict(result.history, config.stage1)
+    stage1_dir = output_dir / STAGE1_DIR
+    if state.is_main_process:
+        (stage1_dir / ENSEMBLE_FILE).unlink(missing_ok=True)
+    result.trainer.save_model(str(stage1_dir))  # every process: FSDP/ZeRO-3 gather the full weights
+    if state.is_main_process:
+        metadata = {**record, "final_loss": entry["final_loss"], "steps": result.history.steps}
+        resumed = None if resume is None else resume.name
+        metadata.update(stopped_early=result.history.stopped_early, resumed_from=resumed)
+        write_record(result.trainer.accelerator.unwrap_model(result.trainer.model), tokenizer, stage1_dir, metadata)
+        _write_history(output_dir, {"stage1": entry})
+        shutil.rmtree(checkpoints)  # the stage-1 model is whole: the mid-stage checkpoints are not needed any more
+    return entry
 
 
 def _finish(config: TrainRMConfig, num_heads: int, trained: list[str], history: dict[str, Any]) -> dict[str, Any]:
@@ -466,6 +555,17 @@ def _finish(config: TrainRMConfig, num_heads: int, trained: list[str], history: 
             show_progress=config.stage2.show_progress,
         )
         evaluation = {name: row["sections"][ALL] for name, row in report["models"].items()}
+    return _summary(config, num_heads, trained, history, evaluation)
+
+
+def _summary(
+    config: TrainRMConfig,
+    num_heads: int | None,
+    trained: list[str],
+    history: dict[str, Any],
+    evaluation: dict[str, float] | None,
+) -> dict[str, Any]:
+    output_dir = Path(config.output_dir)
     return {
         "output_dir": str(output_dir),
         "ensemble": str(output_dir / ENSEMBLE_DIR),
