@@ -13,6 +13,7 @@ import pytest
 
 from tests.recipes.conftest import RECIPES, recipe_env, run_recipe
 from tests.reward_model.synthetic import PROMPT, synthetic_pairs
+from verl_variance.experiments.recipes import RecipeError, check_reward_model
 
 GEMMA = RECIPES / "gemma_ensemble_rm"
 SUBSETS = ("alpacaeval-easy", "mt-bench-hard", "refusals-dangerous", "math-prm")
@@ -127,14 +128,14 @@ def test_cpu_path_trains_both_stages_and_evaluates(tmp_path, rm_data, tiny_recip
     assert table["num_pairs"] == 40 and {"ensemble mean", "single model", "head_0", "head_2"} <= set(table["models"])
     assert (out / "eval_rewardbench" / "variance_histograms.png").is_file()
 
-    check = subprocess.run(
-        [sys.executable, "-m", "verl_variance.cli", "recipe-check", "--device", "cpu", "--reward-model",
-         str(out / "ensemble"), "--head", "2"], env=recipe_env(), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert check.returncode == 0, check.stderr
+    assert check_reward_model(str(out / "ensemble"), head=2) == 3  # the PPO recipes' check of REWARD_MODEL_PATH
+    with pytest.raises(RecipeError, match="HEAD=3, but REWARD_MODEL_PATH=.* has heads 0..2"):
+        check_reward_model(str(out / "ensemble"), head=3)
 
 
 def test_bad_input_is_refused_before_any_process_starts(tmp_path, rm_data, tiny_recipe_models):
+    """Through the scripts: one line on stderr, exit code 2, before torchrun starts."""
+
     def stage1(**variables):
         variables = {"DEVICE": "cpu", "GPUS_PER_NODE": 1, "OUTPUT_DIR": tmp_path / "out", **variables}
         return run_recipe(GEMMA / "run_gemma2b_stage1_fsdp.sh", cwd=tmp_path, timeout=120, **variables)
@@ -142,14 +143,21 @@ def test_bad_input_is_refused_before_any_process_starts(tmp_path, rm_data, tiny_
     for done, message in [
         (stage1(DATA_DIR=tmp_path / "nodata", MODEL_PATH=tiny_recipe_models["judge"]),
          "does not exist: prepare the paper's data with `python3 recipes/gemma_ensemble_rm/prepare_data.py"),
-        (stage1(DATA_DIR=rm_data, MODEL_PATH=tmp_path / "nomodel"), f"backbone folder {tmp_path / 'nomodel'} does not"),
         (run_recipe(GEMMA / "run_gemma2b_stage2.sh", cwd=tmp_path, DEVICE="cpu", DATA_DIR=rm_data, NUM_HEADS=1),
          "an ensemble needs K >= 2 heads"),
-        (run_recipe(GEMMA / "run_gemma2b_stage2.sh", cwd=tmp_path, DEVICE="cpu", DATA_DIR=rm_data,
-                    OUTPUT_DIR=tmp_path / "out"), "stage=2 needs the stage-1 model"),
     ]:  # fmt: skip
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
         assert "Traceback" not in done.stderr and "torchrun" not in done.stderr.split("--check")[-1]
+
+
+def test_a_missing_backbone_or_stage_1_is_refused_by_the_check(tmp_path, rm_data):
+    from verl_variance.reward_model.train import TrainRMConfig, check_inputs
+
+    train = str(rm_data / "train.parquet")
+    with pytest.raises(FileNotFoundError, match=f"backbone folder {tmp_path / 'nomodel'} does not exist"):
+        check_inputs(TrainRMConfig(str(tmp_path / "nomodel"), [train]))
+    with pytest.raises(FileNotFoundError, match="stage=2 needs the stage-1 model, and .* has none: run stage 1 first"):
+        check_inputs(TrainRMConfig(train_files=[train], output_dir=str(tmp_path / "out"), stage=2))
 
 
 def test_a_tokenizer_without_pad_token_or_of_another_model_is_refused_before_training(tmp_path, tiny_recipe_models):

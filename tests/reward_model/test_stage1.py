@@ -199,3 +199,18 @@ def test_checkpoints_of_another_config_are_not_resumed(tiny_rm, pairs, tmp_path)
     config = TrainRMConfig(str(tiny_rm(1)), [train], output_dir=str(out), max_length=64, stage1=CONFIG)
     with pytest.raises(ValueError, match=r"holds an interrupted stage 1 trained differently: .*learning_rate: 0.5 -> "):
         run_train_rm(config)
+
+
+def test_wandb_tracker_logs_the_run_under_verls_project_and_experiment_names(tiny_rm, pairs, tmp_path, monkeypatch):
+    """Offline wandb (no account, no network): the run is named by project_name/experiment_name and logs the loss."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    model, tokenizer = load(tiny_rm(1))
+    config = replace(CONFIG, max_steps=2, logger=["wandb"], project_name="rm_project_x", experiment_name="stage1_run_y")
+    train_stage1(model, tokenizer, pairs["train"], config, tmp_path / "checkpoints")
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    record = runs[0].read_bytes()  # wandb's binary log: the names and metric keys are stored as text
+    assert b"rm_project_x" in record and b"stage1_run_y" in record and b"train/loss" in record

@@ -299,6 +299,10 @@ def train_stage1(
         if resume_from is not None:
             logger.info("stage 1 resumes from %s", resume_from)
         trainer.train(resume_from_checkpoint=None if resume_from is None else str(resume_from))
+    if "wandb" in config.logger and trainer.is_world_process_zero():  # transformers leaves the run open
+        import wandb
+
+        wandb.finish()
     history = TrainingHistory(loss_history(trainer.state.log_history), callbacks[0].stopped_early)
     return Stage1Result(history, trainer)
 
