@@ -155,3 +155,17 @@ def test_missing_validation_dumps_and_metrics_are_clear_errors(tmp_path):
 
     with pytest.raises(study.StudyError, match="logged no metrics.*keep 'file' in trainer.logger"):
         study.run_policy(study.PolicySpec("vanilla", 0, 0), 0.2, tmp_path, silent, 2, "[1/1]")
+
+
+def test_validation_dumps_keep_responses_with_unicode_line_separators(tmp_path):
+    """A sampled response may hold U+2028, U+0085 or U+001C inside its JSON string (verl writes them raw): one
+    record per "\\n"-ended line, whatever the text holds (the quick-scale demo's tiny policy produced one)."""
+    (tmp_path / "validation").mkdir()
+    odd = "a\u2028b\x85c\x1cd"
+    for step in (0, 2):
+        rows = [{"input": f"p{i}", "output": f"{odd}{step}", "score": 0.5} for i in (1, 0)]
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (tmp_path / "validation" / f"{step}.jsonl").write_text(text, encoding="utf-8")
+    first, last = study.validation_dumps(tmp_path)
+    assert [row["input"] for row in first] == ["p0", "p1"] and first[0]["output"] == f"{odd}0"
+    assert last[1]["output"] == f"{odd}2"

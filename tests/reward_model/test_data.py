@@ -34,6 +34,13 @@ def test_text_layout_from_jsonl(tmp_path):
     assert not pairs[0].is_chat
 
 
+def test_jsonl_text_may_hold_unicode_line_separators(tmp_path):
+    row = {"prompt": "a\u2028b", "chosen": "c\x85d", "rejected": "e\x1cf"}
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert load_preferences(path) == [PreferencePair("a\u2028b", "c\x85d", "e\x1cf")]
+
+
 def test_mix2_chat_layout_from_parquet(tmp_path):
     path = tmp_path / "mix2.parquet"
     pd.DataFrame(MIX2_ROWS).to_parquet(path)

@@ -104,14 +104,19 @@ Launcher = Callable[[PolicySpec, float, Path], tuple[list[str], dict[str, str]]]
 ``run_dir/metrics.jsonl`` and its validation dumps to ``run_dir/validation``."""
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file. Lines end at "\n" only: ``str.splitlines`` would also cut at U+2028,
+    U+0085 and other characters a sampled response may hold inside a JSON string."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
 def read_metrics(run_dir: Path) -> dict[int, dict[str, Any]]:
     """verl's file-logger records of a run, ``{step: metrics}``, over every attempt (later attempts win)."""
     files = sorted(run_dir.glob("metrics.attempt*.jsonl"), key=lambda p: int(p.stem.rsplit("attempt", 1)[1]))
     steps: dict[int, dict[str, Any]] = {}
     for path in [*files, run_dir / "metrics.jsonl"]:
         if path.is_file():
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
+            for record in read_jsonl(path):
                 steps[int(record["step"])] = record["data"]
     return steps
 
@@ -264,10 +269,7 @@ def validation_dumps(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str
             f"{validation_dir} holds {len(dumps)} validation dumps; expected step 0 and the last step: run with "
             "trainer.val_before_train=True, trainer.test_freq=<steps> and trainer.validation_data_dir set"
         )
-    first, last = (
-        sorted((json.loads(line) for line in dump.read_text().splitlines()), key=lambda r: r["input"])
-        for dump in (dumps[0], dumps[-1])
-    )
+    first, last = (sorted(read_jsonl(dump), key=lambda r: r["input"]) for dump in (dumps[0], dumps[-1]))
     return first, last
 
 

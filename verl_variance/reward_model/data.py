@@ -122,7 +122,7 @@ def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
         return
     if path.suffix not in (".jsonl", ".json"):
         raise ValueError(f"{path}: unsupported preference file type {path.suffix!r}; use .jsonl or .parquet")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines: U+2028 etc. may sit inside a string
     while lines and not lines[-1].strip():
         lines.pop()
     for index, line in enumerate(lines, start=1):
