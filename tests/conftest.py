@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -41,3 +42,15 @@ def assert_all_finite(value, where: str = "report") -> None:
             assert_all_finite(item, f"{where}[{index}]")
     elif isinstance(value, float):
         assert math.isfinite(value), where
+
+
+def import_benchmark(filename: str):
+    """Import ``benchmarks/<filename>`` as a module (benchmarks are scripts, not a package); yields it, then
+    forgets it. For module-scoped fixtures of the benchmarks' helper tests."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)

@@ -1,26 +1,16 @@
 """The counts behind benchmarks/bench_reward_model.py's figures agree with independent counts (no timings here)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.conftest import import_benchmark
 from verl_variance.reward_model.features import backbone_of
 from verl_variance.reward_model.heads import HeadTrainingConfig, train_heads_uncached
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_reward_model.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_reward_model", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from import_benchmark("bench_reward_model.py")
 
 
 @pytest.fixture(scope="module")

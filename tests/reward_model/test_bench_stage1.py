@@ -1,22 +1,13 @@
 """The measurements behind benchmarks/bench_stage1.py's memory plan agree with independent counts (no timings)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_stage1.py"
+from tests.conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_stage1", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from import_benchmark("bench_stage1.py")
 
 
 def test_checkpointing_keeps_only_each_layers_input(bench):
