@@ -21,12 +21,8 @@ MAX_LENGTH=${MAX_LENGTH:-1024}
 # ---- end user-adjustable ----
 
 # ---- no user adjustment needed below ----
-if [ "$DEVICE" = cpu ]; then
-    export CUDA_VISIBLE_DEVICES=""
-elif [ "$DEVICE" != gpu ]; then
-    echo "eval_rewardbench.sh: DEVICE=$DEVICE: use gpu or cpu" >&2
-    exit 2
-fi
+# shellcheck source=recipes/gemma_ensemble_rm/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 python3 -m verl_variance.cli analyze \
     "$OUTPUT_DIR/ensemble" \

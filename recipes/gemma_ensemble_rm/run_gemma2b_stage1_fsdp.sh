@@ -82,17 +82,15 @@ STAGE1=(
 )
 
 ########################### launcher ###########################
+# shellcheck source=recipes/gemma_ensemble_rm/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [ "$DEVICE" = gpu ]; then
     LAUNCH=(accelerate launch --config_file "$ACCELERATE_CONFIG"
             --num_machines "$NNODES" --machine_rank "$NODE_RANK" --num_processes "$((NNODES * GPUS_PER_NODE))"
             --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT")
-elif [ "$DEVICE" = cpu ]; then
+else
     LAUNCH=(torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
             --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
-    export CUDA_VISIBLE_DEVICES=""
-else
-    echo "run_gemma2b_stage1_fsdp.sh: DEVICE=$DEVICE: use gpu or cpu" >&2
-    exit 2
 fi
 
 # DRY_RUN=1: the resolved config and the launch command, nothing read. Otherwise the inputs (data, tokenizer

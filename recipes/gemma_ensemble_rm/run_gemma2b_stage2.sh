@@ -32,12 +32,8 @@ SEED=${SEED:-0}
 # its own resample of the pairs. The stage-1 settings are read from OUTPUT_DIR/stage1, not repeated here.
 
 # ---- no user adjustment needed below ----
-if [ "$DEVICE" = cpu ]; then
-    export CUDA_VISIBLE_DEVICES=""
-elif [ "$DEVICE" != gpu ]; then
-    echo "run_gemma2b_stage2.sh: DEVICE=$DEVICE: use gpu or cpu" >&2
-    exit 2
-fi
+# shellcheck source=recipes/gemma_ensemble_rm/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ARGS=(
     --stage 2
