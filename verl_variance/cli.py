@@ -37,21 +37,36 @@ def _quickstart(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from verl_variance.experiments.assets import InsufficientDiskSpace, MissingDemoExtra
     from verl_variance.experiments.demo import SCALES, DemoError, run_demo
+    from verl_variance.experiments.rvpo_study import SCALES as RVPO_SCALES
+    from verl_variance.experiments.rvpo_study import run_rvpo_study
     from verl_variance.experiments.study import StudyError
 
-    if args.scale not in SCALES:  # argparse's choices say it too; run_demo is also called from Python
-        print(f"verl-variance demo: unknown scale {args.scale!r}; valid: {sorted(SCALES)}", file=sys.stderr)
+    scales = RVPO_SCALES if args.study == "rvpo" else SCALES
+    if args.scale not in scales:  # run_demo/run_rvpo_study are also called from Python
+        print(f"verl-variance demo: unknown scale {args.scale!r} for --study {args.study}; valid: {sorted(scales)}",
+              file=sys.stderr)  # fmt: skip
         return 2
-    overrides = {"policies_per_method": args.policies, "steps": args.steps}
+    if args.study == "rvpo":
+        overrides = {"seeds": args.policies, "steps": args.steps}
+    else:
+        overrides = {"policies_per_method": args.policies, "steps": args.steps}
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    if args.device != "auto":
+    if args.study == "rvpo" and args.device == "gpu":
+        print("verl-variance demo: --study rvpo runs on the CPU preset; leave --device at auto or cpu", file=sys.stderr)
+        return 2
+    if args.device != "auto" and args.study != "rvpo":
         overrides["device"] = args.device
+    workdir = args.workdir or ("runs/rvpo" if args.study == "rvpo" else "runs/demo")
     try:
-        run_demo(args.scale, args.workdir, args.assets_dir, **overrides)
+        if args.study == "rvpo":
+            run_rvpo_study(args.scale, workdir, args.assets_dir, **overrides)
+        else:
+            run_demo(args.scale, workdir, args.assets_dir, **overrides)
     except (MissingDemoExtra, InsufficientDiskSpace, DemoError, StudyError) as error:
         print(f"verl-variance demo: {error}", file=sys.stderr)
         return 2
-    print(f"verl-variance demo: report in {args.workdir}/report.json, report.md and fig*.png")
+    report = "rvpo_report.json, rvpo_report.md" if args.study == "rvpo" else "report.json, report.md"
+    print(f"verl-variance demo: report in {workdir}/{report} and fig*.png")
     return 0
 
 
@@ -217,9 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the paper's IMDB study offline: ensemble RM, vanilla vs variance-aware PPO through verl, report"
     )
     demo.add_argument("--scale", default="default", help="quick (CI, tiny models), default (SmolLM2, CPU), paper (GPU)")
-    demo.add_argument("--workdir", default="runs/demo", help="outputs; re-running resumes from what is there")
+    demo.add_argument("--study", choices=["variance_kl", "rvpo"], default="variance_kl",
+                      help="variance_kl: vanilla vs variance-aware PPO (the paper); rvpo: GDPO vs RVPO, two objectives")
+    demo.add_argument("--workdir", default=None,
+                      help="outputs (default runs/demo, runs/rvpo); re-running resumes from what is there")
     demo.add_argument("--assets-dir", default=None, help="asset cache (default $VERL_VARIANCE_ASSETS or ~/.cache)")
-    demo.add_argument("--policies", type=int, help="policies per method (default: the scale's)")
+    demo.add_argument("--policies", type=int, help="policies (rvpo: seeds) per method (default: the scale's)")
     demo.add_argument("--steps", type=int, help="PPO steps per policy (default: the scale's)")
     demo.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="auto: the scale's")
     demo.set_defaults(run=_demo)

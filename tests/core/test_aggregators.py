@@ -89,3 +89,52 @@ def test_bad_input():
         aggregate("member", one_member, index=5)
     with pytest.raises(ValueError, match="tau must be > 0"):
         aggregate("softmin", torch.ones(2, 3), tau=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weighted soft-min: RVPO's aggregation (seed 000)
+# ---------------------------------------------------------------------------------------------
+def test_weighted_softmin_against_hand_computation():
+    rewards = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    weights, tau = [0.5, 0.2, 0.3], 0.7
+    expected = -tau * math.log(sum(w * math.exp(-r / tau) for w, r in zip(weights, [1.0, -2.0, 0.5], strict=True)))
+    assert aggregate("softmin", rewards, tau=tau, weights=weights).item() == pytest.approx(expected, rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(members, st.integers(0, 2**31 - 1))
+def test_weighted_softmin_limits(rows, seed):
+    """tau -> inf: the weighted mean; tau -> 0: the minimum over objectives of positive weight."""
+    rewards = torch.tensor(rows, dtype=torch.float64)
+    weights = torch.rand(rewards.shape[1], generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.05
+    weights = weights / weights.sum()
+    large = aggregate("softmin", rewards, tau=1e7, weights=weights)
+    torch.testing.assert_close(large, rewards @ weights, atol=1e-4, rtol=0)
+    small = aggregate("softmin", rewards, tau=1e-4, weights=weights)
+    torch.testing.assert_close(small, rewards.min(dim=1).values, atol=1e-2, rtol=0)
+
+
+def test_weighted_softmin_small_spread_is_mean_minus_variance_over_two_tau():
+    """A = sum_k w_k A_k - Var_w(A)/(2 tau) + O(spread^3 / tau^2)."""
+    base = torch.tensor([[0.3]], dtype=torch.float64)
+    offsets = torch.tensor([[0.01, -0.02, 0.015]], dtype=torch.float64)
+    rewards, weights, tau = base + offsets, torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64), 0.5
+    mean = rewards @ weights
+    variance = ((rewards - mean) ** 2) @ weights
+    softmin = aggregate("softmin", rewards, tau=tau, weights=weights).item()
+    correction = (variance / (2 * tau)).item()
+    assert abs(softmin - (mean.item() - correction)) < 0.02 * correction  # the third-order rest is ~1% here
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ([0.5, 0.6], "weights must sum to 1, got .* divide by their sum"),
+        ([0.5, 0.25, 0.25], "3 weights for 2 objectives"),
+        ([1.5, -0.5], "finite and >= 0"),
+        ([float("nan"), 1.0], "finite and >= 0"),
+    ],
+)
+def test_weighted_softmin_bad_weights(weights, message):
+    with pytest.raises(ValueError, match=message):
+        aggregate("softmin", torch.zeros(2, 2), weights=weights)

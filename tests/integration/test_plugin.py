@@ -24,7 +24,9 @@ EXPECTED_PATCHES = {
     "v1_cpu_poll_interval",
     "variance_aware_kl_in_reward",
     "variance_aware_kl_v1",
-    "grpo_variance_kl_estimator",
+    "estimators_and_policy_losses",
+    "rvpo_gdpo_advantage",
+    "rvpo_gdpo_advantage_v1",
     "variance_kl_loss",
     "variance_kl_loss_distillation",
     "ensemble_reward_manager",
@@ -75,7 +77,8 @@ def test_entry_point_registers_everything_in_a_fresh_process():
         "platforms": ["cpu"],
         "rollouts": ["hf"],
         "kl_penalties": ["variance_aware"],
-        "advantage_estimators": ["grpo_variance_kl"],
+        "advantage_estimators": ["grpo_variance_kl", "rvpo", "gdpo (fed on the V1 trainer)"],
+        "policy_losses": ["r2vpo"],
         "reward_managers": ["ensemble"],
     }
 

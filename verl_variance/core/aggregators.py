@@ -1,15 +1,15 @@
 """Uncertainty aggregators: K ensemble member rewards -> one training reward per sample.
 
 Each aggregator is a pure function ``fn(member_rewards (bs, K), **params) -> (bs,)`` registered by
-name; the config picks one with ``aggregator=<name>`` and its parameters. Every aggregator is
-monotone in each member reward and lies between the min and max of the members (LCB and UWO are
-clamped to the minimum so that a large penalty cannot push the reward below every member).
+name; the config picks one with ``aggregator=<name>`` and its parameters. Every aggregator lies
+between the min and max of the members (LCB and UWO are clamped to the minimum so that a large
+penalty cannot push the reward below every member). mean, member, min and softmin are monotone in
+each member reward; UWO and LCB are not (raising one member can widen the spread by more).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,15 +71,35 @@ def lower_confidence_bound_reward(member_rewards: torch.Tensor, k: float = 1.0) 
     return torch.maximum(penalised, member_rewards.min(dim=1).values)
 
 
-@register_aggregator("softmin")
-def softmin_reward(member_rewards: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
-    """Soft minimum (RVPO's LogSumExp aggregation): r = −τ · log( (1/K) Σ_k exp(−r_k / τ) ).
+def check_objective_weights(weights: Sequence[float] | torch.Tensor | None, num_objectives: int) -> torch.Tensor:
+    """Weights w_k of K objectives as float64 (K,): non-negative, finite, summing to 1; uniform when None."""
+    if weights is None:
+        return torch.full((num_objectives,), 1.0 / num_objectives, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    if w.numel() != num_objectives:
+        raise ValueError(f"{w.numel()} weights for {num_objectives} objectives: give one weight per objective")
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
+    if abs(float(w.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"weights must sum to 1, got {w.tolist()} (sum {float(w.sum()):.6g}); divide by their sum")
+    return w
 
-    τ → 0 gives min_k r_k, τ → ∞ gives the mean; for small spread ≈ mean − Var/(2τ).
+
+@register_aggregator("softmin")
+def softmin_reward(
+    member_rewards: torch.Tensor, tau: float = 1.0, weights: Sequence[float] | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weighted soft minimum, RVPO's LogSumExp aggregation (seed 000, SPEC §2):
+
+        r = −τ · log Σ_k w_k · exp(−r_k / τ),   w_k ≥ 0, Σ_k w_k = 1 (uniform 1/K by default).
+
+    τ → 0 gives min_k r_k (over w_k > 0), τ → ∞ the weighted mean Σ_k w_k r_k; for a small spread it is
+    ≈ Σ_k w_k r_k − Var_w(r)/(2τ). Computed in float64 with log-sum-exp. (bs, K) -> (bs,).
     """
-    if tau <= 0:
+    if not tau > 0:
         raise ValueError(f"softmin temperature tau must be > 0, got {tau}")
-    log_mean_exp = torch.logsumexp(-member_rewards.double() / tau, dim=1) - math.log(member_rewards.shape[1])
+    log_w = check_objective_weights(weights, member_rewards.shape[1]).to(member_rewards.device).log()
+    log_mean_exp = torch.logsumexp(-member_rewards.double() / tau + log_w, dim=1)
     return (-tau * log_mean_exp).to(member_rewards.dtype)
 
 

@@ -146,3 +146,114 @@ class EnsembleRewardConfig:
         if "aggregator_params" in group and group["aggregator_params"] is not None:
             group["aggregator_params"] = dict(group["aggregator_params"])
         return from_mapping(cls, group, "ensemble_reward")
+
+
+RVPO_ESTIMATOR = "rvpo"
+"""The value of ``algorithm.adv_estimator`` that selects RVPO."""
+
+ENSEMBLE_HEAD_PREFIX = "reward_head_"
+"""Reward extra-info keys of the ensemble manager's per-head scores: ``reward_head_0`` ... ``reward_head_{K-1}``."""
+
+
+@dataclass
+class RVPOConfig:
+    """RVPO, reward-variance soft-min across objectives (seed 000, SPEC §2): ``algorithm.adv_estimator=rvpo``.
+
+    Per-objective GRPO advantages A_k (GDPO's first step), aggregated as
+    A = −τ · log Σ_k w_k exp(−A_k/τ), then whitened as GDPO does.
+    """
+
+    reward_keys: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward extra-info keys of the objectives; null: algorithm.gdpo_reward_keys."},
+    )
+    weights: list[float] | None = field(
+        default=None, metadata={"help": "w_k, one per objective, >= 0 and summing to 1; null: uniform 1/K."}
+    )
+    tau: float = field(default=1.0, metadata={"help": "Soft-min temperature (> 0): small -> min, large -> mean."})
+    ensemble_heads: bool = field(
+        default=False,
+        metadata={"help": "Objectives = the ensemble manager's per-head scores reward_head_<k> (reward_keys null)."},
+    )
+
+    def __post_init__(self) -> None:
+        from verl_variance.core.aggregators import check_objective_weights
+
+        if not self.tau > 0:
+            raise ValueError(f"rvpo.tau must be > 0, got {self.tau}")
+        if self.reward_keys is not None:
+            self.reward_keys = [str(key) for key in self.reward_keys]
+            if self.ensemble_heads:
+                raise ValueError("rvpo.ensemble_heads=True takes the objectives from the ensemble's heads: "
+                                 "leave rvpo.reward_keys unset (null)")  # fmt: skip
+            if not self.reward_keys or len(set(self.reward_keys)) != len(self.reward_keys):
+                raise ValueError(f"rvpo.reward_keys={self.reward_keys} must name distinct reward extra-info keys")
+        if self.weights is not None:
+            self.weights = [float(w) for w in self.weights]
+            if self.reward_keys is not None:
+                try:
+                    check_objective_weights(self.weights, len(self.reward_keys))
+                except ValueError as exc:
+                    raise ValueError(f"rvpo.weights: {exc}") from exc
+
+    def keys(self, gdpo_reward_keys: list[str] | None) -> list[str] | None:
+        """The objectives' reward keys: ``reward_keys``, else GDPO's; None with ``ensemble_heads``."""
+        if self.ensemble_heads:
+            return None
+        keys = self.reward_keys if self.reward_keys is not None else gdpo_reward_keys
+        if not keys:
+            raise ValueError(
+                "algorithm.adv_estimator=rvpo needs the objectives: set rvpo.reward_keys=[a,b] (the keys your reward "
+                "function returns), or algorithm.gdpo_reward_keys, or rvpo.ensemble_heads=True with the ensemble "
+                "reward manager"
+            )
+        return [str(key) for key in keys]
+
+    @classmethod
+    def from_trainer_config(cls, config: Mapping[str, Any]) -> RVPOConfig:
+        """Read the ``rvpo`` group of a verl trainer config (defaults when absent)."""
+        group = dict(config.get("rvpo") or {})
+        for name in ("reward_keys", "weights"):
+            if group.get(name) is not None:
+                group[name] = list(group[name])
+        return from_mapping(cls, group, "rvpo")
+
+
+R2VPO_LOSS = "r2vpo"
+"""The value of ``actor_rollout_ref.actor.policy_loss.loss_mode`` that selects R²VPO."""
+
+
+@dataclass
+class R2VPOConfig:
+    """R²VPO, ratio-variance regularisation instead of clipping (seed 001, SPEC §3): ``policy_loss.loss_mode=r2vpo``.
+
+    L = −agg(ρ_t · A_t) + λ · Var(ρ). λ fixed (``target_variance: null``), or a dual variable of the
+    constraint Var(ρ) ≤ δ updated once per training step: λ ← max(0, λ + η · (Var(ρ) − δ)).
+    """
+
+    lam: float = field(
+        default=1.0, metadata={"help": "lambda, the weight of Var(rho) (the initial one when adaptive)."}
+    )
+    target_variance: float | None = field(
+        default=None, metadata={"help": "delta of the constraint Var(rho) <= delta; null: lambda stays fixed."}
+    )
+    dual_lr: float = field(default=10.0, metadata={"help": "eta, the dual step size of the adaptive lambda."})
+
+    def __post_init__(self) -> None:
+        if not self.lam >= 0:
+            raise ValueError(f"r2vpo.lam must be >= 0, got {self.lam}")
+        if self.target_variance is not None and not self.target_variance >= 0:
+            raise ValueError(
+                f"r2vpo.target_variance must be >= 0 (or null for a fixed lambda), got {self.target_variance}"
+            )
+        if not self.dual_lr > 0:
+            raise ValueError(f"r2vpo.dual_lr must be > 0, got {self.dual_lr}")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.target_variance is not None
+
+    @classmethod
+    def from_trainer_config(cls, config: Mapping[str, Any]) -> R2VPOConfig:
+        """Read the ``r2vpo`` group of a verl trainer config (defaults when absent)."""
+        return from_mapping(cls, config.get("r2vpo"), "r2vpo")

@@ -77,9 +77,42 @@ def check_kl_config(config) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def check_variance_methods(config) -> None:
+    """``adv_estimator=rvpo`` and ``policy_loss.loss_mode=r2vpo``: their groups parse and name what they need."""
+    from verl_variance.core.config import R2VPO_LOSS, RVPO_ESTIMATOR, R2VPOConfig, RVPOConfig
+
+    algorithm = config.algorithm
+    try:
+        if algorithm.get("adv_estimator") == RVPO_ESTIMATOR:
+            settings = RVPOConfig.from_trainer_config(config)
+            keys = settings.keys(algorithm.get("gdpo_reward_keys"))
+            if settings.weights is not None and keys is not None and len(settings.weights) != len(keys):
+                raise ValueError(f"rvpo.weights has {len(settings.weights)} values for {len(keys)} objectives {keys}")
+            manager = config.get("reward", {}).get("reward_manager", {}).get("name")
+            if settings.ensemble_heads and manager != "ensemble":
+                raise ValueError(
+                    "rvpo.ensemble_heads=True takes the objectives from the ensemble reward manager's heads: set "
+                    f"reward.reward_manager.name=ensemble (it is {manager!r})"
+                )
+        elif config.get("rvpo"):
+            raise ValueError(f"the rvpo group is set but algorithm.adv_estimator={algorithm.get('adv_estimator')}: "
+                             f"set algorithm.adv_estimator={RVPO_ESTIMATOR}, or drop the rvpo group")  # fmt: skip
+        policy_loss = config.get("actor_rollout_ref", {}).get("actor", {}).get("policy_loss") or {}
+        if policy_loss.get("loss_mode") == R2VPO_LOSS:
+            R2VPOConfig.from_trainer_config(config)
+        elif config.get("r2vpo"):
+            raise ValueError(
+                f"the r2vpo group is set but actor_rollout_ref.actor.policy_loss.loss_mode="
+                f"{policy_loss.get('loss_mode')}: set it to {R2VPO_LOSS}, or drop the r2vpo group"
+            )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def check_trainer_config(config) -> None:
     """All early checks on a full ``ppo_trainer`` config (an OmegaConf DictConfig)."""
     check_kl_config(config)
+    check_variance_methods(config)
     device = config.trainer.get("device", "cuda")
     check_cpu_rollout(device, config.actor_rollout_ref.rollout.name)
     check_model_path(config.actor_rollout_ref.model.get("path"), "actor_rollout_ref.model.path")

@@ -75,6 +75,8 @@ class PluginStatus:
     registered: dict[str, list[str]] = field(default_factory=dict)
     patches_applied: list[str] = field(default_factory=list)
     patches_pending: list[str] = field(default_factory=list)
+    patch_targets: dict[str, str] = field(default_factory=dict)
+    """patch name -> the module whose import applies it (every registered patch)."""
     errors: list[str] = field(default_factory=list)
 
     def add(self, kind: str, name: str) -> None:
@@ -179,6 +181,7 @@ def when_imported(module_name: str, patch_name: str, hook: Callable) -> None:
         if patch_name in STATUS.patches_applied or patch_name in STATUS.patches_pending:
             return
         STATUS.patches_pending.append(patch_name)
+        STATUS.patch_targets[patch_name] = module_name
         _hooks.setdefault(module_name, []).append((patch_name, hook))
         if _FINDER not in sys.meta_path:
             sys.meta_path.insert(0, _FINDER)

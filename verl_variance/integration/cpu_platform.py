@@ -18,8 +18,6 @@ from typing import Any
 import torch
 from verl.plugin.platform.platform_base import PlatformBase
 
-PLATFORM_NAME = "cpu"
-
 
 def _total_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

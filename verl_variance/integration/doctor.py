@@ -15,23 +15,6 @@ from typing import Any
 
 PLUGIN_MODULE = "verl_variance.integration.plugin"
 
-# Modules whose import triggers the plugin's lazy patches and registrations.
-PATCHED_MODULES = (
-    "verl.utils.config",
-    "verl.utils.device",
-    "verl.utils.distributed",
-    "verl.utils.model",
-    "verl.models.transformers.monkey_patch",
-    "verl.workers.engine.fsdp.transformer_impl",
-    "verl.workers.rollout.base",
-    "verl.workers.rollout.replica",
-    "verl.trainer.ppo.core_algos",
-    "verl.trainer.ppo.ray_trainer",
-    "verl.trainer.ppo.v1.trainer_base",
-    "verl.experimental.reward_loop.reward_manager.registry",
-)
-
-
 def probe() -> dict[str, Any]:
     """Runs in the child process. Returns the report as a JSON-able dict."""
     import importlib
@@ -68,7 +51,9 @@ def probe() -> dict[str, Any]:
                 )
         report["plugins"][entry.name] = status
 
-    for module in PATCHED_MODULES:
+    from verl_variance.integration.compat import STATUS
+
+    for module in sorted(set(STATUS.patch_targets.values())):  # every module a registered patch targets
         try:
             importlib.import_module(module)
         except Exception as exc:
@@ -84,8 +69,6 @@ def probe() -> dict[str, Any]:
         report["device"] = f"error: {exc}"
     report["registries"] = _verl_registries()
     if PLUGIN_MODULE in sys.modules:
-        from verl_variance.integration.compat import STATUS
-
         report["verl_variance"] = {
             "verl_version": STATUS.verl_version,
             "version_error": STATUS.version_error,

@@ -15,7 +15,7 @@ import inspect
 import threading
 
 from verl_variance.integration.compat import VerlVarianceError, check_signature, when_imported
-from verl_variance.integration.cpu_platform import PLATFORM_NAME
+from verl_variance.integration.hf_rollout_names import PLATFORM_NAME
 
 
 def _on_cpu_platform() -> bool:
@@ -261,7 +261,7 @@ def _patch_apply_kl_penalty(module) -> None:
 
 
 def _remember_config_on_init(trainer_cls) -> None:
-    from verl_variance.integration import variance_kl
+    from verl_variance.integration import r2vpo, rvpo, variance_kl
 
     original = trainer_cls.__init__
 
@@ -269,12 +269,16 @@ def _remember_config_on_init(trainer_cls) -> None:
     def __init__(self, *args, **kwargs):  # noqa: N807 - replaces the trainer's __init__
         original(self, *args, **kwargs)
         variance_kl.activate(self.config)
+        rvpo.activate(self.config)
+        r2vpo.activate(self)
 
     trainer_cls.__init__ = __init__
+    _patch_checkpoint_state(trainer_cls)
 
 
 def _patch_v1_trainer(module) -> None:
-    from verl_variance.integration import variance_kl
+    from verl_variance.integration import rvpo, variance_kl
+    from verl_variance.integration.extra_info import reward_extra_infos
 
     trainer_cls = module.PPOTrainer
     _remember_config_on_init(trainer_cls)
@@ -285,18 +289,22 @@ def _patch_v1_trainer(module) -> None:
 
     @functools.wraps(original)
     def _compute_advantage(self, batch, metrics):
-        if not (self.config.algorithm.use_kl_in_reward and variance_kl.uses_variance_kl(self.config)):
+        algorithm = self.config.algorithm
+        wants_variance = algorithm.use_kl_in_reward and variance_kl.uses_variance_kl(self.config)
+        multi_objective = algorithm.adv_estimator in rvpo.MULTI_OBJECTIVE_ESTIMATORS
+        if not (wants_variance or multi_objective):
             return original(self, batch, metrics)
-        key = variance_kl.active_config().variance_key
         data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
         extra_fields = data.pop("extra_fields")
         extra_fields = extra_fields.tolist() if hasattr(extra_fields, "tolist") else list(extra_fields)
-        variance = variance_kl.reward_variance_from_extra_infos(extra_fields, key)
-        token = variance_kl.set_batch_variance(variance)
-        try:
+        with contextlib.ExitStack() as scope:
+            if wants_variance:
+                key = variance_kl.active_config().variance_key
+                token = variance_kl.set_batch_variance(variance_kl.reward_variance_from_extra_infos(extra_fields, key))
+                scope.callback(variance_kl.reset_batch_variance, token)
+            if multi_objective:
+                scope.enter_context(rvpo.batch_reward_extra_info(reward_extra_infos(extra_fields), metrics))
             return original(self, batch, metrics)
-        finally:
-            variance_kl.reset_batch_variance(token)
 
     trainer_cls._compute_advantage = _compute_advantage
     _patch_v1_update_actor(module, trainer_cls)
@@ -307,72 +315,115 @@ def _patch_v1_trainer(module) -> None:
 #     the actor's batch (both trainers), the workers' ppo_loss weights its KL term by them.
 # ---------------------------------------------------------------------------------------------
 def _patch_legacy_update_actor(trainer_cls) -> None:
-    from verl_variance.integration import kl_loss, variance_kl
+    from verl_variance.integration import kl_loss, r2vpo, variance_kl
 
     original = trainer_cls._update_actor
     check_signature(original, ["self", "batch"], "verl.trainer.ppo.ray_trainer.RayPPOTrainer._update_actor")
 
     @functools.wraps(original)
     def _update_actor(self, batch):
-        if not kl_loss.uses_variance_kl_loss(self.config):
+        lam = r2vpo.controller(self)
+        wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
+        if not (wants_kl_weights or lam):
             return original(self, batch)
-        settings = variance_kl.active_config()
-        weights, telemetry = kl_loss.attach_kl_weights(
-            variance_kl.batch_reward_variance(batch, settings.variance_key),
-            batch.batch["old_log_probs"],
-            batch.batch["ref_log_prob"],
-            batch.batch["response_mask"],
-            settings,
-            self.config.actor_rollout_ref.actor.kl_loss_type,
-        )
-        batch.batch[kl_loss.KL_WEIGHT_FIELD] = weights
+        telemetry = {}
+        if wants_kl_weights:
+            settings = variance_kl.active_config()
+            weights, telemetry = kl_loss.attach_kl_weights(
+                variance_kl.batch_reward_variance(batch, settings.variance_key),
+                batch.batch["old_log_probs"],
+                batch.batch["ref_log_prob"],
+                batch.batch["response_mask"],
+                settings,
+                self.config.actor_rollout_ref.actor.kl_loss_type,
+            )
+            batch.batch[kl_loss.KL_WEIGHT_FIELD] = weights
+        if lam:
+            batch.batch[r2vpo.LAMBDA_FIELD] = lam.lambda_field(len(batch))
         output = original(self, batch)
-        output.meta_info["metrics"].update(telemetry)
+        metrics = output.meta_info["metrics"]
+        metrics.update(telemetry)
+        if lam:
+            metrics.update(lam.after_update(metrics))
         return output
 
     trainer_cls._update_actor = _update_actor
 
 
 def _patch_v1_update_actor(module, trainer_cls) -> None:
-    from verl_variance.integration import kl_loss, variance_kl
+    from verl_variance.integration import kl_loss, r2vpo, variance_kl
 
     original = trainer_cls._update_actor
     check_signature(original, ["self", "batch", "metrics"], "verl.trainer.ppo.v1.trainer_base.PPOTrainer._update_actor")
 
     @functools.wraps(original)
     def _update_actor(self, batch, metrics):
-        if not kl_loss.uses_variance_kl_loss(self.config):
+        lam = r2vpo.controller(self)
+        wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
+        if not (wants_kl_weights or lam):
             return original(self, batch, metrics)
         from tensordict import TensorDict
 
-        settings = variance_kl.active_config()
-        fields = ["extra_fields", "old_log_probs", "ref_log_prob", "response_mask"]
-        data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
-        extra_infos = data.pop("extra_fields").tolist()
-        variance = variance_kl.reward_variance_from_extra_infos(extra_infos, settings.variance_key)
-        padded = data.to_padded_tensor()
-        weights, telemetry = kl_loss.attach_kl_weights(
-            variance_kl.checked_reward_variance(variance, settings.variance_key),
-            padded["old_log_probs"],
-            padded["ref_log_prob"],
-            padded["response_mask"],
-            settings,
-            self.config.actor_rollout_ref.actor.kl_loss_type,
-        )
-        fields = TensorDict({kl_loss.KL_WEIGHT_FIELD: weights}, batch_size=len(batch))
+        fields = {}
+        if wants_kl_weights:
+            settings = variance_kl.active_config()
+            names = ["extra_fields", "old_log_probs", "ref_log_prob", "response_mask"]
+            data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=names)
+            extra_infos = data.pop("extra_fields").tolist()
+            variance = variance_kl.reward_variance_from_extra_infos(extra_infos, settings.variance_key)
+            padded = data.to_padded_tensor()
+            fields[kl_loss.KL_WEIGHT_FIELD], telemetry = kl_loss.attach_kl_weights(
+                variance_kl.checked_reward_variance(variance, settings.variance_key),
+                padded["old_log_probs"],
+                padded["ref_log_prob"],
+                padded["response_mask"],
+                settings,
+                self.config.actor_rollout_ref.actor.kl_loss_type,
+            )
+            metrics.update(telemetry)
+        if lam:
+            fields[r2vpo.LAMBDA_FIELD] = lam.lambda_field(len(batch))
+        fields = TensorDict(fields, batch_size=len(batch))
         batch = module.tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
-        metrics.update(telemetry)
-        return original(self, batch, metrics)
+        batch = original(self, batch, metrics)
+        if lam:
+            metrics.update(lam.after_update(metrics))
+        return batch
 
     trainer_cls._update_actor = _update_actor
 
 
+def _patch_checkpoint_state(trainer_cls) -> None:
+    """R²VPO's adaptive λ is saved in each verl checkpoint folder and read back on resume."""
+    from verl_variance.integration import r2vpo
+
+    save, load = trainer_cls._save_checkpoint, trainer_cls._load_checkpoint
+    check_signature(save, ["self"], f"{trainer_cls.__qualname__}._save_checkpoint")
+    check_signature(load, ["self"], f"{trainer_cls.__qualname__}._load_checkpoint")
+
+    @functools.wraps(save)
+    def _save_checkpoint(self):
+        result = save(self)
+        if (state := r2vpo.controller(self)) is not None:
+            state.save(r2vpo.step_folder(self.config, self.global_steps, resuming=False))
+        return result
+
+    @functools.wraps(load)
+    def _load_checkpoint(self):
+        result = load(self)
+        if (state := r2vpo.controller(self)) is not None and self.global_steps > 0:
+            state.load(r2vpo.step_folder(self.config, self.global_steps, resuming=True))
+        return result
+
+    trainer_cls._save_checkpoint, trainer_cls._load_checkpoint = _save_checkpoint, _load_checkpoint
+
+
 def _patch_ppo_loss(module) -> None:
-    from verl_variance.integration.kl_loss import wrap_ppo_loss
+    from verl_variance.integration import kl_loss, r2vpo
 
     check_signature(module.ppo_loss, ["config", "model_output", "data", "dp_group"], f"{module.__name__}.ppo_loss")
     if not getattr(module.ppo_loss, "__verl_variance_wrapped__", False):
-        module.ppo_loss = wrap_ppo_loss(module.ppo_loss)
+        module.ppo_loss = kl_loss.wrap_ppo_loss(r2vpo.wrap_ppo_loss(module.ppo_loss))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,11 +452,34 @@ def _patch_disrm_all_logits(module) -> None:
     worker_cls.compute_score_disrm = compute_score_disrm
 
 
-def _register_advantage_estimator(module) -> None:
+def _register_advantage_estimators_and_losses(module) -> None:
+    from verl_variance.core.config import R2VPO_LOSS, RVPO_ESTIMATOR
+    from verl_variance.integration.r2vpo import r2vpo_policy_loss
+    from verl_variance.integration.rvpo import rvpo_outcome_advantage
     from verl_variance.integration.variance_kl import ADV_ESTIMATOR, grpo_variance_kl_advantage
 
-    if module.ADV_ESTIMATOR_REGISTRY.get(ADV_ESTIMATOR) is not grpo_variance_kl_advantage:  # idempotent
-        module.register_adv_est(ADV_ESTIMATOR)(grpo_variance_kl_advantage)
+    check_signature(
+        module.compute_policy_loss_vanilla, list(inspect.signature(r2vpo_policy_loss).parameters),
+        "verl.trainer.ppo.core_algos.compute_policy_loss_vanilla (the policy-loss interface)",
+    )  # fmt: skip
+    for name, fn in ((ADV_ESTIMATOR, grpo_variance_kl_advantage), (RVPO_ESTIMATOR, rvpo_outcome_advantage)):
+        if module.ADV_ESTIMATOR_REGISTRY.get(name) is not fn:  # idempotent
+            module.register_adv_est(name)(fn)
+    module.register_policy_loss(R2VPO_LOSS)(r2vpo_policy_loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. RVPO (adv_estimator=rvpo) in both trainers' compute_advantage, and verl's GDPO fed on V1.
+# ---------------------------------------------------------------------------------------------
+def _patch_compute_advantage(module) -> None:
+    from verl_variance.integration.rvpo import wrap_compute_advantage
+
+    check_signature(
+        module.compute_advantage,
+        ["data", "adv_estimator", "gamma", "lam", "num_repeat", "norm_adv_by_std_in_grpo", "config"],
+        f"{module.__name__}.compute_advantage",
+    )
+    module.compute_advantage = wrap_compute_advantage(module.compute_advantage)
 
 
 def install() -> None:
@@ -424,7 +498,10 @@ def install() -> None:
     when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll)
     when_imported("verl.trainer.ppo.ray_trainer", "variance_aware_kl_in_reward", _patch_apply_kl_penalty)
     when_imported("verl.trainer.ppo.v1.trainer_base", "variance_aware_kl_v1", _patch_v1_trainer)
-    when_imported("verl.trainer.ppo.core_algos", "grpo_variance_kl_estimator", _register_advantage_estimator)
+    when_imported("verl.trainer.ppo.core_algos", "estimators_and_policy_losses",
+                  _register_advantage_estimators_and_losses)  # fmt: skip
+    when_imported("verl.trainer.ppo.ray_trainer", "rvpo_gdpo_advantage", _patch_compute_advantage)
+    when_imported("verl.trainer.ppo.v1.utils", "rvpo_gdpo_advantage_v1", _patch_compute_advantage)
     when_imported("verl.workers.engine_workers", "variance_kl_loss", _patch_ppo_loss)
     when_imported("verl.experimental.reward_loop.reward_manager.registry", "ensemble_reward_manager",
                   _register_ensemble_manager)  # fmt: skip

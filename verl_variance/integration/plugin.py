@@ -15,7 +15,8 @@ from verl_variance.integration import compat
 def _register_platform() -> None:
     from verl.plugin.platform import PlatformRegistry
 
-    from verl_variance.integration.cpu_platform import PLATFORM_NAME, PlatformCPU
+    from verl_variance.integration.cpu_platform import PlatformCPU
+    from verl_variance.integration.hf_rollout_names import PLATFORM_NAME
 
     if PlatformRegistry.get(PLATFORM_NAME) is not PlatformCPU:
         PlatformRegistry.register(platform=PLATFORM_NAME)(PlatformCPU)
@@ -48,6 +49,9 @@ def _install_patches() -> None:
     compat.STATUS.add("rollouts", ROLLOUT_NAME)
     compat.STATUS.add("kl_penalties", "variance_aware")
     compat.STATUS.add("advantage_estimators", "grpo_variance_kl")
+    compat.STATUS.add("advantage_estimators", "rvpo")
+    compat.STATUS.add("advantage_estimators", "gdpo (fed on the V1 trainer)")
+    compat.STATUS.add("policy_losses", "r2vpo")
     compat.STATUS.add("reward_managers", "ensemble")
 
 

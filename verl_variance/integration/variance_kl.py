@@ -31,6 +31,7 @@ from verl_variance.core.kl import (
 from verl_variance.core.telemetry import variance_kl_metrics
 from verl_variance.core.variance import check_reward_variance
 from verl_variance.integration.compat import VerlVarianceError
+from verl_variance.integration.extra_info import reward_extra_infos
 
 ADV_ESTIMATOR = "grpo_variance_kl"
 """Registered advantage estimator: GRPO on the scores, plus the variance-weighted KL per token."""
@@ -73,11 +74,10 @@ def missing_variance_error(key: str, available: list[str]) -> MissingRewardVaria
     )
 
 
-def reward_variance_from_extra_infos(extra_infos: list[Any], key: str) -> np.ndarray:
+def reward_variance_from_extra_infos(extra_fields: list[Any], key: str) -> np.ndarray:
     """σ² per sample from V1's per-sample ``extra_fields`` dicts (``reward_extra_info`` inside)."""
     values = []
-    for extra in extra_infos:
-        info = (extra or {}).get("reward_extra_info", {}) if isinstance(extra, Mapping) else {}
+    for info in reward_extra_infos(extra_fields):
         if key not in info:
             raise missing_variance_error(key, list(info))
         values.append(info[key])
