@@ -66,7 +66,8 @@ def test_policy_overrides_differ_only_in_the_kl_switch(tmp_path):
 
 def test_bad_input_fails_clearly(tmp_path, monkeypatch, capsys):
     assert cli_main(["demo", "--scale", "huge", "--workdir", str(tmp_path)]) == 2
-    assert "unknown scale 'huge'; valid: ['default', 'paper', 'quick']" in capsys.readouterr().err
+    expected = "unknown scale 'huge' for --study variance_kl; valid: ['default', 'paper', 'quick']"
+    assert expected in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "sklearn", None)  # what `import sklearn` sees when it is not installed
     assert cli_main(["demo", "--scale", "quick", "--workdir", str(tmp_path), "--assets-dir", str(tmp_path)]) == 2
     assert "pip install 'verl-variance[demo]'" in capsys.readouterr().err

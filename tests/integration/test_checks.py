@@ -49,3 +49,56 @@ def test_main_ppo_fails_before_ray_starts(tiny_models, overrides, message):
     assert result.returncode != 0
     assert message in output
     assert "ray init kwargs" not in output  # failed in the driver's config validation, not in a worker
+
+
+def _methods_config(**groups):
+    from omegaconf import OmegaConf
+
+    base = {
+        "algorithm": {"adv_estimator": "grpo"},
+        "actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "vanilla"}}},
+        "reward": {"reward_manager": {"name": "naive"}},
+    }
+    return OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(groups))
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ({"algorithm": {"adv_estimator": "rvpo"}}, "needs the objectives: set rvpo.reward_keys"),
+        ({"algorithm": {"adv_estimator": "rvpo"}, "rvpo": {"reward_keys": ["a", "b"], "tau": -1}}, "tau must be > 0"),
+        ({"algorithm": {"adv_estimator": "rvpo", "gdpo_reward_keys": ["a", "b"]}, "rvpo": {"weights": [1.0]}},
+         r"rvpo.weights has 1 values for 2 objectives \['a', 'b'\]"),
+        ({"algorithm": {"adv_estimator": "rvpo"}, "rvpo": {"ensemble_heads": True}},
+         "set reward.reward_manager.name=ensemble"),
+        ({"rvpo": {"tau": 2.0}}, "the rvpo group is set but algorithm.adv_estimator=grpo"),
+        ({"actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "r2vpo"}}}, "r2vpo": {"lam": -1}},
+         "r2vpo.lam must be >= 0"),
+        ({"r2vpo": {"lam": 1.0}}, "the r2vpo group is set but actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"),
+    ],
+)  # fmt: skip
+def test_variance_method_settings_fail_early(groups, message):
+    from verl_variance.integration.checks import check_variance_methods
+
+    with pytest.raises(ConfigError, match=message):
+        check_variance_methods(_methods_config(**groups))
+
+
+def test_variance_method_settings_that_work_pass():
+    from verl_variance.integration.checks import check_variance_methods
+
+    check_variance_methods(_methods_config())  # neither method: nothing to check
+    check_variance_methods(_methods_config(algorithm={"adv_estimator": "rvpo", "gdpo_reward_keys": ["a", "b"]}))
+    check_variance_methods(_methods_config(
+        algorithm={"adv_estimator": "rvpo"}, rvpo={"ensemble_heads": True},
+        reward={"reward_manager": {"name": "ensemble"}},
+        actor_rollout_ref={"actor": {"policy_loss": {"loss_mode": "r2vpo"}}}, r2vpo={"target_variance": 0.01},
+    ))  # fmt: skip
+
+
+def test_rvpo_without_objectives_fails_before_ray_starts(tiny_models):
+    result = _main_ppo(f"actor_rollout_ref.model.path={tiny_models['qwen2']}", "algorithm.adv_estimator=rvpo")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "algorithm.adv_estimator=rvpo needs the objectives" in output
+    assert "ray init kwargs" not in output

@@ -240,21 +240,11 @@ def policy_overrides(
 
     micro = scale.train_batch_size
     overrides = [
-        *imdb.verl_prompt_overrides(paths["data_dir"], chat=False),
-        f"data.train_batch_size={scale.train_batch_size}",
-        "data.max_prompt_length=16",
-        f"data.max_response_length={scale.response_length}",
-        f"data.seed={seed}",
-        f"actor_rollout_ref.model.path={paths['policy']}",
+        *imdb.verl_policy_overrides(paths["data_dir"], paths["policy"], scale.train_batch_size, scale.response_length,
+                                    seed, micro),  # fmt: skip
         f"critic.model.path={paths['critic']}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={scale.train_batch_size}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro}",
-        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro}",
         f"critic.ppo_micro_batch_size_per_gpu={micro}",
         f"actor_rollout_ref.actor.optim.lr={scale.actor_lr}",
-        "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
-        "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
         "algorithm.adv_estimator=gae",
         "algorithm.use_kl_in_reward=True",
         f"algorithm.kl_ctrl.kl_coef={beta}",

@@ -224,6 +224,29 @@ def verl_prompt_overrides(prompts_dir: str | os.PathLike, chat: bool = False) ->
     return overrides
 
 
+def verl_policy_overrides(
+    prompts_dir: str | os.PathLike, policy: str | os.PathLike, train_batch_size: int, response_length: int,
+    seed: int, micro_batch: int,
+) -> list[str]:  # fmt: skip
+    """The data, actor and sampling overrides every IMDB policy run shares (the demo's and the RVPO study's):
+    raw review openings of at most 16 tokens, responses of ``response_length``, one mini-batch per step,
+    validation sampled at temperature 1 (the policy's distribution, as the judge should see it)."""
+    return [
+        *verl_prompt_overrides(prompts_dir, chat=False),
+        f"data.train_batch_size={train_batch_size}",
+        "data.max_prompt_length=16",
+        f"data.max_response_length={response_length}",
+        f"data.seed={seed}",
+        f"actor_rollout_ref.model.path={policy}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={train_batch_size}",
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
+        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro_batch}",
+        "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
+        "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+    ]
+
+
 def build_imdb_reviews(cache: AssetCache, seed: int = 0, judge_fraction: float = 0.5) -> Asset:
     """Asset ``imdb_reviews``: ``reviews.parquet`` (review_id, text, label, part = "judge" | "prompt").
 

@@ -73,26 +73,15 @@ def run_overrides(
     samples = scale.train_batch_size * scale.responses_per_prompt
     keys = ",".join(OBJECTIVES)
     overrides = [
-        *imdb.verl_prompt_overrides(paths["data_dir"], chat=False),
-        f"data.train_batch_size={scale.train_batch_size}",
-        "data.max_prompt_length=16",
-        f"data.max_response_length={scale.response_length}",
-        f"data.seed={seed}",
-        f"actor_rollout_ref.model.path={paths['policy']}",
+        *imdb.verl_policy_overrides(paths["data_dir"], paths["policy"], scale.train_batch_size, scale.response_length,
+                                    seed, samples),  # fmt: skip
         f"actor_rollout_ref.rollout.n={scale.responses_per_prompt}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={scale.train_batch_size}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={samples}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={samples}",
-        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={samples}",
         f"actor_rollout_ref.actor.optim.lr={scale.actor_lr}",
         "actor_rollout_ref.actor.use_kl_loss=False",
-        "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
-        "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
         f"actor_rollout_ref.rollout.val_kwargs.n={scale.eval_samples_per_prompt}",
         f"algorithm.adv_estimator={method}",
         "algorithm.use_kl_in_reward=False",
         f"+algorithm.gdpo_reward_keys=[{keys}]",  # GDPO's objectives; RVPO reads the same keys
-        f"++rvpo.tau={scale.tau}",
         f"reward.custom_reward_function.path={REWARD_FILE}",
         "reward.custom_reward_function.name=sentiment_and_banned_words",
         f"+reward.custom_reward_function.reward_kwargs.judge_path={paths['judge']}",
@@ -106,6 +95,8 @@ def run_overrides(
         f"trainer.experiment_name={scale.name}_{method}_seed{seed}",
         "trainer.logger=[console,file]",
     ]
+    if method == "rvpo":
+        overrides.append(f"++rvpo.tau={scale.tau}")
     return overrides
 
 
@@ -141,8 +132,9 @@ def validation_objectives(run_dir: Path) -> dict[str, dict[str, float]]:
     return found
 
 
-def t_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
-    """Mean and Student-t interval over seeds (``scipy.stats``); no interval for fewer than 2 values."""
+def t_interval(values: list[float], level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean and Student-t interval over seeds (``scipy.stats``), cut to ``bounds`` (a rate's [0, 1]); no interval
+    for fewer than 2 values."""
     from scipy import stats
 
     array = np.asarray(values, dtype=float)
@@ -151,6 +143,8 @@ def t_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
         return {"mean": mean, "ci": None, "n": int(array.size)}
     sem = stats.sem(array)
     low, high = (mean, mean) if sem == 0 else stats.t.interval(level, array.size - 1, loc=mean, scale=sem)
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
     return {"mean": mean, "ci": [float(low), float(high)], "n": int(array.size)}
 
 
@@ -161,7 +155,7 @@ def method_summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         finals = [run["final"] for run in runs if run["method"] == method]
         if finals:
             table[method] = {
-                "violation_rate": t_interval([f["violation_rate"] for f in finals]),
+                "violation_rate": t_interval([f["violation_rate"] for f in finals], bounds=(0.0, 1.0)),
                 "sentiment": t_interval([f["sentiment"] for f in finals]),
                 "policies": len(finals),
             }
@@ -207,7 +201,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"evaluated on {report['settings']['eval_prompts']} held-out prompts x "
         f"{report['settings']['eval_samples_per_prompt']} sampled responses ({report['eval_samples']} samples).",
         "",
-        "| policy | violation rate (95% t-interval over seeds) | sentiment, judge log-odds |",
+        "| policy | violation rate (95% t-interval over seeds, cut to [0, 1]) | sentiment, judge log-odds |",
         "|---|---|---|",
     ]
     reference = report.get("reference")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from verl_variance.core.aggregators import aggregate
-from verl_variance.core.config import EnsembleRewardConfig
+from verl_variance.core.config import ENSEMBLE_HEAD_PREFIX, EnsembleRewardConfig
 from verl_variance.core.variance import ensemble_reward_variance
 
 MANAGER_NAME = "ensemble"
@@ -49,7 +49,7 @@ def ensemble_reward_output(member_rewards: torch.Tensor, settings: EnsembleRewar
     for row, score, sigma2 in zip(member_rewards.tolist(), reward.tolist(), variance.tolist(), strict=True):
         extra = {settings.variance_key: sigma2, "reward_mean": sum(row) / len(row)}
         if settings.head_scores:
-            extra.update({f"reward_head_{k}": value for k, value in enumerate(row)})
+            extra.update({f"{ENSEMBLE_HEAD_PREFIX}{k}": value for k, value in enumerate(row)})
         outputs.append({"reward_score": score, "reward_extra_info": extra})
     return outputs
 
