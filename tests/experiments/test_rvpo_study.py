@@ -60,8 +60,12 @@ def test_validation_objectives_per_dump(tmp_path):
     _dump(tmp_path / "validation", 6, [{"sentiment": 2.0, "no_banned_words": 1.0}] * 3 +
           [{"sentiment": 0.0, "no_banned_words": 0.0}])  # fmt: skip
     found = rvpo_study.validation_objectives(tmp_path)
-    assert found == {"0": {"violation_rate": 0.5, "sentiment": 0.0, "samples": 2},
-                     "6": {"violation_rate": 0.25, "sentiment": 1.5, "samples": 4}}  # fmt: skip
+    assert {step: {k: v for k, v in row.items() if not k.endswith("_se")} for step, row in found.items()} == {
+        "0": {"violation_rate": 0.5, "sentiment": 0.0, "samples": 2},
+        "6": {"violation_rate": 0.25, "sentiment": 1.5, "samples": 4},
+    }
+    assert found["6"]["violation_rate_se"] == pytest.approx((0.25 * 0.75 / 4) ** 0.5)
+    assert found["6"]["sentiment_se"] == pytest.approx(1.0 / 4**0.5)  # sample sd of (2, 2, 2, 0) is 1
     _dump(tmp_path / "other" / "validation", 1, [{"score": 1.0}])
     with pytest.raises(study.StudyError, match=r"has no \['sentiment', 'no_banned_words'\]"):
         rvpo_study.validation_objectives(tmp_path / "other")
@@ -84,7 +88,8 @@ def _runs(gdpo_rates, rvpo_rates):
     runs = []
     for method, rates in (("gdpo", gdpo_rates), ("rvpo", rvpo_rates)):
         for seed, rate in enumerate(rates):
-            final = {"violation_rate": rate, "sentiment": 0.5 + rate, "samples": 256}
+            final = {"violation_rate": rate, "sentiment": 0.5 + rate, "samples": 256, "violation_rate_se": 0.01,
+                     "sentiment_se": 0.02}  # fmt: skip
             first = seed == 0 and method == "gdpo"
             reference = {"violation_rate": 0.03, "sentiment": 0.3, "samples": 256} if first else None
             runs.append({"method": method, "seed": seed, "seconds": 1.0, "final": final, "reference": reference})
@@ -109,6 +114,7 @@ def test_report_markdown_and_plot(tmp_path):
     assert report["methods"]["gdpo"]["policies"] == 3 and report["eval_samples"] == 256
     text = rvpo_study.markdown(report)
     assert "| reference | 0.030 | 0.300 |" in text
+    assert "violation rate 0.010, sentiment 0.020" in text
     assert "| rvpo (3) | 0.150 [" in text and report["conclusion"] in text
     path = rvpo_study.plot(report, runs, tmp_path / "fig.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

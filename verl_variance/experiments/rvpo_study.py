@@ -124,10 +124,15 @@ def validation_objectives(run_dir: Path) -> dict[str, dict[str, float]]:
         missing = [key for key in OBJECTIVES if key not in rows[0]]
         if missing:
             raise study.StudyError(f"{dump} has no {missing}: the run's reward is not sentiment_and_banned_words")
+        violations = np.array([1.0 - float(row["no_banned_words"]) for row in rows])
+        sentiments = np.array([float(row["sentiment"]) for row in rows])
         found[dump.stem] = {
-            "violation_rate": float(np.mean([1.0 - float(row["no_banned_words"]) for row in rows])),
-            "sentiment": float(np.mean([float(row["sentiment"]) for row in rows])),
+            "violation_rate": float(violations.mean()),
+            "sentiment": float(sentiments.mean()),
             "samples": len(rows),
+            # the evaluation's own noise: standard errors of the two means over this policy's samples
+            "violation_rate_se": float(np.sqrt(violations.mean() * (1 - violations.mean()) / len(rows))),
+            "sentiment_se": float(sentiments.std(ddof=1) / np.sqrt(len(rows))) if len(rows) > 1 else 0.0,
         }
     return found
 
@@ -210,7 +215,15 @@ def markdown(report: dict[str, Any]) -> str:
     for method, row in report["methods"].items():
         cells = (f"{method} ({row['policies']})", _format(row["violation_rate"]), _format(row["sentiment"]))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", report["conclusion"], "", "![objectives](fig_rvpo_objectives.png)", ""]
+    noise = report["eval_noise"]
+    lines += [
+        "",
+        f"Evaluation noise of one policy (standard error over its {report['eval_samples']} samples, mean over "
+        f"policies): violation rate {noise['violation_rate_se']:.3f}, sentiment {noise['sentiment_se']:.3f}; "
+        "differences between policies of that size are the evaluation's, not the training's.",
+        "",
+        report["conclusion"], "", "![objectives](fig_rvpo_objectives.png)", "",
+    ]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -254,6 +267,8 @@ def build_report(runs: list[dict[str, Any]], settings: dict[str, Any], timings: 
         "methods": table,
         "reference": references[0] if references else None,
         "eval_samples": runs[0]["final"]["samples"] if runs else 0,
+        "eval_noise": {key: float(np.mean([run["final"][key] for run in runs])) if runs else 0.0
+                       for key in ("violation_rate_se", "sentiment_se")},  # fmt: skip
         "conclusion": conclusion(table),
         "policies": [{key: run[key] for key in ("method", "seed", "seconds", "final")} for run in runs],
         "timings": timings,
