@@ -84,7 +84,7 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
     assert_all_finite(saved)
     for method in ("vanilla", "variance_aware"):
         row = saved["table"][method]
-        assert row["n_policies"] == 1
+        assert row["n_policies"] == 2
         for key in ("judge_reward", "gain", "p_worse", "final_kl", "final_proxy_reward"):
             assert row[key]["value"] is not None, f"{method}.{key}"
     assert saved["kl_match"]["matched"], saved["kl_match"]  # within the quick scale's promised tolerance
@@ -95,13 +95,19 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
         assert timing["seconds"] > 0 and 0 < timing["peak_pss_gb"] <= timing["peak_rss_sum_gb"]
     for name in ("report.md", "fig7_judge_reward.png", "fig10_kl.png", "fig11_proxy_reward.png"):
         assert (workdir / name).stat().st_size > 0
+    ratio = saved["variance_ratio"]  # the claim's number, with its interval (two policies per method here)
+    assert ratio["n"] == {"variance_aware": 2, "vanilla": 2} and ratio["ci95"][0] <= ratio["ratio"] <= ratio["ci95"][1]
+    noise = saved["evaluation_noise"]  # the reference validated with 4 samples per prompt: 4 evaluations
+    assert noise["repeats"] == 4 and noise["n_prompts"] == demo.SCALES["quick"].eval_prompts and noise["floor"] > 0
     policy_runs = sorted((workdir / "policies").glob("*/*/result.json"))
-    assert len(policy_runs) == 2
+    assert len(policy_runs) == 4
     validation = json.loads((policy_runs[0].parent / "judge_tfidf.json").read_text())
     assert len(validation["judge_final"]) == demo.SCALES["quick"].eval_prompts
     assert len(validation["proxy_reference"]) == len(validation["judge_reference"])
-    agreement = saved["proxy_judge_agreement"]
-    assert len(agreement["per_run"]) == 2 and all(-1 <= value <= 1 for value in agreement["per_run"])
+    agreement = saved["proxy_judge_agreement"]  # the reference is validated once, by the first run (vanilla)
+    assert len(agreement["per_run"]) == 4 and -1 <= agreement["per_run"][0] <= 1
+    assert agreement["per_run"][1:] == [None, None, None]
+    assert [len(list((path.parent / "validation").glob("*.jsonl"))) for path in policy_runs] == [2, 1, 1, 1]
     stamps = [path.stat().st_mtime_ns for path in policy_runs]
     again = demo.run_demo("quick", workdir, str(assets))  # resumes: nothing is retrained
     assert [path.stat().st_mtime_ns for path in policy_runs] == stamps

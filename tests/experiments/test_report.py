@@ -13,6 +13,7 @@ from verl_variance.experiments.report import (
     FIGURES,
     bootstrap_ci,
     build_report,
+    evaluation_noise,
     final_value,
     kl_match,
     method_table,
@@ -20,6 +21,7 @@ from verl_variance.experiments.report import (
     proxy_judge_agreement,
     summary_lines,
     trajectory,
+    variance_ratio,
     wilson_interval,
     write_report,
 )
@@ -215,7 +217,46 @@ def test_write_report_writes_every_file(runs, tmp_path):
         image = imread(path)
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
     lines = summary_lines(report)
-    assert len(lines) == 5 and "matched=True" in lines[-2] and "Spearman n/a" in lines[-1]
+    assert len(lines) == 7 and "matched=True" in lines[-4] and "Spearman n/a" in lines[-1]
+    assert "variance-aware / vanilla = " in lines[-3] and "interval is below 1" in lines[-3]
+    assert "Spread: variance across policies" in markdown and "Evaluation noise: not measured" in markdown
+
+
+def test_variance_ratio_against_an_independent_computation(runs):
+    """F interval and tests by hand: the ratio's (n_a - 1, n_v - 1) F quantiles, Levene about the median."""
+    from scipy import stats
+
+    policies = [policy_summary(run) for run in runs]
+    result = variance_ratio(policies)
+    vanilla, aware = np.var(VANILLA_GAINS, ddof=1), np.var(AWARE_GAINS, ddof=1)
+    ratio = aware / vanilla
+    assert result["ratio"] == pytest.approx(ratio)
+    assert result["ci95"] == pytest.approx([ratio / stats.f.ppf(0.975, 4, 5), ratio / stats.f.ppf(0.025, 4, 5)])
+    assert result["f_test_p"] == pytest.approx(2 * stats.f.cdf(ratio, 4, 5))
+    assert result["brown_forsythe_p"] == pytest.approx(stats.levene(AWARE_GAINS, VANILLA_GAINS, center="median").pvalue)
+    assert result["ci95"][1] < 1 and "less spread out" in result["conclusion"]
+    assert result["n"] == {"variance_aware": 5, "vanilla": 6}
+    swapped = [{**p, "method": "vanilla" if p["method"] == "variance_aware" else "variance_aware"} for p in policies]
+    flipped = variance_ratio(swapped)
+    assert flipped["ratio"] == pytest.approx(1 / ratio) and "MORE" in flipped["conclusion"]
+    same = [p for p in policies if p["method"] == "vanilla"]
+    assert "interval holds 1" in variance_ratio(same + [{**p, "method": "variance_aware"} for p in same])["conclusion"]
+    assert variance_ratio(policies[:1] + policies[-1:]) is None
+
+
+def test_evaluation_noise_is_the_variance_of_repeated_reference_means(runs):
+    rng = np.random.default_rng(0)
+    repeats = rng.normal(0.2, 1.0, size=(4, N_PROMPTS))
+    runs[0]["reference_repeats"] = repeats.tolist()
+    policies = [policy_summary(run) for run in runs]
+    noise = evaluation_noise(runs, policies)
+    floor = np.var(repeats.mean(axis=1), ddof=1)
+    assert noise["floor"] == pytest.approx(floor) and (noise["repeats"], noise["n_prompts"]) == (4, N_PROMPTS)
+    assert noise["vanilla_between_policy_variance"] == pytest.approx(np.var(VANILLA_GAINS, ddof=1))
+    assert noise["ratio"] == pytest.approx(floor / np.var(VANILLA_GAINS, ddof=1))
+    assert noise["meets_target"] == (noise["ratio"] <= 0.1)
+    del runs[0]["reference_repeats"]
+    assert evaluation_noise(runs, policies) is None
 
 
 def test_final_value_averages_the_last_quarter_of_steps():

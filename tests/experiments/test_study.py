@@ -144,6 +144,21 @@ def test_a_failed_run_names_its_log_and_a_rerun_resumes_it(tmp_path, monkeypatch
     assert len(calls) == 3
 
 
+def test_parallel_runs_give_the_same_study(tmp_path):
+    """Two runs at once: the same runs, betas and calibration as one at a time, in grid order."""
+    launch, calls = fake_launcher(tmp_path, steps=3)
+    grid = study.policy_grid([0, 1, 2], [0])
+    betas = {"vanilla": 0.2, "variance_aware": 0.05}
+    serial, serial_calibration = study.train_policies(grid, launch, tmp_path / "a", betas, total_steps=3)
+    serial_calls = sorted(calls)
+    calls.clear()
+    parallel, calibration = study.train_policies(grid, launch, tmp_path / "b", betas, total_steps=3, parallel=2)
+    assert calibration == serial_calibration and sorted(calls) == serial_calls
+    assert set(calls[:2]) == {("vanilla", "head0_seed0", 0.2), ("variance_aware", "head0_seed0", 0.05)}  # pilots first
+    strip = [{k: v for k, v in run.items() if k != "seconds"} for run in parallel]
+    assert strip == [{k: v for k, v in run.items() if k != "seconds"} for run in serial]
+
+
 def test_missing_validation_dumps_and_metrics_are_clear_errors(tmp_path):
     (tmp_path / "validation").mkdir()
     (tmp_path / "validation" / "0.jsonl").write_text("")
@@ -166,6 +181,37 @@ def test_validation_dumps_keep_responses_with_unicode_line_separators(tmp_path):
         rows = [{"input": f"p{i}", "output": f"{odd}{step}", "score": 0.5} for i in (1, 0)]
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         (tmp_path / "validation" / f"{step}.jsonl").write_text(text, encoding="utf-8")
-    first, last = study.validation_dumps(tmp_path)
+    first, last, own = study.validation_dumps(tmp_path)
     assert [row["input"] for row in first] == ["p0", "p1"] and first[0]["output"] == f"{odd}0"
-    assert last[1]["output"] == f"{odd}2"
+    assert last[1]["output"] == f"{odd}2" and own
+
+
+def test_a_run_without_its_own_reference_uses_the_study_reference(tmp_path):
+    """Only the study's first run validates before training; the others take its step-0 samples as the reference
+    and have no proxy scores of them (their reward head may differ)."""
+
+    def dump(run_dir, step, outputs):
+        (run_dir / "validation").mkdir(parents=True, exist_ok=True)
+        rows = [{"input": f"p{i}", "output": out, "score": float(i)} for i, out in enumerate(outputs)]
+        (run_dir / "validation" / f"{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    reference_dir, other = tmp_path / "first", tmp_path / "other"
+    dump(reference_dir, 0, ["bad", "bad"])
+    dump(reference_dir, 4, ["good", "bad"])
+    dump(other, 4, ["good", "good"])
+    with pytest.raises(study.StudyError, match="1 validation dumps"):
+        study.validation_dumps(other)
+    reference, final, own = study.validation_dumps(other, reference_dir)
+    assert [r["output"] for r in reference] == ["bad", "bad"] and [r["output"] for r in final] == ["good", "good"]
+    assert not own
+
+    class Judge:
+        name = "count"
+
+        def score_responses(self, prompts, responses):
+            return np.array([float(r == "good") for r in responses])
+
+    scored = study.judge_run(other, Judge(), reference_dir)
+    assert scored["judge_reference"] == [0.0, 0.0] and scored["judge_final"] == [1.0, 1.0]
+    assert scored["proxy_reference"] is None
+    assert study.judge_run(reference_dir, Judge())["proxy_reference"] == [0.0, 1.0]

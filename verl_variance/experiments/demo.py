@@ -12,9 +12,11 @@ Stages (each timed, with its peak memory, in ``report.json``):
    ensemble as the reward, seeds), each one a run of ``verl.trainer.main_ppo`` with
    ``reward.reward_manager.name=ensemble``; the variance-aware runs add
    ``algorithm.kl_penalty=variance_aware``. The first policy of each method is a pilot: their final
-   KLs set the variance-aware β for the rest (KL calibration, reported);
-5. evaluation: verl validates each run on held-out prompts before training (the reference policy)
-   and after it; the gold judge scores those responses;
+   KLs set the variance-aware β for the rest (KL calibration, reported). ``parallel_runs`` runs go at
+   once (a CPU run keeps about one core busy: Ray gives each of its processes one thread);
+5. evaluation: verl validates each run on held-out prompts after training, and the first run also
+   before it (the reference policy: the same samples in every run, see ``demo_launcher``); the gold
+   judge scores those responses;
 6. the report (``report.py``): ``report.json``, ``report.md`` and the figures.
 
 Re-running resumes: finished stages and policies are read back, not redone. Stages 4-6 are the study
@@ -54,6 +56,8 @@ class DemoScale:
     response_length: int = 10  # the paper's responses: at most 10 tokens
     kl_tolerance: float = 2.0  # promised max ratio between the two methods' mean final KLs
     device: str = "auto"  # "cpu", "gpu", or "auto": a GPU (and verl's vLLM rollout) when torch sees one
+    parallel_runs: int = 1  # policy runs at once (each verl run keeps about one core busy on the CPU)
+    reference_samples: int = 4  # samples per prompt of the reference's validation: its evaluation noise, measured
 
 
 SCALES: dict[str, DemoScale] = {
@@ -61,7 +65,7 @@ SCALES: dict[str, DemoScale] = {
         name="quick",
         policy="tiny",
         num_heads=3,
-        policies_per_method=1,
+        policies_per_method=2,
         steps=10,
         train_batch_size=8,
         train_prompts=64,
@@ -74,12 +78,13 @@ SCALES: dict[str, DemoScale] = {
         beta=0.05,
         actor_lr=1e-2,  # the tiny random policy must move well past the k1 estimate's noise (~0.02)
         kl_tolerance=5.0,
+        parallel_runs=2,
     ),
     "default": DemoScale(  # sized for 2 CPU cores and 30 minutes: see the README for what it trades
         name="default",
         policy="smollm2",
         num_heads=4,
-        policies_per_method=3,
+        policies_per_method=8,
         steps=8,
         train_batch_size=8,
         train_prompts=256,
@@ -91,6 +96,7 @@ SCALES: dict[str, DemoScale] = {
         rm_stage2={"learning_rate": 1e-3, "batch_size": 32, "num_epochs": 4, "lr_scheduler": "constant"},
         beta=0.05,
         actor_lr=2e-4,  # 8 steps instead of the paper's 192: a larger step so the policies move
+        parallel_runs=2,
     ),
     "paper": DemoScale(
         name="paper",
@@ -232,9 +238,12 @@ def policy_overrides(
     paths: dict[str, Path],
     run_dir: Path,
     gpus: int = 0,
+    validate_reference: bool = True,
 ) -> list[str]:
     """verl overrides of one policy run: on the CPU preset (``gpus=0``), or on verl's stock config with
     vLLM rollout over ``gpus`` GPUs of one node (the stock config names no rollout engine and expects 8 GPUs).
+    ``validate_reference``: validate before training too, with ``scale.reference_samples`` samples per prompt (the
+    reference policy; the study does it once), else only after training, one sample per prompt.
     """
     from verl_variance.experiments import imdb
 
@@ -255,7 +264,9 @@ def policy_overrides(
         f"++ensemble_reward.aggregator_params.index={head}",
         "++ensemble_reward.prompt_format=text",
         f"trainer.total_training_steps={scale.steps}",
-        "trainer.val_before_train=True",
+        f"trainer.val_before_train={validate_reference}",
+        f"actor_rollout_ref.rollout.val_kwargs.n={scale.reference_samples if validate_reference else 1}",
+        f"actor_rollout_ref.rollout.seed={1000 * seed + head}",  # a policy's own samples (both methods share them)
         f"trainer.test_freq={scale.steps}",
         "trainer.save_freq=-1",
         f"trainer.validation_data_dir={run_dir / 'validation'}",
@@ -296,13 +307,19 @@ def gpu_count(device: str) -> int:
     return torch.cuda.device_count()
 
 
-def demo_launcher(scale: DemoScale, paths: dict[str, Path]) -> study.Launcher:
-    """One policy run of the demo: ``verl-variance ppo`` (verl's ``main_ppo``) with ``policy_overrides``."""
+def demo_launcher(scale: DemoScale, paths: dict[str, Path], reference_run: study.PolicySpec) -> study.Launcher:
+    """One policy run of the demo: ``verl-variance ppo`` (verl's ``main_ppo``) with ``policy_overrides``.
+
+    Only ``reference_run`` validates before training: every run starts from the same policy and, with the
+    seeded sampler, samples the same validation responses from it, so one validation of the reference serves all.
+    """
     device = resolve_device(scale.device)
     gpus = gpu_count(device)
 
     def launch(spec: study.PolicySpec, beta: float, run_dir: Path) -> tuple[list[str], dict[str, str]]:
-        overrides = policy_overrides(scale, spec.method, spec.head, spec.seed, beta, paths, run_dir, gpus=gpus)
+        first = spec == reference_run
+        overrides = policy_overrides(scale, spec.method, spec.head, spec.seed, beta, paths, run_dir, gpus=gpus,
+                                     validate_reference=first)  # fmt: skip
         env = dict(os.environ, VERL_FILE_LOGGER_PATH=str(run_dir / "metrics.jsonl"))
         return [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", device, *overrides], env
 
@@ -328,21 +345,28 @@ def run_demo(scale_name: str, workdir: str | os.PathLike, assets_dir: str | None
     cache = AssetCache(assets_dir)
     study.log(f"scale {scale.name}: {scale.policies_per_method} policies per method x {scale.steps} steps, "
               f"K={scale.num_heads} heads, workdir {workdir}")  # fmt: skip
-    with meter.stage("assets"):
+    stage_log = workdir / "stages.log"  # what the libraries print during stages 1-3 (load reports, bars)
+    study.log(f"assets, preference pairs, reward model (their output goes to {stage_log})")
+    with meter.stage("assets"), study.output_to(stage_log):
         assets = prepare_assets(scale, workdir, cache)
         judge = load_judge(assets["judge"])
-    with meter.stage("preference_pairs"):
+    study.log(f"assets ready in {meter.stages['assets']['seconds']:.0f} s")
+    with meter.stage("preference_pairs"), study.output_to(stage_log):
         pairs = prepare_pairs(scale, workdir, assets, judge)
-    with meter.stage("reward_model"):
+    study.log(f"preference pairs ready in {meter.stages['preference_pairs']['seconds']:.0f} s: {pairs}")
+    with meter.stage("reward_model"), study.output_to(stage_log):
         reward_model = train_reward_model(scale, workdir, assets, pairs)
+    study.log(f"reward model ready in {meter.stages['reward_model']['seconds']:.0f} s: {reward_model}")
     critic = reward_backbone(assets["policy"], scale.rm_layers, workdir / "models" / "reward_backbone")
     paths = {"policy": assets["policy"], "data_dir": assets["data_dir"], "reward_model": reward_model, "critic": critic}
     grid = study.policy_grid(range(scale.num_heads), range(-(-scale.policies_per_method // scale.num_heads)))
     betas = {method: scale.beta for method in study.METHODS}
-    runs, calibration = study.train_policies(grid[: scale.policies_per_method], demo_launcher(scale, paths), workdir,
-                                             betas, scale.steps, stage=meter.stage)  # fmt: skip
+    reference_run = study.PolicySpec(study.METHODS[0], *grid[0])  # the first run trained
+    launcher = demo_launcher(scale, paths, reference_run)
+    runs, calibration = study.train_policies(grid[: scale.policies_per_method], launcher, workdir, betas, scale.steps,
+                                             stage=meter.stage, parallel=scale.parallel_runs)  # fmt: skip
     with meter.stage("report"):
-        runs = study.evaluate_runs(runs, workdir, judge)
+        runs = study.evaluate_runs(runs, workdir, judge, reference_dir=reference_run.run_dir(workdir))
         settings = {**asdict(scale), "calibration": calibration, "judge": assets["judge_accuracy"]}
         report = study.write_study_report(runs, workdir, settings, meter.stages, scale.kl_tolerance)
     report["timings"] = meter.stages  # the report stage's own time too

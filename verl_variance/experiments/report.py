@@ -309,19 +309,86 @@ def _check_finite(value: Any, where: str) -> None:
         raise ValueError(f"{where} = {value} is not finite; the report holds finite numbers only")
 
 
+def variance_ratio(policies: list[dict[str, Any]], alpha: float = 0.05) -> dict[str, Any] | None:
+    """The paper's claim as one number: across-policy variance of the judge reward, variance-aware / vanilla.
+
+    ratio = s²_aware / s²_vanilla (sample variances of the policies' ``judge_reward``) with a 1 − ``alpha``
+    interval from the F distribution with (n_aware − 1, n_vanilla − 1) degrees of freedom, exact when the
+    per-policy rewards are normal: [ratio / F(1 − α/2), ratio / F(α/2)]; ``f_test_p``: the two-sided F test of
+    equal variances; ``brown_forsythe_p``: scipy's Levene test about the median (robust to non-normal
+    rewards). ``conclusion``: one sentence, whatever the interval says. None with < 2 policies per method or
+    a zero vanilla variance.
+    """
+    from scipy import stats
+
+    rewards = {method: np.array([p["judge_reward"] for p in policies if p["method"] == method]) for method in METHODS}
+    vanilla, aware = (rewards[method] for method in METHODS)
+    if min(vanilla.size, aware.size) < 2 or vanilla.var(ddof=1) == 0:
+        return None
+    ratio = float(aware.var(ddof=1) / vanilla.var(ddof=1))
+    dfn, dfd = aware.size - 1, vanilla.size - 1
+    low, high = ratio / stats.f.ppf(1 - alpha / 2, dfn, dfd), ratio / stats.f.ppf(alpha / 2, dfn, dfd)
+    tail = stats.f.cdf(ratio, dfn, dfd)
+    if high < 1:
+        conclusion = "variance-aware policies are less spread out than vanilla ones (the interval is below 1)"
+    elif low > 1:
+        conclusion = "variance-aware policies are MORE spread out than vanilla ones (the interval is above 1)"
+    else:
+        conclusion = f"no difference in spread can be told at n={aware.size}+{vanilla.size} (the interval holds 1)"
+    return {
+        "ratio": ratio,
+        "ci95": [float(low), float(high)],
+        "n": {"variance_aware": int(aware.size), "vanilla": int(vanilla.size)},
+        "f_test_p": float(min(1.0, 2 * min(tail, 1 - tail))),
+        "brown_forsythe_p": float(stats.levene(aware, vanilla, center="median").pvalue),
+        "conclusion": conclusion,
+    }
+
+
+def evaluation_noise(runs: list[dict[str, Any]], policies: list[dict[str, Any]], target: float = 0.1) -> dict | None:
+    """How much of the between-policy variance the evaluation itself adds (its noise floor), measured.
+
+    The reference validated with k samples per prompt gives k independent evaluations of one policy
+    (``reference_repeats``, (k, n_prompts)); the variance of their means is the noise variance of one
+    evaluation with one sample per prompt, ``floor``. ``ratio`` = floor / the vanilla policies' variance of
+    ``judge_reward``: the share of that variance the evaluation's noise alone would produce; ``meets_target``
+    iff ratio <= ``target``. None when no run has repeats.
+    """
+    repeats = next((np.asarray(run["reference_repeats"]) for run in runs if run.get("reference_repeats")), None)
+    if repeats is None:
+        return None
+    floor = float(repeats.mean(axis=1).var(ddof=1))
+    vanilla = np.array([p["judge_reward"] for p in policies if p["method"] == METHODS[0]])
+    between = float(vanilla.var(ddof=1)) if vanilla.size >= 2 else None
+    ratio = floor / between if between else None
+    return {
+        "repeats": int(repeats.shape[0]),
+        "n_prompts": int(repeats.shape[1]),
+        "floor": floor,
+        "vanilla_between_policy_variance": between,
+        "ratio": ratio,
+        "target": target,
+        "meets_target": ratio is not None and ratio <= target,
+    }
+
+
 def proxy_judge_agreement(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """How well the proxy reward ranks the reference samples as the judge does (what PPO can gain).
 
     Per run: Spearman between ``proxy_reference`` (the run's reward-head score of each reference sample)
-    and ``judge_reference``, None where either is constant (no ranking); ``spearman`` is the mean of the
-    defined ones (None if there is none). None if a run lacks the proxy scores.
+    and ``judge_reference``, None where either is constant (no ranking) or the run has no proxy scores of the
+    reference (it did not validate the reference itself); ``spearman`` is the mean of the defined ones (None if
+    there is none). None if no run has the proxy scores.
     """
     from scipy.stats import spearmanr  # scipy comes with the demo extra (scikit-learn)
 
-    if not all(run.get("proxy_reference") for run in runs):
+    if not any(run.get("proxy_reference") for run in runs):
         return None
     per_run = []
     for run in runs:
+        if not run.get("proxy_reference"):
+            per_run.append(None)
+            continue
         constant = min(np.ptp(run["proxy_reference"]), np.ptp(run["judge_reference"])) == 0
         per_run.append(None if constant else float(spearmanr(run["proxy_reference"], run["judge_reference"]).statistic))
     defined = [value for value in per_run if value is not None]
@@ -334,16 +401,20 @@ def build_report(
     """The report dict (strict JSON: every number finite, None where a statistic is undefined).
 
     Keys: ``study``; ``settings`` and ``timings`` (passed through; timings may hold memory too);
-    ``policies`` (``policy_summary`` of each run); ``table`` (``method_table``); ``kl_match``
+    ``policies`` (``policy_summary`` of each run); ``table`` (``method_table``); ``variance_ratio``;
+    ``evaluation_noise``; ``kl_match``
     (``kl_match(table, kl_tolerance)``); ``proxy_judge_agreement``; ``paper`` (``PAPER_FIGURE_7``).
     Raises ValueError naming the run and metric (or the report path, for settings and timings) on a non-finite number.
     """
     table = method_table(runs)
+    policies = [policy_summary(run) for run in runs]
     report = {
         "study": "Banerjee & Gopalan, Section 5 (IMDB): Figures 7, 10, 11",
         "settings": settings,
-        "policies": [policy_summary(run) for run in runs],
+        "policies": policies,
         "table": table,
+        "variance_ratio": variance_ratio(policies),
+        "evaluation_noise": evaluation_noise(runs, policies),
         "kl_match": kl_match(table, kl_tolerance),
         "proxy_judge_agreement": proxy_judge_agreement(runs),
         "paper": PAPER_FIGURE_7,
@@ -406,6 +477,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"KL match: variance-aware / vanilla mean final KL = {match['variance_aware_final_kl']:.4f} / "
         f"{match['vanilla_final_kl']:.4f} = {ratio} (tolerance ×{match['tolerance']:g}): "
         f"{'matched' if match['matched'] else 'NOT matched'}.",
+        f"Spread: {_variance_ratio_text(report.get('variance_ratio'))}.",
+        f"Evaluation noise: {_noise_text(report.get('evaluation_noise'))}.",
         f"Reward model: {_agreement_text(report)}.",
         f"Calibration: {_calibration_text(report['settings'].get('calibration'))}.",
         "",
@@ -449,7 +522,31 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             )
     ratio = "n/a" if match["ratio"] is None else f"{match['ratio']:.3f}"
     lines.append(f"  KL ratio aware/vanilla={ratio} (tolerance ×{match['tolerance']:g}) matched={match['matched']}")
+    lines.append(f"  spread: {_variance_ratio_text(report.get('variance_ratio'))}")
+    lines.append(f"  evaluation noise: {_noise_text(report.get('evaluation_noise'))}")
     return [*lines, f"  {_agreement_text(report)}"]
+
+
+def _variance_ratio_text(result: dict[str, Any] | None) -> str:
+    if result is None:
+        return "variance ratio n/a (needs >= 2 policies per method)"
+    low, high = result["ci95"]
+    return (
+        f"variance across policies, variance-aware / vanilla = {result['ratio']:.3f} [95% F interval {low:.3f}, "
+        f"{high:.3f}], F-test p={result['f_test_p']:.3f}, Brown-Forsythe p={result['brown_forsythe_p']:.3f}: "
+        f"{result['conclusion']}"
+    )
+
+
+def _noise_text(noise: dict[str, Any] | None) -> str:
+    if noise is None:
+        return "not measured (the reference was validated with one sample per prompt)"
+    ratio = "n/a" if noise["ratio"] is None else f"{noise['ratio']:.2f}"
+    return (
+        f"the reference evaluated {noise['repeats']} times on {noise['n_prompts']} prompts varies by "
+        f"{noise['floor']:.5f} (variance of its mean), {ratio} of the vanilla policies' variance "
+        f"(target <= {noise['target']:g}: {'met' if noise['meets_target'] else 'NOT met'})"
+    )
 
 
 def _calibration_text(calibration: dict[str, Any] | None) -> str:

@@ -15,7 +15,8 @@ Two front ends share this module, so the protocol is written once:
 Layout of a study folder::
 
     policies/<method>/head<h>_seed<s>/   run.log, metrics.jsonl (verl's file logger), validation/<step>.jsonl
-                                         (verl's validation dumps: step 0 = the reference policy),
+                                         (verl's validation dumps: step 0 = the reference policy, in the runs
+                                         that validate before training),
                                          checkpoints/, result.json (the finished run), judge_<name>.json
     calibration.json                     the pilots' final KLs and the β of each method
     report.json, report.md, fig*.png     after evaluation (``report.py``)
@@ -28,12 +29,14 @@ Resuming: a run with a ``result.json`` at the same β is not run again; an inter
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +48,7 @@ from verl_variance.experiments.report import KL_METRIC, METHODS, build_report, f
 RESULT_FILE = "result.json"
 CALIBRATION_FILE = "calibration.json"
 _STEP = re.compile(r"\bstep:(\d+)\b")  # verl's console logger: "step:3 - actor/pg_loss:..."
+_PROGRESS_METRICS = {"reward": "critic/score/mean", "KL": "actor/reward_kl_penalty"}
 
 
 class StudyError(RuntimeError):
@@ -153,6 +157,7 @@ def run_policy(
     _prepare_run_dir(run_dir, restart=cached is not None)  # a finished run at another beta starts over
     command, env = launch(spec, beta, run_dir)
     (run_dir / "command.json").write_text(json.dumps({"command": command, "env": env}, indent=2))
+    log(f"{label} {spec.method} {spec.name} (beta={beta:.4g}): starting; verl's output goes to {run_dir / 'run.log'}")
     start = time.perf_counter()
     with (
         open(run_dir / "run.log", "a") as run_log,
@@ -163,8 +168,8 @@ def run_policy(
             run_log.write(line)
             match = _STEP.search(line)
             if match:
-                log(f"{label} {spec.method} {spec.name} (beta={beta:.4g}): step {match.group(1)}/{total_steps}, "
-                    f"{time.perf_counter() - start:.0f} s")  # fmt: skip
+                log(f"{label} {spec.method} {spec.name} (beta={beta:.4g}): step {match.group(1)}/{total_steps}"
+                    f"{_progress_values(line)}, {time.perf_counter() - start:.0f} s")  # fmt: skip
     if process.returncode != 0:
         tail = (run_dir / "run.log").read_text()[-3000:]
         raise StudyError(f"run {spec.method}/{spec.name} failed (exit {process.returncode}); log: "
@@ -179,6 +184,39 @@ def run_policy(
               "seconds": round(time.perf_counter() - start, 1), "steps": steps}  # fmt: skip
     write_json(result_file, result)
     return result
+
+
+def _progress_values(line: str) -> str:
+    """", reward 0.12, KL 0.034" from a verl console line holding ``critic/score/mean`` and the KL metric."""
+    values = []
+    for name, key in _PROGRESS_METRICS.items():
+        match = re.search(rf"{re.escape(key)}:(?:np\.float\d+\()?(-?[\d.]+(?:e-?\d+)?)", line)
+        if match:
+            values.append(f"{name} {float(match.group(1)):.4g}")
+    return "".join(f", {value}" for value in values)
+
+
+@contextmanager
+def output_to(log_path: Path):
+    """Send everything this process writes to stdout and stderr (Python, C, subprocesses) to ``log_path``."""
+    import sys
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log_path, "a") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield log_path
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def calibrated_beta(aware_beta: float, pilots: dict[str, dict[str, Any]]) -> float:
@@ -202,31 +240,40 @@ def train_policies(
     total_steps: int,
     calibrate: bool = True,
     stage: Callable[[str], Any] | None = None,
+    parallel: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train both methods' policies over ``grid`` ((head, seed) pairs, ``policy_grid``); resumable.
 
     The first grid entry of each method runs first, at ``betas`` (the initial β per method). With
     ``calibrate``, their final KLs set the variance-aware β of every later policy (``calibrated_beta``),
     recorded in ``calibration.json`` and read back on resume. ``stage(name)``, if given, is a context
-    manager wrapped around each run (the demo times them).
+    manager wrapped around each run (the demo times them). ``parallel``: runs at once (each is its own
+    verl job with its own Ray instance; a run's samples depend on its seed only, not on what runs beside it).
 
-    Returns the runs' records (``run_policy``) and the calibration record.
+    Returns the runs' records (``run_policy``), in grid order (pilots first), and the calibration record.
     """
     stage = stage or (lambda name: nullcontext())
     total = 2 * len(grid)
-    runs: list[dict[str, Any]] = []
+    done: list[int] = []
     started = time.perf_counter()
 
-    def train(method: str, index: int, beta: float) -> None:
-        done = len(runs)
-        eta = "" if not done else f", ~{(time.perf_counter() - started) / done * (total - done) / 60:.1f} min left"
+    def train(method: str, index: int, beta: float) -> dict[str, Any]:
+        left = (time.perf_counter() - started) / max(len(done), 1) * (total - len(done)) / 60
+        eta = f", ~{left:.1f} min left" if done else ""
         head, seed = grid[index]
+        label = f"[policy {len(done) + 1}/{total}{eta}]"
         with stage(f"policy_{method}_{index}"):
-            spec = PolicySpec(method, head, seed)
-            runs.append(run_policy(spec, beta, study_dir, launch, total_steps, f"[policy {done + 1}/{total}{eta}]"))
+            result = run_policy(PolicySpec(method, head, seed), beta, study_dir, launch, total_steps, label)
+        done.append(1)
+        return result
 
-    for method in METHODS:  # the pilots
-        train(method, 0, betas[method])
+    def train_all(jobs: list[tuple[str, int, float]]) -> list[dict[str, Any]]:
+        if parallel <= 1:
+            return [train(*job) for job in jobs]
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            return list(pool.map(lambda job: train(*job), jobs))
+
+    runs = train_all([(method, 0, betas[method]) for method in METHODS])  # the pilots
     calibration_file = study_dir / CALIBRATION_FILE
     calibration = read_json(calibration_file)
     if calibration is None or calibration.get("initial_beta") != betas:
@@ -242,9 +289,8 @@ def train_policies(
         write_json(calibration_file, calibration)
         log(f"calibration: pilot final KL vanilla {calibration['pilot_final_kl']['vanilla']:.4g}, variance-aware "
             f"{calibration['pilot_final_kl']['variance_aware']:.4g} -> variance-aware beta {aware:.4g}")  # fmt: skip
-    for index in range(1, len(grid)):
-        for method in METHODS:
-            train(method, index, calibration["beta"][method])
+    later = [(method, index, calibration["beta"][method]) for index in range(1, len(grid)) for method in METHODS]
+    runs += train_all(later)
     return runs, calibration
 
 
@@ -258,41 +304,79 @@ class Judge(Protocol):
         """(n,) float judge score of each (prompt, response)."""
 
 
-def validation_dumps(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """verl's validation samples before training (the lowest step: the reference policy) and after it
-    (the highest step: the trained policy), each sorted by prompt so every run lists the same prompts in
-    the same order. Rows: ``input`` (the prompt), ``output`` (the response), ``score`` (the run's reward)."""
-    validation_dir = run_dir / "validation"
-    dumps = sorted(validation_dir.glob("*.jsonl"), key=lambda p: int(p.stem))
-    if len(dumps) < 2:
+def validation_dumps(
+    run_dir: Path, reference_dir: Path | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """verl's validation samples of the reference policy and of the trained policy, each sorted by prompt so
+    every run lists the same prompts in the same order. Rows: ``input`` (the prompt), ``output`` (the
+    response), ``score`` (the run's reward).
+
+    The trained policy is the run's last dump. The reference is the run's own first dump (step 0) when it
+    validated before training, else the first dump of ``reference_dir`` (the study's run that did).
+
+    Returns:
+        (reference rows, final rows, whether the reference rows are the run's own).
+    """
+    dumps = _dumps(run_dir)
+    if len(dumps) >= 2:
+        first, last = dumps[0], dumps[-1]
+    elif dumps and reference_dir is not None and len(_dumps(reference_dir)) >= 2:
+        first, last = _dumps(reference_dir)[0], dumps[-1]
+    else:
         raise StudyError(
-            f"{validation_dir} holds {len(dumps)} validation dumps; expected step 0 and the last step: run with "
-            "trainer.val_before_train=True, trainer.test_freq=<steps> and trainer.validation_data_dir set"
+            f"{run_dir / 'validation'} holds {len(dumps)} validation dumps; expected step 0 and the last step: run "
+            "with trainer.val_before_train=True, trainer.test_freq=<steps> and trainer.validation_data_dir set"
         )
-    first, last = (sorted(read_jsonl(dump), key=lambda r: r["input"]) for dump in (dumps[0], dumps[-1]))
-    return first, last
+    reference, final = (sorted(read_jsonl(dump), key=lambda r: r["input"]) for dump in (first, last))
+    return reference, final, len(dumps) >= 2
 
 
-def judge_run(run_dir: Path, judge: Judge) -> dict[str, list[float]]:
-    """Judge scores of a run's generations, cached in ``judge_<name>.json``: ``judge_reference`` and
-    ``judge_final`` (n_prompts,) and ``proxy_reference`` (the run's own reward of each reference sample)."""
+def _dumps(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "validation").glob("*.jsonl"), key=lambda p: int(p.stem))
+
+
+def judge_run(run_dir: Path, judge: Judge, reference_dir: Path | None = None) -> dict[str, Any]:
+    """Judge scores of a run's generations, cached in ``judge_<name>.json``, per held-out prompt (the mean over
+    the prompt's samples when verl's validation drew several, ``val_kwargs.n``): ``judge_reference`` and
+    ``judge_final`` (n_prompts,); ``proxy_reference`` (the run's own reward of the reference samples; None when
+    the reference was validated by another run, ``reference_dir``, whose reward head may differ);
+    ``reference_repeats`` (n_samples, n_prompts): the judge score of the k-th reference sample of each prompt,
+    k independent evaluations of the reference (None with one sample per prompt)."""
     cache = run_dir / f"judge_{re.sub(r'[^A-Za-z0-9_.-]+', '_', judge.name)}.json"
     cached = read_json(cache)
     if cached is not None:
         return cached
-    reference, final = validation_dumps(run_dir)
+    reference, final, own = validation_dumps(run_dir, reference_dir)
 
-    def scores(rows: list[dict[str, Any]]) -> list[float]:
-        return [float(s) for s in judge.score_responses([r["input"] for r in rows], [r["output"] for r in rows])]
+    def scores(rows: list[dict[str, Any]]) -> np.ndarray:
+        return np.asarray(judge.score_responses([r["input"] for r in rows], [r["output"] for r in rows]), float)
 
+    reference_judge = per_prompt(reference, scores(reference))
     scored = {
         "judge": judge.name,
-        "judge_reference": scores(reference),
-        "judge_final": scores(final),
-        "proxy_reference": [float(row["score"]) for row in reference],
+        "judge_reference": reference_judge.mean(axis=0).tolist(),
+        "judge_final": per_prompt(final, scores(final)).mean(axis=0).tolist(),
+        "proxy_reference": (
+            per_prompt(reference, np.array([float(r["score"]) for r in reference])).mean(axis=0).tolist()
+            if own
+            else None
+        ),
+        "reference_repeats": reference_judge.tolist() if len(reference_judge) >= 2 else None,
     }
     write_json(cache, scored)
     return scored
+
+
+def per_prompt(rows: list[dict[str, Any]], values: np.ndarray) -> np.ndarray:
+    """(n_samples, n_prompts) values of rows sorted by prompt with the same number of samples per prompt."""
+    prompts = sorted({row["input"] for row in rows})
+    by_prompt: dict[str, list[float]] = {prompt: [] for prompt in prompts}
+    for row, value in zip(rows, values, strict=True):
+        by_prompt[row["input"]].append(float(value))
+    counts = {len(samples) for samples in by_prompt.values()}
+    if len(counts) != 1:
+        raise StudyError(f"validation samples per prompt differ ({sorted(counts)}): expected verl's val_kwargs.n each")
+    return np.array([by_prompt[prompt] for prompt in prompts]).T
 
 
 def finished_runs(study_dir: Path) -> list[dict[str, Any]]:
@@ -304,12 +388,15 @@ def finished_runs(study_dir: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def evaluate_runs(runs: Iterable[dict[str, Any]], study_dir: Path, judge: Judge) -> list[dict[str, Any]]:
-    """Each run record with its judge scores added (``judge_run``)."""
+def evaluate_runs(
+    runs: Iterable[dict[str, Any]], study_dir: Path, judge: Judge, reference_dir: Path | None = None
+) -> list[dict[str, Any]]:
+    """Each run record with its judge scores added (``judge_run``; ``reference_dir``: the run that validated the
+    reference policy, for runs that did not)."""
     judged = []
     for run in runs:
         spec = PolicySpec(run["method"], run["head"], run["seed"])
-        judged.append({**run, **judge_run(spec.run_dir(study_dir), judge)})
+        judged.append({**run, **judge_run(spec.run_dir(study_dir), judge, reference_dir)})
     return judged
 
 

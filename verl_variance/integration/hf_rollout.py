@@ -2,23 +2,28 @@
 
 verl 0.9.1 only wires vLLM, SGLang and TensorRT-LLM, all GPU servers. This backend plugs the same
 three pieces verl's server rollouts have, so the rest of verl (agent loop, load balancer, weight
-sync with ``checkpoint_engine.backend=naive``) is untouched:
+sync with ``checkpoint_engine.backend=naive``) is untouched. Two ways to run (``rollout.engine_kwargs.hf``):
 
-- ``HFRolloutServer``: a Ray actor holding a copy of the policy; ``generate`` takes token ids and
-  returns sampled tokens with their log-probs (``log_softmax(logits / temperature)``, what verl's
-  actor computes), batching concurrent requests into one ``model.generate`` call.
-- ``HFServerAdapter``: lives in verl's hybrid actor worker; after each update it ships the FSDP
-  weights to its replica's server.
-- ``HFReplica``: launches one server per replica for verl's ``LLMServerManager``.
+- **colocated** (default; verl's hybrid-engine idea on the CPU): sampling runs inside verl's actor
+  worker process, on a plain transformers copy of the policy that the worker refreshes in place
+  after each update (``HFServerAdapter.update_weights``: a memory copy, nothing crosses processes).
+  ``HFWorkerServer``, a small Ray actor per replica, is the address verl's load balancer talks to:
+  it batches requests and runs them in the worker (``__ray_call__``, as verl's vLLM replica reaches
+  its workers).
+- **separate server** (``separate_server: true``, and any standalone rollout): ``HFRolloutServer``
+  holds its own copy of the model; after each update the worker ships the weights to it.
 
-It runs on the CPU (and on a GPU if one is visible to the server), for tests and small models; use
-vLLM for anything large.
+Sampling itself is ``hf_sampling``: one seeded random stream per request and fixed-shape chunks. A
+request's seed comes from the rollout seed, the step, the replica and the prompt's tokens (the k-th
+request of the same prompt gets the k-th seed: the n responses of a prompt differ), not from its
+arrival or its place in verl's batch (which varies run to run). So with one replica the samples depend
+on the seed, the step and the prompts only; with several, also on verl's routing of requests to
+replicas (``rollout.full_determinism=True`` makes that routing stable).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -29,10 +34,40 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-logger = logging.getLogger(__name__)
+from verl_variance.integration.hf_sampling import (
+    SampleRequest,
+    SampleResult,
+    SamplingSettings,
+    request_seed,
+    sample_requests,
+)
 
 BATCH_WAIT_SECONDS = 0.01
-"""How long the server waits for more concurrent requests before running a batch."""
+"""How long a server waits for more concurrent requests before running a batch."""
+
+ENGINE_KEY = "hf"
+"""``rollout.engine_kwargs.hf``: ``{separate_server: bool, batch_rows: int}``."""
+
+
+@dataclass(frozen=True)
+class HFEngineSettings:
+    """``rollout.engine_kwargs.hf``: where sampling runs and the fixed number of rows per chunk."""
+
+    separate_server: bool = False
+    batch_rows: int = 8
+
+    @classmethod
+    def from_config(cls, config) -> HFEngineSettings:
+        values = dict((getattr(config, "engine_kwargs", None) or {}).get(ENGINE_KEY) or {})
+        unknown = sorted(set(values) - {"separate_server", "batch_rows"})
+        if unknown:
+            raise ValueError(
+                f"rollout.engine_kwargs.hf: unknown keys {unknown}; valid: separate_server (bool), batch_rows (int)"
+            )
+        settings = cls(**values)
+        if int(settings.batch_rows) < 1:
+            raise ValueError(f"rollout.engine_kwargs.hf.batch_rows={settings.batch_rows}: expected at least 1")
+        return settings
 
 
 def server_actor_name(replica_rank: int, name_suffix: str = "", is_reward_model: bool = False) -> str:
@@ -41,219 +76,146 @@ def server_actor_name(replica_rank: int, name_suffix: str = "", is_reward_model:
 
 
 @dataclass
-class _Request:
+class RequestItem:
+    """A request as the server hands it to the sampler: the seed is derived where the step is known."""
+
     prompt_ids: list[int]
-    sampling_params: dict[str, Any]
-    future: asyncio.Future
+    settings: SamplingSettings
 
 
-def _sampling_key(params: dict[str, Any]) -> tuple:
-    return (
-        float(params.get("temperature", 1.0)),
-        float(params.get("top_p", 1.0)),
-        int(params.get("top_k", -1)),
-        float(params.get("repetition_penalty", 1.0)),
-        int(params["max_tokens"]),
-        bool(params.get("logprobs", False)),
-    )
+class SeededSampler:
+    """A transformers model that samples ``RequestItem``s, each with its own seed.
 
-
-@torch.no_grad()
-def sample_batch(
-    model: torch.nn.Module,
-    prompts: list[list[int]],
-    *,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    eos_token_ids: list[int],
-    pad_token_id: int,
-    generator: torch.Generator | None = None,
-) -> tuple[list[list[int]], list[list[float]]]:
-    """Sample continuations for a batch of prompts with a KV cache.
-
-    Args:
-        prompts: B lists of prompt token ids (any lengths; left-padded internally).
-        temperature: 0 means greedy. Log-probs are of ``softmax(logits / temperature)``
-            (temperature 1 when greedy), which is what verl's actor recomputes.
-
-    Returns:
-        (token_ids, log_probs): B lists each, one entry per generated token, stopping after the
-        first eos.
+    The seed of a request is ``request_seed(rollout seed, global step, replica, prompt token ids, k)``, k
+    counting earlier requests of the same prompt at the same step on this replica (the n responses of a
+    prompt; validation and training at one step).
     """
-    device = next(model.parameters()).device
-    batch = len(prompts)
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((batch, width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt) :] = 1
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
-    eos = torch.tensor(eos_token_ids, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    log_probs: list[list[float]] = [[] for _ in range(batch)]
-    past = None
-    step_ids, step_positions = input_ids, position_ids
-    for _ in range(max_tokens):
-        out = model(
-            input_ids=step_ids,
-            attention_mask=attention_mask,
-            position_ids=step_positions,
-            past_key_values=past,
-            use_cache=True,
-        )
-        past = out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        scaled = logits / (temperature if temperature > 0 else 1.0)
-        step_log_probs = torch.log_softmax(scaled, dim=-1)
-        if temperature > 0:
-            filtered = scaled.clone()
-            if top_k > 0:
-                kth = torch.topk(filtered, min(top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
-                filtered[filtered < kth] = float("-inf")
-            if top_p < 1.0:
-                sorted_logits, order = torch.sort(filtered, descending=True)
-                cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-                drop = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p
-                sorted_logits[drop] = float("-inf")
-                filtered = torch.full_like(filtered, float("-inf")).scatter(-1, order, sorted_logits)
-            next_tokens = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(-1)
-        else:
-            next_tokens = logits.argmax(dim=-1)
-        chosen = step_log_probs.gather(-1, next_tokens[:, None]).squeeze(-1)
-        for row in range(batch):
-            if not finished[row]:
-                tokens[row].append(int(next_tokens[row]))
-                log_probs[row].append(float(chosen[row]))
-        finished |= torch.isin(next_tokens, eos)
-        if bool(finished.all()):
-            break
-        next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
-        step_ids = next_tokens[:, None]
-        step_positions = step_positions[:, -1:] + 1
-        attention_mask = torch.cat([attention_mask, (~finished).long()[:, None]], dim=-1)
-    return tokens, log_probs
-
-
-@ray.remote
-class HFRolloutServer:
-    """One rollout replica's generation server (token ids in, token ids + log-probs out)."""
-
-    def __init__(self, config, model_config, replica_rank: int, is_reward_model: bool = False) -> None:
+    def __init__(self, config, model_config, replica_rank: int) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from verl.utils.config import omega_conf_to_dataclass
-        from verl.workers.config import HFModelConfig, RolloutConfig
 
-        self.config: RolloutConfig = omega_conf_to_dataclass(config)
-        self.model_config: HFModelConfig = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        path = model_config.local_path
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
         self.replica_rank = replica_rank
-        torch.set_num_threads(max(1, int(os.environ.get("VERL_VARIANCE_ROLLOUT_THREADS", "1"))))
-        path = self.model_config.local_path
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).to(self.device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_config.local_tokenizer_path or path)
+        tokenizer = AutoTokenizer.from_pretrained(model_config.local_tokenizer_path or path)
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = sorted({t for t in eos + [tokenizer.eos_token_id] if t is not None})
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
-        self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(self.config.seed if hasattr(self.config, "seed") else 0) + replica_rank)
-        self.global_steps = None
-        self._pending: list[_Request] = []
-        self._batch_task: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
+        self.seed = int(config.seed)
+        self.max_prompt_length = int(config.prompt_length)
+        self.batch_rows = int(HFEngineSettings.from_config(config).batch_rows)
+        self.global_steps: int | None = None
+        self._seen: dict[tuple, int] = {}
 
-    async def generate(
-        self,
-        prompt_ids: list[int],
-        sampling_params: dict[str, Any],
-        request_id: str,
-        image_data: list[Any] | None = None,
-        video_data: list[Any] | None = None,
-        **kwargs: Any,
-    ) -> TokenOutput:
+    def set_global_steps(self, global_steps: int | None) -> None:
+        if global_steps is not None and global_steps != self.global_steps:
+            self.global_steps = global_steps
+            self._seen.clear()
+
+    def sample(self, items: list[RequestItem]) -> tuple[list[SampleResult], int | None]:
+        requests = []
+        for item in items:
+            key = tuple(item.prompt_ids)
+            occurrence = self._seen.get(key, 0)
+            self._seen[key] = occurrence + 1
+            seed = request_seed(self.seed, self.global_steps, self.replica_rank, key, occurrence)
+            requests.append(SampleRequest(item.prompt_ids, item.settings, seed))
+        results = sample_requests(
+            self.model,
+            requests,
+            eos_token_ids=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            max_prompt_length=self.max_prompt_length,
+            batch_rows=self.batch_rows,
+        )
+        return results, self.global_steps
+
+    def load_weights(self, weights, global_steps: int | None = None) -> None:
+        """Copy named tensors into the model in place (verl's export names; GPT-2 drops ``transformer.``)."""
+        params = self.model.state_dict()
+        prefix = f"{self.model.base_model_prefix}."
+        loaded = set()
+        for name, tensor in weights:
+            target = name if name in params or prefix + name not in params else prefix + name
+            if target not in params:
+                raise RuntimeError(f"hf rollout weight sync: the policy has no parameter {name!r}")
+            params[target].copy_(tensor)
+            loaded.add(target)
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
+        missing = [k for k in params if k not in loaded and k not in tied and not k.endswith("lm_head.weight")]
+        if missing:
+            raise RuntimeError(f"hf rollout weight sync: no weights sent for {missing[:5]}")
+        self.set_global_steps(global_steps)
+
+
+class _ServerBase:
+    """verl's rollout-server interface: ``generate`` (token ids in, token ids + log-probs out), batching
+    concurrent requests; subclasses say where a batch runs (``_run``)."""
+
+    def _init_server(self, config) -> None:
+        from verl.utils.config import omega_conf_to_dataclass
+
+        self.config = omega_conf_to_dataclass(config)
+        HFEngineSettings.from_config(self.config)
+        self._pending: list[tuple[RequestItem, asyncio.Future]] = []
+        self._batch_task: asyncio.Task | None = None
+        self._aborted = False
+
+    async def _run(self, items: list[RequestItem]) -> tuple[list[SampleResult], int | None]:
+        raise NotImplementedError
+
+    async def generate(self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str,
+                       image_data: list[Any] | None = None, video_data: list[Any] | None = None,
+                       **kwargs: Any) -> TokenOutput:  # fmt: skip
         if image_data or video_data:
             raise NotImplementedError("rollout.name=hf serves text-only models; use vllm for multimodal inputs")
-        params = dict(sampling_params)
-        budget = min(
-            self.config.response_length, self.config.prompt_length + self.config.response_length - len(prompt_ids)
-        )
-        params["max_tokens"] = max(0, budget)
+        config = self.config
+        budget = min(config.response_length, config.prompt_length + config.response_length - len(prompt_ids))
+        budget = min(budget, int(sampling_params.get("max_tokens") or budget))
+        settings = SamplingSettings.from_params(sampling_params, max(0, budget), ignore_eos=self.config.ignore_eos)
+        if self._aborted:
+            return TokenOutput(token_ids=[], log_probs=[], stop_reason="aborted")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Request(list(prompt_ids), params, future))
+        self._pending.append((RequestItem(list(prompt_ids), settings), future))
         if self._batch_task is None or self._batch_task.done():
             self._batch_task = asyncio.create_task(self._run_batches())
-        token_ids, log_probs = await future
+        result, global_steps = await future
+        if result is None:
+            return TokenOutput(token_ids=[], log_probs=[], stop_reason="aborted")
         return TokenOutput(
-            token_ids=token_ids,
-            log_probs=log_probs if params.get("logprobs") else None,
-            stop_reason="completed",
-            extra_fields={"global_steps": self.global_steps},
+            token_ids=result.token_ids,
+            log_probs=result.log_probs if sampling_params.get("logprobs") else None,
+            stop_reason="completed",  # verl's contract (as its vLLM server): eos, a stop token or max_tokens
+            extra_fields={"global_steps": global_steps},
         )
 
     async def _run_batches(self) -> None:
         await asyncio.sleep(BATCH_WAIT_SECONDS)
         while self._pending:
-            requests, self._pending = self._pending, []
-            groups: dict[tuple, list[_Request]] = {}
-            for request in requests:
-                groups.setdefault(_sampling_key(request.sampling_params), []).append(request)
-            for key, group in groups.items():
-                temperature, top_p, top_k, _, max_tokens, _ = key
-                async with self._lock:
-                    try:
-                        tokens, log_probs = await asyncio.to_thread(
-                            sample_batch,
-                            self.model,
-                            [r.prompt_ids for r in group],
-                            max_tokens=max_tokens,
-                            temperature=temperature,
-                            top_p=top_p,
-                            top_k=top_k,
-                            eos_token_ids=self.eos_token_ids,
-                            pad_token_id=self.pad_token_id,
-                            generator=self.generator,
-                        )
-                    except Exception as exc:  # hand the error to every waiting request
-                        for request in group:
-                            request.future.set_exception(exc)
-                        continue
-                for request, token_ids, request_log_probs in zip(group, tokens, log_probs, strict=True):
-                    request.future.set_result((token_ids, request_log_probs))
+            batch, self._pending = self._pending, []
+            try:
+                results, global_steps = await self._run([item for item, _ in batch])
+            except Exception as exc:  # hand the error to every waiting request
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result((result, global_steps))
 
-    async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> None:
-        async with self._lock:
-            missing, unexpected = self.model.load_state_dict(self._hf_names(state_dict), strict=False)
-            tied = set(getattr(self.model, "_tied_weights_keys", None) or [])
-            missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
-            if missing or unexpected:
-                raise RuntimeError(
-                    f"hf rollout weight sync mismatch: missing={missing[:5]} unexpected={unexpected[:5]}"
-                )
-            if getattr(self.model.config, "tie_word_embeddings", False):
-                self.model.tie_weights()
-        if global_steps is not None:
-            self.global_steps = global_steps
+    async def abort_all_requests(self, reject_request: bool = False) -> None:
+        """Answer every waiting request as ``aborted``; with ``reject_request`` also new ones until resumed."""
+        self._aborted = reject_request
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            if not future.done():
+                future.set_result((None, None))
 
-    def _hf_names(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """verl's weight export drops the base-model prefix for some architectures (GPT-2: ``transformer.``)."""
-        expected = self.model.state_dict().keys()
-        prefix = f"{self.model.base_model_prefix}."
-        return {
-            (name if name in expected or prefix + name not in expected else prefix + name): tensor
-            for name, tensor in state_dict.items()
-        }
-
-    async def set_global_steps(self, global_steps: int) -> None:
-        self.global_steps = global_steps
-
-    async def get_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+    async def resume_generation(self) -> None:
+        self._aborted = False
 
     # Memory management is a no-op on the CPU: weights stay resident.
     async def wake_up(self) -> None: ...
@@ -266,17 +228,73 @@ class HFRolloutServer:
 
     async def resume_kv_cache(self) -> None: ...
 
-    async def abort_all_requests(self, reject_request: bool = False) -> None: ...
-
-    async def resume_generation(self) -> None: ...
-
     async def start_profile(self, **kwargs) -> None: ...
 
     async def stop_profile(self) -> None: ...
 
 
+@ray.remote
+class HFRolloutServer(_ServerBase):
+    """Separate-server mode: one replica's generation server with its own copy of the policy."""
+
+    def __init__(self, config, model_config, replica_rank: int, is_reward_model: bool = False) -> None:
+        from verl.utils.config import omega_conf_to_dataclass
+        from verl.workers.config import HFModelConfig
+
+        self._init_server(config)
+        torch.set_num_threads(max(1, int(os.environ.get("VERL_VARIANCE_ROLLOUT_THREADS", "1"))))
+        model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        self.sampler = SeededSampler(self.config, model_config, replica_rank)
+        self._lock = asyncio.Lock()
+
+    async def _run(self, items: list[RequestItem]) -> tuple[list[SampleResult], int | None]:
+        async with self._lock:
+            return await asyncio.to_thread(self.sampler.sample, items)
+
+    async def update_weights(self, state_dict: dict[str, torch.Tensor], global_steps: int | None = None) -> None:
+        async with self._lock:
+            self.sampler.load_weights(state_dict.items(), global_steps)
+
+    async def set_global_steps(self, global_steps: int) -> None:
+        self.sampler.set_global_steps(global_steps)
+
+    async def get_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.sampler.model.state_dict().items()}
+
+
+_WORKER_SAMPLERS: dict[int, SeededSampler] = {}
+"""Colocated mode, inside a worker process: the sampler of each replica this process serves."""
+
+
+def _sample_in_worker(worker: Any, replica_rank: int, items: list[RequestItem]) -> tuple[list[SampleResult], Any]:
+    """Runs in verl's actor worker process (through ``__ray_call__``): sample on the worker's policy copy."""
+    return _WORKER_SAMPLERS[replica_rank].sample(items)
+
+
+@ray.remote
+class HFWorkerServer(_ServerBase):
+    """Colocated mode: the replica's address; batches run in the replica's actor worker process."""
+
+    def __init__(self, config, workers: list) -> None:
+        self._init_server(config)
+        self.workers = workers
+        self.replica_rank: int | None = None
+
+    def set_replica_rank(self, replica_rank: int) -> None:
+        self.replica_rank = replica_rank
+
+    async def _run(self, items: list[RequestItem]) -> tuple[list[SampleResult], int | None]:
+        return await self.workers[0].__ray_call__.remote(_sample_in_worker, self.replica_rank, items)
+
+    async def set_global_steps(self, global_steps: int) -> None: ...  # the worker's sampler knows the step
+
+
 class HFServerAdapter(BaseRollout):
-    """The rollout half of verl's hybrid actor worker: forwards synced weights to the server."""
+    """The rollout half of verl's hybrid actor worker: receives the weights after each update.
+
+    Colocated: copies them into this process's sampler (``_WORKER_SAMPLERS``). Separate server: ships
+    them to the replica's ``HFRolloutServer``.
+    """
 
     def __init__(self, config, model_config, device_mesh, replica_rank: int = -1, **kwargs) -> None:
         super().__init__(config, model_config, device_mesh)
@@ -286,9 +304,16 @@ class HFServerAdapter(BaseRollout):
             * self.config.data_parallel_size
             * self.config.pipeline_model_parallel_size
         )
-        self.replica_rank = rank // rollout_world_size if replica_rank == -1 else replica_rank
-        self._has_server = rank % rollout_world_size == 0
+        if rollout_world_size != 1:
+            raise ValueError(
+                "rollout.name=hf runs one process per replica: set actor_rollout_ref.rollout.tensor_model_parallel_size"
+                f"=1 (and data/pipeline parallel size 1); got a rollout world size of {rollout_world_size}"
+            )
+        self.replica_rank = rank if replica_rank == -1 else replica_rank
+        self.engine = HFEngineSettings.from_config(self.config)
         self._server = None
+        if not self.engine.separate_server:
+            _WORKER_SAMPLERS[self.replica_rank] = SeededSampler(self.config, self.model_config, self.replica_rank)
 
     def _server_handle(self):
         if self._server is None:
@@ -306,28 +331,36 @@ class HFServerAdapter(BaseRollout):
             raise NotImplementedError(f"rollout.name=hf receives full tensors, not {wire_format!r}")
         if kwargs.get("peft_config") is not None:
             raise NotImplementedError("rollout.name=hf does not serve LoRA adapters; set lora.merge=True")
-        state_dict = {}
-        for name, tensor in weights:  # every rank must drain the generator (FSDP gathers collectively)
-            if self._has_server:
-                state_dict[name] = tensor.detach().to("cpu", copy=True)
-        if self._has_server:
-            await self._server_handle().update_weights.remote(state_dict, kwargs.get("global_steps"))
+        global_steps = kwargs.get("global_steps")
+        if not self.engine.separate_server:
+            _WORKER_SAMPLERS[self.replica_rank].load_weights(weights, global_steps)
+            return
+        state_dict = {name: tensor.detach().to("cpu", copy=True) for name, tensor in weights}
+        await self._server_handle().update_weights.remote(state_dict, global_steps)
 
 
 class HFReplica(RolloutReplica):
-    """Launches one ``HFRolloutServer`` per replica (any rollout mode)."""
+    """Launches one rollout server per replica: ``HFWorkerServer`` in front of the replica's actor worker
+    (hybrid mode, default), else an ``HFRolloutServer`` with its own model."""
 
     def rollout_worker_use_gpu(self) -> bool:
         return False
 
     async def launch_servers(self) -> None:
         name = server_actor_name(self.replica_rank, self.name_suffix, self.is_reward_model)
-        server = HFRolloutServer.options(name=name, num_cpus=0, max_concurrency=self.max_concurrency).remote(
-            config=self.config,
-            model_config=self.model_config,
-            replica_rank=self.replica_rank,
-            is_reward_model=self.is_reward_model,
-        )
+        colocated = bool(self.workers) and not HFEngineSettings.from_config(self.config).separate_server
+        if colocated:
+            server = HFWorkerServer.options(name=name, num_cpus=0, max_concurrency=self.max_concurrency).remote(
+                config=self.config, workers=self.workers
+            )
+            await server.set_replica_rank.remote(self.replica_rank)
+        else:
+            server = HFRolloutServer.options(name=name, num_cpus=0, max_concurrency=self.max_concurrency).remote(
+                config=self.config,
+                model_config=self.model_config,
+                replica_rank=self.replica_rank,
+                is_reward_model=self.is_reward_model,
+            )
         self.servers = [server]
         self._server_handle = server
         self._server_address = f"hf-rollout://{name}"
