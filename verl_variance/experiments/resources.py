@@ -31,41 +31,62 @@ def tree_memory_bytes() -> tuple[int, int]:
 class StageMeter:
     """``with meter.stage("name"):`` records seconds and the peak process-tree PSS and RSS (GB) of each stage.
 
-    Memory is sampled every ``interval`` seconds on a background thread (``tree_memory_bytes``).
+    One background thread samples the tree (``tree_memory_bytes``) every ``interval`` seconds while any
+    stage is open and raises the peak of every open stage (stages may overlap: runs in parallel). Reading
+    each process's smaps is not free (about 10 ms per large process), hence one sampler at a modest rate.
     """
 
-    interval: float = 0.5
+    interval: float = 2.0
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    _open: list[_Stage] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
 
     def stage(self, name: str) -> _Stage:
         return _Stage(self, name)
+
+    def _sample(self) -> None:
+        while True:
+            with self._lock:
+                if not self._open:
+                    self._thread = None
+                    return
+            pss, rss = tree_memory_bytes()
+            with self._lock:
+                for stage in self._open:
+                    stage.peak = (max(stage.peak[0], pss), max(stage.peak[1], rss))
+            time.sleep(self.interval)
+
+    def _enter(self, stage: _Stage) -> None:
+        with self._lock:
+            self._open.append(stage)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
+
+    def _exit(self, stage: _Stage) -> None:
+        pss, rss = tree_memory_bytes()
+        with self._lock:
+            self._open.remove(stage)
+            peak = (max(stage.peak[0], pss), max(stage.peak[1], rss))
+            previous = self.stages.get(stage.name, {"seconds": 0.0, "peak_pss_gb": 0.0, "peak_rss_sum_gb": 0.0})
+            self.stages[stage.name] = {
+                "seconds": round(previous["seconds"] + time.perf_counter() - stage.start, 2),
+                "peak_pss_gb": round(max(previous["peak_pss_gb"], peak[0] / 1e9), 3),
+                "peak_rss_sum_gb": round(max(previous["peak_rss_sum_gb"], peak[1] / 1e9), 3),
+            }
 
 
 class _Stage:
     def __init__(self, meter: StageMeter, name: str) -> None:
         self.meter, self.name = meter, name
-        self._stop = threading.Event()
-        self._peak = (0, 0)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            pss, rss = tree_memory_bytes()
-            self._peak = (max(self._peak[0], pss), max(self._peak[1], rss))
-            self._stop.wait(self.meter.interval)
+        self.peak = (0, 0)
 
     def __enter__(self) -> _Stage:
-        self._start = time.perf_counter()
-        self._peak = tree_memory_bytes()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        self.start = time.perf_counter()
+        self.peak = tree_memory_bytes()
+        self.meter._enter(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        previous = self.meter.stages.get(self.name, {"seconds": 0.0, "peak_pss_gb": 0.0, "peak_rss_sum_gb": 0.0})
-        self.meter.stages[self.name] = {
-            "seconds": round(previous["seconds"] + time.perf_counter() - self._start, 2),
-            "peak_pss_gb": round(max(previous["peak_pss_gb"], self._peak[0] / 1e9), 3),
-            "peak_rss_sum_gb": round(max(previous["peak_rss_sum_gb"], self._peak[1] / 1e9), 3),
-        }
+        self.meter._exit(self)
