@@ -248,7 +248,8 @@ def train_policies(
     ``calibrate``, their final KLs set the variance-aware β of every later policy (``calibrated_beta``),
     recorded in ``calibration.json`` and read back on resume. ``stage(name)``, if given, is a context
     manager wrapped around each run (the demo times them). ``parallel``: runs at once (each is its own
-    verl job with its own Ray instance; a run's samples depend on its seed only, not on what runs beside it).
+    verl job with its own Ray instance; a run's samples depend on its seed only, not on what runs beside it);
+    the vanilla runs start beside the pilots, the later variance-aware ones once the pilots have calibrated β.
 
     Returns the runs' records (``run_policy``), in grid order (pilots first), and the calibration record.
     """
@@ -267,30 +268,38 @@ def train_policies(
         done.append(1)
         return result
 
-    def train_all(jobs: list[tuple[str, int, float]]) -> list[dict[str, Any]]:
-        if parallel <= 1:
-            return [train(*job) for job in jobs]
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            return list(pool.map(lambda job: train(*job), jobs))
+    def calibrate_from(pilots: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        calibration = read_json(study_dir / CALIBRATION_FILE)
+        if calibration is None or calibration.get("initial_beta") != betas:
+            aware = calibrated_beta(betas["variance_aware"], pilots) if calibrate else betas["variance_aware"]
+            calibration = {
+                "initial_beta": dict(betas),
+                "calibrated": calibrate,
+                "pilot": {"head": grid[0][0], "seed": grid[0][1]},
+                "pilot_final_kl": {method: final_value(run, KL_METRIC) for method, run in pilots.items()},
+                "beta": {"vanilla": betas["vanilla"], "variance_aware": aware},
+            }
+            write_json(study_dir / CALIBRATION_FILE, calibration)
+            kl = calibration["pilot_final_kl"]
+            log(f"calibration: pilot final KL vanilla {kl['vanilla']:.4g}, variance-aware {kl['variance_aware']:.4g} "
+                f"-> variance-aware beta {aware:.4g}")  # fmt: skip
+        return calibration
 
-    runs = train_all([(method, 0, betas[method]) for method in METHODS])  # the pilots
-    calibration_file = study_dir / CALIBRATION_FILE
-    calibration = read_json(calibration_file)
-    if calibration is None or calibration.get("initial_beta") != betas:
-        pilots = {run["method"]: run for run in runs}
-        aware = calibrated_beta(betas["variance_aware"], pilots) if calibrate else betas["variance_aware"]
-        calibration = {
-            "initial_beta": dict(betas),
-            "calibrated": calibrate,
-            "pilot": {"head": grid[0][0], "seed": grid[0][1]},
-            "pilot_final_kl": {method: final_value(run, KL_METRIC) for method, run in pilots.items()},
-            "beta": {"vanilla": betas["vanilla"], "variance_aware": aware},
-        }
-        write_json(calibration_file, calibration)
-        log(f"calibration: pilot final KL vanilla {calibration['pilot_final_kl']['vanilla']:.4g}, variance-aware "
-            f"{calibration['pilot_final_kl']['variance_aware']:.4g} -> variance-aware beta {aware:.4g}")  # fmt: skip
-    later = [(method, index, calibration["beta"][method]) for index in range(1, len(grid)) for method in METHODS]
-    runs += train_all(later)
+    later = range(1, len(grid))
+    if parallel <= 1:
+        pilots = {method: train(method, 0, betas[method]) for method in METHODS}
+        calibration = calibrate_from(pilots)
+        rest = {(m, i): train(m, i, calibration["beta"][m]) for i in later for m in METHODS}
+    else:  # vanilla runs need no calibration: they fill the slots while the pilots finish
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = {(m, 0): pool.submit(train, m, 0, betas[m]) for m in METHODS}
+            futures |= {("vanilla", i): pool.submit(train, "vanilla", i, betas["vanilla"]) for i in later}
+            pilots = {method: futures[(method, 0)].result() for method in METHODS}
+            calibration = calibrate_from(pilots)
+            aware_beta = calibration["beta"]["variance_aware"]
+            futures |= {("variance_aware", i): pool.submit(train, "variance_aware", i, aware_beta) for i in later}
+            rest = {key: future.result() for key, future in futures.items() if key[1] > 0}
+    runs = [pilots[method] for method in METHODS] + [rest[(m, i)] for i in later for m in METHODS]
     return runs, calibration
 
 
