@@ -185,7 +185,7 @@ def _study(args: argparse.Namespace) -> int:
             betas = {"vanilla": args.vanilla_kl_coef, "variance_aware": args.aware_kl_coef}
             overrides = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
             recipes.run_recipe_study(args.recipe_dir, args.study_dir, args.heads, args.seeds, betas, args.steps,
-                                     calibrate=args.calibrate, overrides=overrides)  # fmt: skip
+                                     calibrate=args.calibrate, overrides=overrides, parallel=args.parallel)  # fmt: skip
             print(f"verl-variance study: trained every policy in {args.study_dir}; judge them with evaluate.sh")
         else:
             from verl_variance.experiments.judge import make_judge
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("--steps", type=int, required=True, help="TRAIN_STEPS of every run (progress lines)")
     study_run.add_argument("--vanilla-kl-coef", type=float, default=0.2, help="beta of vanilla PPO (Table 6: 0.2)")
     study_run.add_argument("--aware-kl-coef", type=float, default=0.05, help="initial variance-aware beta (Table 7)")
+    study_run.add_argument("--parallel", type=int, default=1,
+                           help="policy runs at once (CPU: about one core each; GPU: 1 unless each run has its own)")
     study_run.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                            help="keep --aware-kl-coef instead of matching the vanilla pilot's final KL")  # fmt: skip
     study_run.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then verl overrides for every run")

@@ -24,6 +24,7 @@ TRAIN_STEPS=${TRAIN_STEPS:-192}
 VANILLA_KL_COEF=${VANILLA_KL_COEF:-0.2}
 AWARE_KL_COEF=${AWARE_KL_COEF:-0.05}
 CALIBRATE=${CALIBRATE:-1}
+PARALLEL_RUNS=${PARALLEL_RUNS:-1}   # policy runs at once: on CPUs one per core (DEVICE=cpu); on GPUs keep 1
 # ---- end user-adjustable ----
 
 # ---- no user adjustment needed below ----
@@ -39,6 +40,7 @@ STUDY=(
     --steps "$TRAIN_STEPS"
     --vanilla-kl-coef "$VANILLA_KL_COEF"
     --aware-kl-coef "$AWARE_KL_COEF"
+    --parallel "$PARALLEL_RUNS"
 )
 if [ "$CALIBRATE" != 1 ]; then
     STUDY+=(--no-calibrate)

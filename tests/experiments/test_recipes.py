@@ -72,3 +72,10 @@ def test_evaluating_a_study_without_both_methods_is_a_clear_error(tmp_path):
                      {"method": "vanilla", "head": 0, "seed": 0})  # fmt: skip
     with pytest.raises(study.StudyError, match=r"has no finished \['variance_aware'\] run"):
         recipes.evaluate_recipe_study(tmp_path, judge=None, kl_tolerance=1.25)
+
+
+def test_parallel_runs_below_one_is_a_clear_error_before_any_run(tmp_path):
+    with pytest.raises(study.StudyError, match=r"--parallel 0 \(PARALLEL_RUNS\): expected at least 1"):
+        recipes.run_recipe_study(tmp_path, tmp_path / "study", [0], [0], {"vanilla": 0.2, "variance_aware": 0.05},
+                                 2, parallel=0)  # fmt: skip
+    assert not (tmp_path / "study").exists()

@@ -244,19 +244,40 @@ def test_variance_ratio_against_an_independent_computation(runs):
     assert variance_ratio(policies[:1] + policies[-1:]) is None
 
 
-def test_evaluation_noise_is_the_variance_of_repeated_reference_means(runs):
+def test_evaluation_noise_is_the_per_prompt_sampling_variance_over_the_evaluation_size(runs):
     rng = np.random.default_rng(0)
-    repeats = rng.normal(0.2, 1.0, size=(4, N_PROMPTS))
+    spread = rng.uniform(0.2, 2.0, size=N_PROMPTS)  # each prompt's own sampling std
+    repeats = rng.normal(0.2, 1.0, size=(4, N_PROMPTS)) * spread
     runs[0]["reference_repeats"] = repeats.tolist()
+    for run in runs:
+        run["final_samples_per_prompt"] = 2
     policies = [policy_summary(run) for run in runs]
     noise = evaluation_noise(runs, policies)
-    floor = np.var(repeats.mean(axis=1), ddof=1)
-    assert noise["floor"] == pytest.approx(floor) and (noise["repeats"], noise["n_prompts"]) == (4, N_PROMPTS)
+    per_prompt = [np.var(repeats[:, p], ddof=1) for p in range(N_PROMPTS)]
+    floor = np.mean(per_prompt) / (N_PROMPTS * 2)  # the variance of a mean over N_PROMPTS x 2 samples
+    assert noise["floor"] == pytest.approx(floor) and noise["samples_per_prompt"] == 2
+    assert (noise["repeats"], noise["n_prompts"]) == (4, N_PROMPTS)
     assert noise["vanilla_between_policy_variance"] == pytest.approx(np.var(VANILLA_GAINS, ddof=1))
     assert noise["ratio"] == pytest.approx(floor / np.var(VANILLA_GAINS, ddof=1))
     assert noise["meets_target"] == (noise["ratio"] <= 0.1)
+    runs[1]["final_samples_per_prompt"] = 1
+    with pytest.raises(ValueError, match=r"different samples per prompt \[1, 2\]"):
+        evaluation_noise(runs, policies)
     del runs[0]["reference_repeats"]
     assert evaluation_noise(runs, policies) is None
+
+
+def test_evaluation_noise_floor_matches_the_spread_of_simulated_evaluations():
+    """The floor is what repeated evaluations of one policy actually vary by (simulated, many repeats)."""
+    rng = np.random.default_rng(1)
+    n_prompts, m = 48, 2
+    prompt_means, prompt_stds = rng.normal(0, 0.5, n_prompts), rng.uniform(0.2, 0.8, n_prompts)
+    evaluations = rng.normal(prompt_means, prompt_stds, size=(20000, m, n_prompts)).mean(axis=(1, 2))
+    repeats = rng.normal(prompt_means, prompt_stds, size=(4, n_prompts))
+    run = {"reference_repeats": repeats.tolist(), "final_samples_per_prompt": m}
+    policies = [{"method": "vanilla", "judge_reward": value} for value in (0.0, 0.1)]
+    noise = evaluation_noise([run], policies)
+    assert noise["floor"] == pytest.approx(np.var(evaluations), rel=0.25)  # 48 x 3 df estimate
 
 
 def test_final_value_averages_the_last_quarter_of_steps():

@@ -119,8 +119,8 @@ def test_request_seed_and_buckets():
     assert request_seed(42, 3, "det-5", 0) == request_seed(42, 3, "det-5", 0)
     assert len({request_seed(42, 3, "det-5", k) for k in range(100)}) == 100
     assert 0 <= request_seed("x") < 2**63
-    assert [prompt_bucket(n, 16) for n in (1, 8, 9, 16, 17)] == [8, 8, 16, 16, 17]
-    assert prompt_bucket(100, 512) == 128
+    assert [prompt_bucket(n, 16) for n in (1, 8, 9, 16, 17)] == [16, 16, 16, 16, 17]
+    assert [prompt_bucket(n, 512) for n in (1, 32, 33, 100, 600)] == [32, 32, 64, 128, 600]
 
 
 @pytest.mark.parametrize("params", [{"temperature": -1}, {"top_p": 0}, {"n": 2}, {"stop": ["x"]}])

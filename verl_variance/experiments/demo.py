@@ -57,7 +57,8 @@ class DemoScale:
     kl_tolerance: float = 2.0  # promised max ratio between the two methods' mean final KLs
     device: str = "auto"  # "cpu", "gpu", or "auto": a GPU (and verl's vLLM rollout) when torch sees one
     parallel_runs: int = 1  # policy runs at once (each verl run keeps about one core busy on the CPU)
-    reference_samples: int = 4  # samples per prompt of the reference's validation: its evaluation noise, measured
+    eval_samples: int = 4  # samples per held-out prompt in every validation (the reference's give the noise floor)
+    sampling_rows: int = 16  # rows per sampling chunk on the CPU (hf batch_rows): validation in fewer, fuller chunks
 
 
 SCALES: dict[str, DemoScale] = {
@@ -242,8 +243,8 @@ def policy_overrides(
 ) -> list[str]:
     """verl overrides of one policy run: on the CPU preset (``gpus=0``), or on verl's stock config with
     vLLM rollout over ``gpus`` GPUs of one node (the stock config names no rollout engine and expects 8 GPUs).
-    ``validate_reference``: validate before training too, with ``scale.reference_samples`` samples per prompt (the
-    reference policy; the study does it once), else only after training, one sample per prompt.
+    ``validate_reference``: validate before training too (the reference policy; the study does it once), else only
+    after training; each validation draws ``scale.eval_samples`` samples per held-out prompt.
     """
     from verl_variance.experiments import imdb
 
@@ -265,7 +266,7 @@ def policy_overrides(
         "++ensemble_reward.prompt_format=text",
         f"trainer.total_training_steps={scale.steps}",
         f"trainer.val_before_train={validate_reference}",
-        f"actor_rollout_ref.rollout.val_kwargs.n={scale.reference_samples if validate_reference else 1}",
+        f"actor_rollout_ref.rollout.val_kwargs.n={scale.eval_samples}",
         f"actor_rollout_ref.rollout.seed={1000 * seed + head}",  # a policy's own samples (both methods share them)
         f"trainer.test_freq={scale.steps}",
         "trainer.save_freq=-1",
@@ -275,6 +276,8 @@ def policy_overrides(
         f"trainer.experiment_name={scale.name}_{method}_head{head}_seed{seed}",
         "trainer.logger=[console,file]",
     ]
+    if not gpus:
+        overrides.append(f"actor_rollout_ref.rollout.engine_kwargs.hf.batch_rows={scale.sampling_rows}")
     if gpus:
         overrides += [
             "actor_rollout_ref.rollout.name=vllm",

@@ -158,8 +158,12 @@ def run_recipe_study(
     total_steps: int,
     calibrate: bool = True,
     overrides: Sequence[str] = (),
+    parallel: int = 1,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``run_study.sh``: every (head, seed) of both methods through the recipe scripts; resumable."""
+    """``run_study.sh``: every (head, seed) of both methods through the recipe scripts; resumable. ``parallel``:
+    runs at once (``study.train_policies``; on CPUs a run keeps about one core busy)."""
+    if parallel < 1:
+        raise study.StudyError(f"--parallel {parallel} (PARALLEL_RUNS): expected at least 1 run at once")
     study_dir = Path(study_dir).expanduser().resolve()
     grid = study.policy_grid(list(heads), list(seeds))
     launch = recipe_launcher(Path(recipe_dir).resolve(), overrides)
@@ -169,7 +173,7 @@ def run_recipe_study(
     study.write_json(study_dir / STUDY_FILE, settings)
     study.log(f"{len(grid)} policies per method ({len(heads)} heads x {len(seeds)} seeds) x {total_steps} steps, "
               f"study folder {study_dir}")  # fmt: skip
-    return study.train_policies(grid, launch, study_dir, betas, total_steps, calibrate=calibrate)
+    return study.train_policies(grid, launch, study_dir, betas, total_steps, calibrate=calibrate, parallel=parallel)
 
 
 def evaluate_recipe_study(study_dir: str | os.PathLike, judge: study.Judge, kl_tolerance: float) -> dict[str, Any]:

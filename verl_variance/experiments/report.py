@@ -348,22 +348,30 @@ def variance_ratio(policies: list[dict[str, Any]], alpha: float = 0.05) -> dict[
 def evaluation_noise(runs: list[dict[str, Any]], policies: list[dict[str, Any]], target: float = 0.1) -> dict | None:
     """How much of the between-policy variance the evaluation itself adds (its noise floor), measured.
 
-    The reference validated with k samples per prompt gives k independent evaluations of one policy
-    (``reference_repeats``, (k, n_prompts)); the variance of their means is the noise variance of one
-    evaluation with one sample per prompt, ``floor``. ``ratio`` = floor / the vanilla policies' variance of
-    ``judge_reward``: the share of that variance the evaluation's noise alone would produce; ``meets_target``
-    iff ratio <= ``target``. None when no run has repeats.
+    The reference validated with k >= 2 samples per prompt (``reference_repeats``, (k, n_prompts)) gives the
+    sampling variance of each prompt's judge score, s²_p (ddof=1). A policy's judge reward is the mean over the
+    same P prompts of m samples each (``final_samples_per_prompt`` of its run, 1 if absent), so the noise an
+    evaluation adds to it is ``floor`` = mean_p(s²_p) / (P m) (unbiased, with P (k-1) degrees of freedom; the
+    prompts are the same for every policy, so their choice adds no between-policy variance). ``ratio`` = floor /
+    the vanilla policies' variance of ``judge_reward``: the share of that variance the evaluation's noise alone
+    would produce; ``meets_target`` iff ratio <= ``target``. None when no run has repeats.
     """
     repeats = next((np.asarray(run["reference_repeats"]) for run in runs if run.get("reference_repeats")), None)
     if repeats is None:
         return None
-    floor = float(repeats.mean(axis=1).var(ddof=1))
+    samples = {int(run.get("final_samples_per_prompt", 1)) for run in runs}
+    if len(samples) != 1:
+        raise ValueError(f"runs evaluated their policies with different samples per prompt {sorted(samples)}")
+    (m,) = samples
+    n_prompts = repeats.shape[1]
+    floor = float(repeats.var(axis=0, ddof=1).mean() / (n_prompts * m))
     vanilla = np.array([p["judge_reward"] for p in policies if p["method"] == METHODS[0]])
     between = float(vanilla.var(ddof=1)) if vanilla.size >= 2 else None
     ratio = floor / between if between else None
     return {
         "repeats": int(repeats.shape[0]),
-        "n_prompts": int(repeats.shape[1]),
+        "n_prompts": int(n_prompts),
+        "samples_per_prompt": m,
         "floor": floor,
         "vanilla_between_policy_variance": between,
         "ratio": ratio,
@@ -543,8 +551,9 @@ def _noise_text(noise: dict[str, Any] | None) -> str:
         return "not measured (the reference was validated with one sample per prompt)"
     ratio = "n/a" if noise["ratio"] is None else f"{noise['ratio']:.2f}"
     return (
-        f"the reference evaluated {noise['repeats']} times on {noise['n_prompts']} prompts varies by "
-        f"{noise['floor']:.5f} (variance of its mean), {ratio} of the vanilla policies' variance "
+        f"an evaluation of {noise['n_prompts']} prompts x {noise['samples_per_prompt']} samples adds variance "
+        f"{noise['floor']:.5f} (the reference's per-prompt sampling variance over {noise['repeats']} samples), "
+        f"{ratio} of the vanilla policies' variance "
         f"(target <= {noise['target']:g}: {'met' if noise['meets_target'] else 'NOT met'})"
     )
 

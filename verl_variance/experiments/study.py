@@ -350,7 +350,7 @@ def judge_run(run_dir: Path, judge: Judge, reference_dir: Path | None = None) ->
     ``judge_final`` (n_prompts,); ``proxy_reference`` (the run's own reward of the reference samples; None when
     the reference was validated by another run, ``reference_dir``, whose reward head may differ);
     ``reference_repeats`` (n_samples, n_prompts): the judge score of the k-th reference sample of each prompt,
-    k independent evaluations of the reference (None with one sample per prompt)."""
+    k independent evaluations of the reference (None with one sample per prompt); ``final_samples_per_prompt``."""
     cache = run_dir / f"judge_{re.sub(r'[^A-Za-z0-9_.-]+', '_', judge.name)}.json"
     cached = read_json(cache)
     if cached is not None:
@@ -361,10 +361,12 @@ def judge_run(run_dir: Path, judge: Judge, reference_dir: Path | None = None) ->
         return np.asarray(judge.score_responses([r["input"] for r in rows], [r["output"] for r in rows]), float)
 
     reference_judge = per_prompt(reference, scores(reference))
+    final_judge = per_prompt(final, scores(final))
     scored = {
         "judge": judge.name,
         "judge_reference": reference_judge.mean(axis=0).tolist(),
-        "judge_final": per_prompt(final, scores(final)).mean(axis=0).tolist(),
+        "judge_final": final_judge.mean(axis=0).tolist(),
+        "final_samples_per_prompt": len(final_judge),
         "proxy_reference": (
             per_prompt(reference, np.array([float(r["score"]) for r in reference])).mean(axis=0).tolist()
             if own

@@ -42,8 +42,9 @@ from verl_variance.integration.hf_sampling import (
     sample_requests,
 )
 
-BATCH_WAIT_SECONDS = 0.01
-"""How long a server waits for more concurrent requests before running a batch."""
+BATCH_WAIT_SECONDS = 0.02
+"""A partial chunk of requests runs once no new request has come for this long (whole chunks run at once):
+the requests of one verl batch arrive over some milliseconds, and a partial chunk costs a whole one."""
 
 ENGINE_KEY = "hf"
 """``rollout.engine_kwargs.hf``: ``{separate_server: bool, batch_rows: int}``."""
@@ -158,7 +159,7 @@ class _ServerBase:
         from verl.utils.config import omega_conf_to_dataclass
 
         self.config = omega_conf_to_dataclass(config)
-        HFEngineSettings.from_config(self.config)
+        self.engine_settings = HFEngineSettings.from_config(self.config)
         self._pending: list[tuple[RequestItem, asyncio.Future]] = []
         self._batch_task: asyncio.Task | None = None
         self._aborted = False
@@ -192,8 +193,14 @@ class _ServerBase:
         )
 
     async def _run_batches(self) -> None:
-        await asyncio.sleep(BATCH_WAIT_SECONDS)
+        rows = self.engine_settings.batch_rows
         while self._pending:
+            waiting = -1
+            while len(self._pending) % rows and len(self._pending) != waiting:  # a partial chunk: wait while more come
+                waiting = len(self._pending)
+                await asyncio.sleep(BATCH_WAIT_SECONDS)
+            if not self._pending:  # aborted while waiting
+                break
             batch, self._pending = self._pending, []
             try:
                 results, global_steps = await self._run([item for item, _ in batch])

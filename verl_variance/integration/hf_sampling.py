@@ -29,8 +29,13 @@ from typing import Any
 
 import torch
 
-MIN_BUCKET = 8
-"""Narrowest prompt width of a chunk; widths are powers of two from here up to the prompt length."""
+MIN_BUCKET = 32
+"""Narrowest prompt width of a chunk; widths are powers of two from here up to the prompt length.
+
+Coarse on purpose: each width is a chunk of its own, and a chunk's decoding reads every weight once per
+token whatever its rows (on the CPU that, not the arithmetic, is most of its time), so two widths cost
+two decoding loops where one wider prefill costs little (measured: SmolLM2-135M, one thread, 32 rows per
+chunk sample 2.5x faster per row than 8)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,59 @@
+"""The hf rollout server's batching: whole chunks at once, a partial chunk once requests stop coming."""
+
+import asyncio
+from types import SimpleNamespace
+
+from verl_variance.integration import hf_rollout
+from verl_variance.integration.hf_rollout import _ServerBase
+from verl_variance.integration.hf_sampling import SampleResult
+
+
+class RecordingServer(_ServerBase):
+    """The server without a model: records the size of every batch it runs."""
+
+    def __init__(self, batch_rows: int) -> None:
+        config = SimpleNamespace(response_length=4, prompt_length=8, ignore_eos=False,
+                                 engine_kwargs={"hf": {"batch_rows": batch_rows}})  # fmt: skip
+        self._init_server(config)
+        self.batches: list[int] = []
+
+    async def _run(self, items):
+        self.batches.append(len(items))
+        await asyncio.sleep(0)
+        return [SampleResult([7], [0.0], "length") for _ in items], 3
+
+
+async def _requests(server: RecordingServer, groups: list[int], gap: float) -> list:
+    """``groups[i]`` requests at once, ``gap`` seconds apart."""
+    tasks = []
+    for count in groups:
+        tasks += [asyncio.create_task(server.generate([1, 2], {}, f"r{len(tasks) + i}")) for i in range(count)]
+        await asyncio.sleep(gap)
+    return await asyncio.gather(*tasks)
+
+
+def test_requests_that_trickle_in_run_as_one_chunk(monkeypatch):
+    monkeypatch.setattr(hf_rollout, "BATCH_WAIT_SECONDS", 2.0)  # groups come within microseconds of each other
+    server = RecordingServer(batch_rows=8)
+    outputs = asyncio.run(_requests(server, [3, 2, 3], gap=0))
+    assert server.batches == [8]  # not 3 + 5: a partial chunk costs a whole one
+    assert [o.token_ids for o in outputs] == [[7]] * 8 and {o.stop_reason for o in outputs} == {"completed"}
+
+
+def test_a_partial_chunk_runs_once_requests_stop_coming(monkeypatch):
+    monkeypatch.setattr(hf_rollout, "BATCH_WAIT_SECONDS", 0.01)
+    server = RecordingServer(batch_rows=8)
+    asyncio.run(_requests(server, [3, 2], gap=0.3))  # quiet for longer than the wait: the 3 run alone
+    assert server.batches == [3, 2]
+
+
+def test_aborted_while_waiting_answers_aborted_and_runs_nothing():
+    async def scenario(server):
+        tasks = [asyncio.create_task(server.generate([1], {}, f"r{i}")) for i in range(3)]
+        await asyncio.sleep(0)
+        await server.abort_all_requests()
+        return await asyncio.gather(*tasks)
+
+    server = RecordingServer(batch_rows=8)
+    outputs = asyncio.run(scenario(server))
+    assert [o.stop_reason for o in outputs] == ["aborted"] * 3 and server.batches == []
