@@ -5,9 +5,11 @@ the ensemble reward, KL in the reward) on the assets of an earlier ``verl-varian
 ``models/``, ``reward_model/`` and ``data/``). Two set-ups, alternated ``--repeats`` times:
 
 - ``separate``: what the demo ran before: the ``hf`` rollout as a separate server process that
-  receives the weights after every step, bf16 FSDP compute, validation before training in every run;
+  receives the weights after every step, bf16 FSDP compute, torch's default AdamW loop, gradient
+  checkpointing, 8-row sampling chunks, validation before training in every run;
 - ``colocated``: today's defaults: sampling inside the actor worker on its own weights, fp32
-  compute (rollout log-probs = the actor's), the reference validated once per study (not here).
+  compute (rollout log-probs = the actor's), fused AdamW, no gradient checkpointing, 16-row chunks,
+  the reference validated once per study (not here).
 
 Figures (one JSON line each): steady step (median ``timing_s/step`` from step 2), launch to the end
 of step 1, wall time, peak PSS of the whole process tree; and the ratios colocated / separate.
@@ -43,6 +45,11 @@ SETUPS = {
         f"actor_rollout_ref.actor.fsdp_config.mixed_precision={BF16}",
         f"actor_rollout_ref.ref.fsdp_config.mixed_precision={BF16}",
         "trainer.val_before_train=True",
+        "actor_rollout_ref.actor.optim.override_optimizer_config=null",
+        "critic.optim.override_optimizer_config=null",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=True",
+        "critic.model.enable_gradient_checkpointing=True",
+        "actor_rollout_ref.rollout.engine_kwargs.hf.batch_rows=8",
     ],
     "colocated": [],
 }
@@ -69,7 +76,7 @@ def run_once(setup: str, workdir: Path, paths: dict[str, Path], steps: int) -> d
     scale = demo.SCALES["default"]
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench_{setup}_"))
     overrides = demo.policy_overrides(scale, "vanilla", 0, 0, scale.beta, paths, run_dir, validate_reference=False)
-    overrides += [f"trainer.total_training_steps={steps}", f"trainer.test_freq={steps}", *SETUPS[setup]]
+    overrides += [f"trainer.total_training_steps={steps}", f"trainer.test_freq={steps}", *SETUPS[setup]]  # last wins
     metrics = run_dir / "metrics.jsonl"
     env = dict(os.environ, VERL_FILE_LOGGER_PATH=str(metrics))
     command = [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", "cpu", *overrides]

@@ -17,7 +17,7 @@ Input: one dict per trained policy (the orchestrator builds them)::
 Confidence intervals are 95% percentile bootstraps over policies (over prompts for the reference),
 seeded, so the same runs give the same report. A method with fewer than 2 policies has no variance
 and no intervals: those fields are ``None`` (never NaN), so ``report.json`` stays strict JSON.
-Only numpy and matplotlib (Agg canvas, no pyplot state): no verl, no torch.
+numpy, scipy (the F interval and tests, Spearman) and matplotlib (Agg canvas, no pyplot state): no verl, no torch.
 """
 
 from __future__ import annotations
