@@ -126,8 +126,8 @@ def test_method_table_against_numpy(runs):
             assert low <= row[key]["value"] <= high, key
     reference = table["reference"]
     assert reference["judge_reward"]["value"] == pytest.approx(0.2)
-    assert reference["variance_across_runs"] == pytest.approx(0.0, abs=1e-15)
-    assert (reference["n_runs"], reference["n_prompts"]) == (11, N_PROMPTS)
+    assert reference["variance_across_runs"] is None  # every run scored the same reference: one evaluation
+    assert (reference["n_runs"], reference["n_evaluations"], reference["n_prompts"]) == (11, 1, N_PROMPTS)
     assert method_table(runs, n_boot=300, seed=0) == table
 
 
@@ -136,6 +136,7 @@ def test_reference_averages_per_prompt_across_runs():
     reference = method_table(runs, n_boot=100)["reference"]
     assert reference["judge_reward"]["value"] == pytest.approx(0.2)
     assert reference["variance_across_runs"] == pytest.approx(np.var([0.1, 0.3], ddof=1))
+    assert reference["n_evaluations"] == 2
 
 
 def test_kl_match_ratio_and_tolerance(runs):

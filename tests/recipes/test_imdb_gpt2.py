@@ -198,13 +198,13 @@ def assert_policy_trains_on_its_head(dump, head: int, reward_model) -> None:
 
 @pytest.mark.slow
 def test_study_runs_both_recipes_on_cpu_then_evaluates_and_reports(tmp_path, imdb_data, tiny_recipe_models):
-    """run_study.sh (HEADS=2 x SEEDS=1, both methods, 2 steps each through verl on CPU, two runs at once), then
-    evaluate.sh with a local judge; re-running the study trains nothing."""
+    """run_study.sh (HEADS=2 x SEEDS=1, both methods, 2 steps each through verl on CPU), then evaluate.sh with a
+    local judge; re-running the study trains nothing."""
     study_dir, reward_model = tmp_path / "study", tiny_recipe_models["reward_model"]
     variables = {"DEVICE": "cpu", "MODEL_PATH": tiny_recipe_models["policy"], "DATA_DIR": imdb_data,
                  "REWARD_MODEL_PATH": tiny_recipe_models["reward_model"], "HEADS": "0 1", "SEEDS": "0",
                  "TRAIN_STEPS": 2, "TRAIN_BATCH_SIZE": 8, "MICRO_BATCH_SIZE": 8, "PPO_EPOCHS": 1,
-                 "GPUS_PER_NODE": 1, "STUDY_DIR": study_dir, "ACTOR_LR": 1e-3, "PARALLEL_RUNS": 2}  # fmt: skip
+                 "GPUS_PER_NODE": 1, "STUDY_DIR": study_dir, "ACTOR_LR": 1e-3}  # fmt: skip
     # a trailing verl override reaches every run: the variance-aware runs log each sample's weighted KL
     sample_log = "++variance_kl.sample_log=${trainer.validation_data_dir}/../samples.jsonl"  # exists from step 0
     proc = run_recipe(IMDB / "run_study.sh", sample_log, cwd=tmp_path, timeout=1500, **variables)

@@ -233,14 +233,15 @@ def _reference_row(runs: list[dict[str, Any]], n_boot: int, seed: int) -> dict[s
                 f"run {_run_name(run)}: judge_reference has {run_scores.size} scores, run {_run_name(runs[0])} "
                 f"{scores[0].size}; every run must score the reference on the same held-out prompts"
             )
-    matrix = np.stack(scores)  # (n_runs, n_prompts)
+    matrix = np.unique(np.stack(scores), axis=0)  # (n_evaluations, n_prompts): runs that share one dump count once
     per_prompt = matrix.mean(axis=0)  # (n_prompts,)
-    per_run = matrix.mean(axis=1)  # (n_runs,)
+    per_evaluation = matrix.mean(axis=1)  # (n_evaluations,)
     return {
         "n_runs": len(runs),
+        "n_evaluations": len(matrix),
         "n_prompts": int(per_prompt.size),
         "judge_reward": _stat(per_prompt, _mean, n_boot, seed),
-        "variance_across_runs": float(per_run.var(ddof=1)) if len(runs) >= 2 else None,
+        "variance_across_runs": float(per_evaluation.var(ddof=1)) if len(matrix) >= 2 else None,
     }
 
 
@@ -255,8 +256,9 @@ def method_table(runs: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) 
     policies (``n_boot`` resamples, ``seed``) or None when n < 2}.
 
     Reference row: ``judge_reward`` = mean over prompts of the per-prompt reference score averaged
-    across runs, with a bootstrap over prompts; ``variance_across_runs`` of the per-run reference
-    means (ddof=1; None for one run); ``n_runs``, ``n_prompts``.
+    across its distinct evaluations (runs that read one shared validation count once), with a bootstrap
+    over prompts; ``variance_across_runs`` of the per-evaluation means (ddof=1; None for one evaluation);
+    ``n_runs``, ``n_evaluations``, ``n_prompts``.
     """
     if not runs:
         raise ValueError("method_table: no runs; expected one dict per trained policy")
@@ -466,8 +468,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         header,
         "|---|---|---|---|---|---|---|---|",
-        f"| reference | {reference['n_runs']} runs | {_format(reference['judge_reward'])} "
-        f"| {'n/a' if variance is None else f'{variance:.4f}'} (across runs) | | | | |",
+        f"| reference | {reference['n_evaluations']} evaluation(s) | {_format(reference['judge_reward'])} "
+        f"| {'n/a' if variance is None else f'{variance:.4f} (across evaluations)'} | | | | |",
     ]
     for method in METHODS:
         if method in table:
