@@ -276,8 +276,6 @@ def policy_overrides(
         f"trainer.experiment_name={scale.name}_{method}_head{head}_seed{seed}",
         "trainer.logger=[console,file]",
     ]
-    if not gpus:
-        overrides.append(f"actor_rollout_ref.rollout.engine_kwargs.hf.batch_rows={scale.sampling_rows}")
     if gpus:
         overrides += [
             "actor_rollout_ref.rollout.name=vllm",
@@ -285,6 +283,8 @@ def policy_overrides(
             f"trainer.n_gpus_per_node={gpus}",
             "trainer.nnodes=1",
         ]
+    else:
+        overrides.append(f"actor_rollout_ref.rollout.engine_kwargs.hf.batch_rows={scale.sampling_rows}")
     if method == "variance_aware":
         overrides += ["algorithm.kl_penalty=variance_aware", "++variance_kl.weighting=std"]
         overrides += ["++variance_kl.normalize=True"]
