@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,13 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {
         arch: build_tiny_model(root / arch, TinyModelConfig(architecture=arch)) for arch in ("qwen2", "llama", "gpt2")
     }
+
+
+def free_port() -> int:
+    """A TCP port no process listens on now (tests run side by side: no fixed ports)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -1,8 +1,10 @@
 """The math and the reward-model package never import verl (only ``integration`` knows verl's internals)."""
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 PROBE = """
 import importlib, json, pkgutil, sys
@@ -22,3 +24,55 @@ def test_core_and_reward_model_import_no_verl_in_a_fresh_process():
     assert result["verl"] == []
     assert {"verl_variance.core.kl", "verl_variance.reward_model.scoring"} <= set(result["loaded"])  # the probe ran
     assert not any(name.startswith("verl_variance.integration") for name in result["loaded"])
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "verl_variance"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports, at top level or inside functions (read with ``ast``)."""
+    names = {".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): path
+             for path in PACKAGE.rglob("*.py")}  # fmt: skip
+    graph = {}
+    for name, path in names.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+        graph[name] = {target for target in targets if target in names and target != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles: each strongly connected group of more than one module (Tarjan)."""
+    index, low, stack, found = {}, {}, [], []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while (member := stack.pop()) != node:
+                group.append(member)
+            if group:
+                found.append(sorted([node, *group]))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_package_has_no_import_circle():
+    graph = import_graph()
+    assert "verl_variance.reward_model.checkpoint" in graph["verl_variance.reward_model.analysis"]  # the graph is read
+    assert cycles(graph) == []
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # and circles are found

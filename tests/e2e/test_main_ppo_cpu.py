@@ -1,7 +1,8 @@
 """End to end: 2 PPO steps through verl's own ``main_ppo`` on CPU (Ray, FSDP2 over gloo, hf rollout).
 
 Covers both trainers (V1 and legacy), both advantage paths (GAE + critic + KL-in-reward, GRPO + KL
-loss), 1 and 2 FSDP ranks, and Qwen2, Llama and GPT-2 policies.
+loss), 1 and 2 FSDP ranks, and Qwen2 and Llama policies (GPT-2 runs through verl in tests/recipes; its
+dropout makes the actor's training pass differ from its log-prob pass, which the KL-loss test compares).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -87,12 +89,12 @@ def _samples(rollout_dir: Path) -> dict[str, list[tuple]]:
             dump.read_text().split("\n") if line.strip())) for dump in sorted(rollout_dir.glob("*.jsonl"))}  # fmt: skip
 
 
+@pytest.mark.xdist_group("several_runs")  # never beside another test that runs several verl runs at once
 def test_quickstart_same_seed_same_run(tmp_path):
-    """The README's quickstart (V1 trainer, GAE with a critic, KL in the reward, 1 rank) three times: the same
-    seed gives the same samples and the same metrics; another rollout seed gives other responses to the same
-    prompts. Metrics agree to float rounding, not to the bit: the V1 trainer orders a batch by the arrival of
-    its samples, which changes the order of float sums (seen: 1e-7 relative on most metrics, 5e-5 on the
-    critic's grad norm, 1e-6 absolute on log-prob gaps)."""
+    """The README's quickstart (V1 trainer, GAE with a critic, KL in the reward, 1 rank) three times at once: the
+    same seed gives the same samples and the same metrics, to the bit, although the runs' timings differ (the
+    replay buffer's arrival order is replaced by a content order, ``patches.content_order``); another rollout
+    seed gives other responses to the same prompts."""
 
     def run(name: str, seed: int) -> tuple[dict, dict]:
         workdir = tmp_path / name
@@ -101,8 +103,9 @@ def test_quickstart_same_seed_same_run(tmp_path):
                 "data.seed=1", f"trainer.rollout_data_dir={workdir / 'rollouts'}"]  # fmt: skip
         return run_verl_ppo(workdir, args), _samples(workdir / "rollouts")
 
-    # one after the other: run at once, the V1 trainer's arrival-ordered batches moved critic/grad_norm by 2e-4
-    runs = {name: run(name, seed) for name, seed in (("a", 1), ("b", 1), ("c", 2))}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(run, name, seed) for name, seed in (("a", 1), ("b", 1), ("c", 2))}
+        runs = {name: future.result() for name, future in futures.items()}
     steps, samples = runs["a"]
     assert_healthy(steps, ["critic/vf_loss", "actor/reward_kl_penalty", "critic/score/mean"])
     assert steps[1]["actor/reward_kl_penalty_coeff"] == pytest.approx(0.001)
@@ -110,45 +113,21 @@ def test_quickstart_same_seed_same_run(tmp_path):
     assert runs["b"][1] == samples
     for step, metrics in steps.items():
         assert "critic/vf_loss" in deterministic(metrics)
-        assert deterministic(runs["b"][0][step]) == pytest.approx(deterministic(metrics), rel=2e-4, abs=1e-5)
+        assert deterministic(runs["b"][0][step]) == deterministic(metrics)
     other = runs["c"][1]
     for step, rows in samples.items():
         assert sorted(r[0] for r in other[step]) == sorted(r[0] for r in rows)  # the same prompts
         assert sorted(r[1] for r in other[step]) != sorted(r[1] for r in rows)  # other responses
 
 
-@pytest.mark.parametrize(
-    ("name", "architecture", "ranks", "extra", "expected"),
-    [
-        ("v1_grpo_gpt2_2ranks", "gpt2", 2, GRPO, ["actor/kl_loss"]),
-        (
-            "legacy_gae_llama_2ranks",
-            "llama",
-            2,
-            ["trainer.use_v1=False"],
-            ["critic/vf_loss", "actor/reward_kl_penalty"],
-        ),
-    ],
-)
-def test_main_ppo_on_cpu(tmp_path, tiny_models, name, architecture, ranks, extra, expected):
-    train, val = build_prompt_files(tmp_path / "data")
-    overrides = quickstart_overrides(tmp_path, tiny_models[architecture], train, val, steps=2)
-    overrides += [
-        *rank_overrides(ranks),
-        f"trainer.experiment_name={name}",
-        *extra,
-    ]
-    steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
-    assert_healthy(steps, expected)
-
-
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_models):
-    """verl's own checkpointing works on CPU: a second run continues at step 3, not step 1."""
+    """The legacy trainer on 2 FSDP ranks (a Llama policy, GAE with a critic, KL in the reward), and verl's own
+    checkpointing on CPU: a second run continues at step 3, not step 1."""
     train, val = build_prompt_files(tmp_path / "data")
-    overrides = quickstart_overrides(tmp_path, tiny_models["qwen2"], train, val, steps=2)
-    overrides += ["trainer.save_freq=1", "trainer.use_v1=False"]
+    overrides = quickstart_overrides(tmp_path, tiny_models["llama"], train, val, steps=2)
+    overrides += ["trainer.save_freq=1", "trainer.use_v1=False", *rank_overrides(2)]
     first = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
-    assert_healthy(first, ["critic/vf_loss"])  # the legacy trainer, 1 rank
+    assert_healthy(first, ["critic/vf_loss", "actor/reward_kl_penalty"])
     checkpoint = tmp_path / "checkpoints"
     assert (checkpoint / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     (tmp_path / "metrics.jsonl").unlink()
@@ -201,7 +180,7 @@ def test_variance_aware_kl_in_reward(tmp_path, tiny_models, trainer, estimator):
     assert steps[2]["variance_kl/reward_variance/max"] > 0
 
 
-@pytest.mark.parametrize(("trainer", "architecture", "ranks"), [("v1", "qwen2", 1), ("legacy", "llama", 2)])
+@pytest.mark.parametrize(("trainer", "architecture", "ranks"), [("v1", "llama", 2), ("legacy", "qwen2", 2)])
 def test_variance_weighted_kl_loss(tmp_path, tiny_models, trainer, architecture, ranks):
     """actor.use_kl_loss with kl_penalty=variance_aware: the workers' KL loss is the driver's weighted KL.
 

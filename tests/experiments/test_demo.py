@@ -74,6 +74,7 @@ def test_bad_input_fails_clearly(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("several_runs")  # never beside another test that runs several verl runs at once
 def test_quick_scale_end_to_end_and_resume(tmp_path):
     """The README's demo at --scale quick: every training run through verl, a complete report, resumable."""
     workdir, assets = tmp_path / "demo", tmp_path / "assets"

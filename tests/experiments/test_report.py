@@ -21,6 +21,7 @@ from verl_variance.experiments.report import (
     proxy_judge_agreement,
     summary_lines,
     trajectory,
+    variance_interval,
     variance_ratio,
     wilson_interval,
     write_report,
@@ -81,7 +82,7 @@ def test_trajectory_sorts_numeric_steps_and_skips_steps_without_the_metric():
 
 def test_bootstrap_ci_is_seeded_and_covers_the_true_mean():
     rng = np.random.default_rng(1)
-    mean = lambda x: x.mean(axis=-1)  # noqa: E731
+    mean = np.mean
     values = rng.normal(0.3, 0.05, 40)
     assert bootstrap_ci(values, mean, 500, seed=7) == bootstrap_ci(values, mean, 500, seed=7)
     assert bootstrap_ci(values, mean, 500, seed=7) != bootstrap_ci(values, mean, 500, seed=8)
@@ -93,7 +94,25 @@ def test_bootstrap_ci_is_seeded_and_covers_the_true_mean():
 
 
 def test_bootstrap_ci_of_fewer_than_two_values_is_none():
-    assert bootstrap_ci([0.5], lambda x: x.mean(axis=-1)) is None
+    assert bootstrap_ci([0.5], np.mean) is None
+
+
+def test_variance_interval_by_hand_and_its_coverage_at_few_policies():
+    values = np.array([0.1, 0.4, 0.35, 0.2, 0.5, 0.3])
+    s2 = values.var(ddof=1)
+    # chi-square quantiles of 5 degrees of freedom, from tables: 0.8312 (2.5%) and 12.8325 (97.5%)
+    assert variance_interval(values) == pytest.approx([5 * s2 / 12.8325, 5 * s2 / 0.8312], rel=1e-4)
+    assert variance_interval([0.3]) is None
+    rng = np.random.default_rng(3)  # six normal "policies" with variance 0.04, 400 times
+    samples = rng.normal(0.3, 0.2, (400, 6))
+    chi_square = np.mean([low <= 0.04 <= high for low, high in map(variance_interval, samples)])
+    bootstrap = np.mean([low <= 0.04 <= high for low, high in (bootstrap_ci(x, _var, 200) for x in samples)])
+    assert chi_square >= 0.93  # nominal 0.95
+    assert bootstrap < 0.8  # why the report does not bootstrap a variance from a handful of policies
+
+
+def _var(x, axis=-1):
+    return np.var(x, axis=axis, ddof=1)
 
 
 def test_wilson_interval_by_hand():
@@ -117,7 +136,8 @@ def test_method_table_against_numpy(runs):
     assert aware["variance_across_policies"]["value"] == pytest.approx(np.var(AWARE_GAINS, ddof=1))
     assert vanilla["gain"]["value"] == pytest.approx(np.mean(VANILLA_GAINS))
     assert vanilla["p_worse"]["value"] == pytest.approx(2 / 6) and vanilla["p_worse"]["n_worse"] == 2
-    assert vanilla["p_worse"]["wilson95"] == pytest.approx(wilson_interval(2, 6))
+    assert vanilla["p_worse"]["ci95"] == pytest.approx(wilson_interval(2, 6))
+    assert vanilla["variance_across_policies"]["ci95"] == pytest.approx(variance_interval(judge))
     assert aware["p_worse"]["value"] == pytest.approx(1 / 5)
     assert vanilla["final_kl"]["value"] == pytest.approx(1.3) and aware["final_kl"]["value"] == pytest.approx(1.2)
     for row in (vanilla, aware):
@@ -197,7 +217,7 @@ def test_single_policy_per_method_gives_none_not_nan():
     for method in ("vanilla", "variance_aware"):
         row = report["table"][method]
         assert row["variance_across_policies"] == {"value": None, "ci95": None}
-        assert row["judge_reward"]["ci95"] is None and row["p_worse"]["wilson95"] is None
+        assert row["judge_reward"]["ci95"] is None and row["p_worse"]["ci95"] is None
     assert report["table"]["variance_aware"]["p_worse"]["value"] == 1.0
     json.dumps(report, allow_nan=False)
     assert any("n/a" in line for line in summary_lines(report))

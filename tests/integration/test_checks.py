@@ -36,19 +36,31 @@ def _main_ppo(*overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("case", "message"),
     [
-        (["actor_rollout_ref.rollout.name=vllm"], "actor_rollout_ref.rollout.name=vllm needs a GPU"),
-        ([], "actor_rollout_ref.model.path='/nonexistent/model' does not exist"),
+        ("vllm_on_cpu", "actor_rollout_ref.rollout.name=vllm needs a GPU"),
+        ("missing_model", "actor_rollout_ref.model.path='/nonexistent/model' does not exist"),
+        ("one_head_ensemble", "has 1 reward head: an ensemble of one head has no variance"),
     ],
 )
-def test_main_ppo_fails_before_ray_starts(tiny_models, overrides, message):
-    model = "/nonexistent/model" if not overrides else str(tiny_models["qwen2"])
-    result = _main_ppo(f"actor_rollout_ref.model.path={model}", f"critic.model.path={tiny_models['qwen2']}", *overrides)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert message in output
-    assert "ray init kwargs" not in output  # failed in the driver's config validation, not in a worker
+def test_main_ppo_fails_before_ray_starts_with_the_message_alone(tiny_models, tmp_path, case, message):
+    """The user's mistake is one line on stderr (no traceback), and Ray never starts."""
+    from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
+
+    model = "/nonexistent/model" if case == "missing_model" else str(tiny_models["qwen2"])
+    overrides = [f"actor_rollout_ref.model.path={model}", f"critic.model.path={tiny_models['qwen2']}"]
+    if case == "vllm_on_cpu":
+        overrides.append("actor_rollout_ref.rollout.name=vllm")
+    if case == "one_head_ensemble":
+        one_head = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=1))
+        overrides += ["reward.reward_manager.name=ensemble", f"ensemble_reward.model_path={one_head}",
+                      "reward.custom_reward_function.path=null"]  # fmt: skip
+    result = _main_ppo(*overrides)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("verl-variance: ") and message in last
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "ray init kwargs" not in result.stdout  # failed in the driver's config validation, not in a worker
 
 
 def _methods_config(**groups):

@@ -10,6 +10,7 @@ from verl.workers.config import FSDPActorConfig
 
 from verl_variance.core.config import VarianceKLConfig
 from verl_variance.core.kl import kl_weight
+from verl_variance.integration import compat
 from verl_variance.integration.checks import check_kl_config
 from verl_variance.integration.kl_loss import attach_kl_weights, uses_variance_kl_loss
 
@@ -57,7 +58,7 @@ def loss_and_grad(loss_fn, config, weights, kl_type="low_var_kl"):
 
 
 def test_the_workers_use_the_wrapped_loss():
-    assert engine_workers.ppo_loss.__verl_variance_wrapped__
+    assert hasattr(engine_workers.ppo_loss, compat.PATCHED_MARK)
     assert engine_workers.ppo_loss.__wrapped__.__module__ == "verl.workers.utils.losses"
 
 

@@ -2,12 +2,14 @@
 
 import json
 import textwrap
+import types
 
 import pytest
 
-from tests.conftest import run_python
+from tests.conftest import free_port, run_python
 from verl_variance.integration import compat
-from verl_variance.integration.patches import dedupe_backend
+from verl_variance.integration.doctor import run_probe
+from verl_variance.integration.patches import content_order, dedupe_backend
 
 EXPECTED_PATCHES = {
     "early_config_checks",
@@ -22,6 +24,7 @@ EXPECTED_PATCHES = {
     "hf_rollout_adapter",
     "hf_rollout_replica",
     "v1_cpu_poll_interval",
+    "v1_cpu_batch_order",
     "variance_aware_kl_in_reward",
     "variance_aware_kl_v1",
     "estimators_and_policy_losses",
@@ -123,18 +126,29 @@ def test_dedupe_backend(backend, expected):
     assert dedupe_backend(backend) == expected
 
 
+def test_content_order_depends_on_the_samples_not_on_their_arrival():
+    prompts = [[5, 1], [3], [5, 1], [3, 9]]
+    responses = [[2], [7, 7], [1, 4], [0]]
+    order = content_order(prompts, responses)
+    expected = [([3], [7, 7]), ([3, 9], [0]), ([5, 1], [1, 4]), ([5, 1], [2])]
+    assert [(prompts[i], responses[i]) for i in order] == expected
+    shuffled = [2, 0, 3, 1]  # the same batch arriving in another order sorts to the same samples
+    again = content_order([prompts[i] for i in shuffled], [responses[i] for i in shuffled])
+    assert [shuffled[i] for i in again] == order
+
+
 def test_gloo_process_group_initialises_through_verl_on_cpu():
     code = textwrap.dedent(
         """
         import os
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", RANK="0", WORLD_SIZE="1")
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"], RANK="0", WORLD_SIZE="1")
         import torch.distributed as dist
         from verl.utils.distributed import initialize_global_process_group_ray
         initialize_global_process_group_ray()
         print(dist.get_backend())
         """
     )
-    result = run_python(code, env={"VERL_PLATFORM": "cpu"})
+    result = run_python(code, env={"VERL_PLATFORM": "cpu", "TEST_PORT": str(free_port())})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "cpu:gloo"
 
@@ -145,6 +159,72 @@ def test_check_signature_rejects_a_changed_api():
 
     with pytest.raises(compat.VerlVarianceError, match=r"signature \['config', 'use_reference_policy'\]"):
         compat.check_signature(target, ["config", "use_reference_policy", "use_critic"], "verl.x.target")
+
+
+class Target:
+    """Stands in for a verl class that a patch wraps."""
+
+    def step(self, batch, metrics, prefix="x"):
+        return (batch, metrics, prefix)
+
+
+def _passthrough(original):
+    def step(self, batch, *args, **kwargs):
+        return ("patched", *original(self, batch, *args, **kwargs))
+
+    return step
+
+
+def test_patch_replaces_records_and_is_idempotent(monkeypatch):
+    monkeypatch.setattr(compat, "STATUS", compat.PluginStatus())
+    owner = type("Owner", (Target,), {"__module__": "verl.fake"})
+    compat.patch(owner, "step")(_passthrough)
+    assert owner().step(1, 2) == ("patched", 1, 2, "x")
+    compat.patch(owner, "step")(_passthrough)  # a second install keeps the first: not patched twice
+    assert owner().step(1, 2) == ("patched", 1, 2, "x")
+    assert compat.STATUS.patched_attributes == ["verl.fake.Owner.step"]
+    assert getattr(owner.step, compat.PATCHED_MARK) is Target.step
+
+
+@pytest.mark.parametrize(
+    ("replacement", "options", "match"),
+    [  # a replacement that names the original's parameters must name all of them, in order
+        (lambda original: lambda self, batch, metrics: None, {}, r"\['self', 'batch', 'metrics', 'prefix'\], expected"),
+        # one that passes the rest on (*args) must agree on the ones it names
+        (lambda original: lambda self, data, *args: None, {}, r"expected \['self', 'data', '...'\]"),
+        (_passthrough, {"requires": ["poll_interval"]}, r"expected .*\(with poll_interval\)"),
+        (_passthrough, {"versions": ("pytest", compat.SpecifierSet("<1"))}, r"pytest \S+ is outside .* pip install"),
+    ],
+)
+def test_patch_refuses_an_attribute_it_was_not_written_for(monkeypatch, replacement, options, match):
+    monkeypatch.setattr(compat, "STATUS", compat.PluginStatus())
+    owner = type("Owner", (Target,), {})
+    with pytest.raises(compat.VerlVarianceError, match=match):
+        compat.patch(owner, "step", **options)(replacement)
+    assert owner.step is Target.step and compat.STATUS.patched_attributes == []
+
+
+def test_register_entry_adds_to_a_private_mapping_once(monkeypatch):
+    monkeypatch.setattr(compat, "STATUS", compat.PluginStatus())
+    module = types.ModuleType("verl.fake_registry")
+    module.REGISTRY = {"old": 1}
+    compat.register_entry(module, "REGISTRY", "new", 2)
+    compat.register_entry(module, "REGISTRY", "old", 3)  # an entry already there is kept
+    assert module.REGISTRY == {"old": 1, "new": 2}
+    assert compat.STATUS.patched_attributes == ["verl.fake_registry.REGISTRY['new']"]
+    module.REGISTRY = None
+    with pytest.raises(compat.VerlVarianceError, match="REGISTRY is not a mapping"):
+        compat.register_entry(module, "REGISTRY", "new", 2)
+
+
+def test_every_replaced_attribute_is_listed_by_doctor():
+    report = run_probe()
+    attributes = report["verl_variance"]["patched_attributes"]
+    for where in ("verl.trainer.ppo.v1.trainer_base.PPOTrainer._balance_batch",
+                  "transformers.modeling_utils.PreTrainedModel._check_and_adjust_attn_implementation",
+                  "verl.workers.engine_workers.ppo_loss", "verl.utils.config.validate_config"):  # fmt: skip
+        assert where in attributes
+    assert len(attributes) == len(set(attributes)) >= 20
 
 
 def test_when_imported_runs_once_and_records_failures(monkeypatch):

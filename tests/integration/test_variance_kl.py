@@ -8,7 +8,7 @@ from verl import DataProto
 from verl.trainer.ppo import core_algos, ray_trainer
 
 from verl_variance.integration import variance_kl
-from verl_variance.integration.checks import ConfigError, check_kl_config
+from verl_variance.integration.checks import ConfigError, check_kl_config, check_trainer_config
 
 BS, T = 6, 5
 
@@ -159,6 +159,30 @@ def test_grpo_variance_kl_without_the_penalty_fails_clearly():
         variance_kl.grpo_variance_kl_advantage(torch.zeros(2, 3), torch.ones(2, 3), index=np.array(["a", "a"]))
 
 
+VARIANCES = [1.0, 4.0, 0.0, 9.0, 1.0, 2.0]
+KL_MODE = "variance_aware"
+
+
+def test_grpo_variance_kl_never_reuses_a_stale_penalty():
+    """A penalty of the same shape left from another batch (or already used) is refused, not reused."""
+    from verl_variance.integration.compat import VerlVarianceError
+
+    variance_kl.activate({"algorithm": {"kl_penalty": "variance_aware", "adv_estimator": "grpo_variance_kl"}})
+    try:
+        data, _ = ray_trainer.apply_kl_penalty(make_batch(VARIANCES), core_algos.FixedKLController(0.1), KL_MODE)
+        rewards, index = data.batch["token_level_rewards"], np.array(["a", "a", "b", "b", "c", "c"], dtype=object)
+        mask = data.batch["response_mask"]
+        with pytest.raises(VerlVarianceError, match="variance-weighted KL of these rewards"):  # another batch
+            variance_kl.grpo_variance_kl_advantage(rewards.clone(), mask, index=index)
+        data, _ = ray_trainer.apply_kl_penalty(make_batch(VARIANCES), core_algos.FixedKLController(0.1), KL_MODE)
+        rewards = data.batch["token_level_rewards"]
+        variance_kl.grpo_variance_kl_advantage(rewards, mask, index=index)
+        with pytest.raises(VerlVarianceError, match="variance-weighted KL of these rewards"):  # already used
+            variance_kl.grpo_variance_kl_advantage(rewards, mask, index=index)
+    finally:
+        variance_kl.activate({})
+
+
 def test_missing_variance_names_the_key_and_the_fix(config):
     config()
     with pytest.raises(variance_kl.MissingRewardVarianceError) as error:
@@ -198,7 +222,8 @@ def _trainer_config(**algorithm):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (_trainer_config(kl_penalty="variance"), r"algorithm.kl_penalty='variance' is unknown; valid: \["),
+        (_trainer_config(kl_penalty="variance-aware"), r"kl_penalty='variance-aware': did you mean variance_aware\?"),
+        (_trainer_config(kl_penalty="varience_aware"), r"kl_penalty='varience_aware': did you mean variance_aware\?"),
         (_trainer_config(use_kl_in_reward=False), "set algorithm.use_kl_in_reward=True"),
         (_trainer_config(kl_ctrl={"kl_coef": -0.1}), "kl_coef=-0.1 is negative"),
         (OmegaConf.merge(_trainer_config(), {"variance_kl": {"weighting": "sd"}}), "variance_kl.weighting='sd'"),
@@ -212,3 +237,34 @@ def _trainer_config(**algorithm):
 def test_config_errors_before_training(config, message):
     with pytest.raises(ConfigError, match=message):
         check_kl_config(config)
+
+
+TRAINER_REST = {  # the rest of a stock GPU run's config that the early checks read
+    "trainer": {"device": "cuda"},
+    "actor_rollout_ref": {"rollout": {"name": "vllm"}, "model": {"path": "Qwen/Qwen2.5-0.5B-Instruct"}},
+    "critic": {"enable": False},
+}
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [*(name + plus for name in ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3") for plus in ("", "+")),
+     "my_registered_kl"],  # fmt: skip
+)
+def test_kl_penalties_that_are_not_ours_pass_untouched(estimator, monkeypatch):
+    """Installed but not opted in: every kl_penalty verl 0.9.1 accepts, and one a user added to verl's
+    estimator, passes the early checks with its config unchanged (even with settings ours would refuse)."""
+    forward = core_algos.kl_penalty_forward
+
+    def with_mine(logprob, ref_logprob, kl_penalty):  # a user's own estimator, as a user would add it
+        mine = kl_penalty == "my_registered_kl"
+        return (logprob - ref_logprob) ** 4 if mine else forward(logprob, ref_logprob, kl_penalty)
+
+    monkeypatch.setattr(core_algos, "kl_penalty_forward", with_mine)
+    config = _trainer_config(kl_penalty=estimator, use_kl_in_reward=False, kl_ctrl={"kl_coef": -0.1})
+    before = OmegaConf.to_container(config)
+    check_trainer_config(OmegaConf.merge(config, TRAINER_REST))
+    check_kl_config(config)
+    assert OmegaConf.to_container(config) == before
+    old, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    assert torch.isfinite(core_algos.kl_penalty(old, ref, estimator)).all()  # and verl computes it

@@ -5,24 +5,18 @@ refused before any process starts."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests.conftest import free_port
 from tests.recipes.conftest import RECIPES, recipe_env, run_recipe
 from tests.reward_model.synthetic import PROMPT, synthetic_pairs
 from verl_variance.experiments.recipes import RecipeError, check_reward_model
 
 GEMMA = RECIPES / "gemma_ensemble_rm"
 SUBSETS = ("alpacaeval-easy", "mt-bench-hard", "refusals-dangerous", "math-prm")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def printed_config(stdout: str) -> dict:

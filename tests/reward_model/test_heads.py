@@ -1,5 +1,6 @@
 """Stage 1 and stage 2 on synthetic preferences with a known true reward."""
 
+import math
 import random
 
 import pytest
@@ -11,6 +12,7 @@ from verl_variance.reward_model.data import encode_pairs, encode_texts, sequence
 from verl_variance.reward_model.features import head_rewards, last_token_features
 from verl_variance.reward_model.heads import (
     HeadTrainingConfig,
+    adamw,
     head_order,
     init_heads,
     set_score_heads,
@@ -157,3 +159,17 @@ def test_config_defaults_follow_table_4_and_unknown_keys_fail():
     assert (config.num_heads, config.target_loss, config.lr_scheduler) == (10, 0.2, "cosine")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr'\].*valid keys: \['num_heads', 'learning_rate'"):
         HeadTrainingConfig.from_dict({"lr": 1e-3})
+
+
+@pytest.mark.parametrize(("scheduler", "factor"), [("cosine", lambda t: 0.5 * (1 + math.cos(math.pi * t / 4))),
+                                                   ("constant", lambda t: 1.0)])  # fmt: skip
+def test_learning_rate_schedule_over_the_steps(scheduler, factor):
+    """Table 4's cosine decay from the learning rate to 0 over the run, no warm-up; or a constant rate."""
+    config = HeadTrainingConfig(learning_rate=0.2, lr_scheduler=scheduler)
+    optimizer, schedule = adamw(torch.nn.Linear(2, 1), config, steps=4)
+    seen = []
+    for _ in range(5):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert seen == pytest.approx([0.2 * factor(t) for t in range(5)], abs=1e-12)

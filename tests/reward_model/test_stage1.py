@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 
 import pytest
 import torch
+import wandb
 
 from tests.reward_model.conftest import load
 from tests.reward_model.synthetic import synthetic_pairs
@@ -210,6 +211,7 @@ def test_wandb_tracker_logs_the_run_under_verls_project_and_experiment_names(tin
     model, tokenizer = load(tiny_rm(1))
     config = replace(CONFIG, max_steps=2, logger=["wandb"], project_name="rm_project_x", experiment_name="stage1_run_y")
     train_stage1(model, tokenizer, pairs["train"], config, tmp_path / "checkpoints")
+    wandb.teardown()  # stopping wandb's service flushes the run's log file (CI once read it half-written)
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     record = runs[0].read_bytes()  # wandb's binary log: the names and metric keys are stored as text

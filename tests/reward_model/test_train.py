@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from tests.reward_model.synthetic import synthetic_pairs
-from verl_variance.reward_model.checkpoint import data_hash, load_ensemble
+from verl_variance.reward_model.checkpoint import data_hash, load_backbone, load_ensemble
 from verl_variance.reward_model.heads import HeadTrainingConfig
 from verl_variance.reward_model.stage1 import Stage1Config
 from verl_variance.reward_model.train import (
     TrainRMConfig,
     build_config,
-    load_backbone,
     load_pairs,
     record_differences,
     run_train_rm,

@@ -16,11 +16,11 @@ KL_MODE = "variance_aware"
 """The value of ``algorithm.kl_penalty`` that turns on variance-aware KL."""
 
 VERL_KL_ESTIMATORS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
-"""verl 0.9's per-token KL estimators (each also with a "+" straight-through suffix, except mse/k2)."""
+"""verl 0.9's per-token KL estimators (each also with a "+" straight-through suffix)."""
 
 
 def valid_kl_estimators() -> tuple[str, ...]:
-    return VERL_KL_ESTIMATORS + tuple(f"{name}+" for name in VERL_KL_ESTIMATORS if name not in ("mse", "k2"))
+    return VERL_KL_ESTIMATORS + tuple(f"{name}+" for name in VERL_KL_ESTIMATORS)
 
 
 def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str):

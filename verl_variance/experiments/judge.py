@@ -177,7 +177,7 @@ class SequenceClassifierJudge:
     """
 
     def __init__(self, path: str, prompt_format: str = "chat", batch_size: int = 8, max_length: int = 1024) -> None:
-        from verl_variance.reward_model.analysis import load_reward_model
+        from verl_variance.reward_model.checkpoint import load_reward_model
 
         if prompt_format not in ("chat", "text"):
             raise ValueError(f"judge prompt format {prompt_format!r}: expected 'chat' or 'text'")

@@ -14,10 +14,12 @@ Input: one dict per trained policy (the orchestrator builds them)::
      "judge_reference": [float, ...],  # (n_prompts,) judge score of the reference's response to each prompt
      "judge_final": [float, ...]}      # (n_prompts,) same prompts, the trained policy's responses
 
-Confidence intervals are 95% percentile bootstraps over policies (over prompts for the reference),
-seeded, so the same runs give the same report. A method with fewer than 2 policies has no variance
+95% intervals, valid at the few policies of a CPU study (``INTERVALS``): a seeded percentile bootstrap
+over policies for means (over prompts for the reference), chi-square for the variance across policies,
+Wilson for the fraction worse than the reference, F for the variance ratio; the same runs give the same
+report. A method with fewer than 2 policies has no variance
 and no intervals: those fields are ``None`` (never NaN), so ``report.json`` stays strict JSON.
-numpy, scipy (the F interval and tests, Spearman) and matplotlib (Agg canvas, no pyplot state): no verl, no torch.
+numpy, scipy (intervals, tests, Spearman) and matplotlib (Agg canvas, no pyplot state): no verl, no torch.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 METHODS = ("vanilla", "variance_aware")
 METHOD_LABELS = {"vanilla": "vanilla PPO", "variance_aware": "variance-aware PPO"}
@@ -46,7 +49,6 @@ another scale: compare the ordering of means and variances, not the values."""
 
 _COLORS = {"reference": "indigo", "vanilla": "tab:cyan", "variance_aware": "tab:red"}
 _TRAJECTORY_COLORS = {"vanilla": "tab:green", "variance_aware": "tab:blue"}  # Figures 10-11
-_Z_95 = 1.959963984540054  # Φ⁻¹(0.975)
 
 
 # --- validation of one run ----------------------------------------------------------------------
@@ -115,50 +117,66 @@ def final_value(run: dict[str, Any], metric: str) -> float:
 # --- statistics ---------------------------------------------------------------------------------
 
 
+INTERVALS = {
+    "means": "percentile bootstrap over policies (scipy.stats.bootstrap; over prompts for the reference)",
+    "variance_across_policies": "chi-square, exact for normal per-policy rewards",
+    "p_worse": "Wilson score (scipy.stats.binomtest)",
+    "variance_ratio": "F distribution",
+}
+"""Which 95% interval each kind of statistic gets: valid at the 2-8 policies per method of a CPU study
+(a percentile bootstrap of a variance or a fraction from so few values is degenerate)."""
+
+
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
-    statistic: Callable[[np.ndarray], np.ndarray],
+    statistic: Callable[..., np.ndarray],
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
 ) -> list[float] | None:
-    """Percentile bootstrap interval [lo, hi] of ``statistic`` over the samples ``values``.
+    """Percentile bootstrap interval [lo, hi] of ``statistic`` over the samples ``values`` (scipy.stats.bootstrap).
 
-    values: (n,). statistic: maps resamples (n_boot, n) to (n_boot,) along the last axis (e.g.
-    ``lambda x: x.mean(axis=-1)``). Resample indices come from ``numpy.random.default_rng(seed)``, so
-    the same input gives the same interval. Returns None when n < 2 (no spread to resample).
+    values: (n,). statistic: ``statistic(x, axis=-1)`` reduces resamples (n_boot, n) to (n_boot,) (e.g.
+    ``np.mean``). Resamples come from ``numpy.random.default_rng(seed)``, so the same input gives the same
+    interval. Returns None when n < 2 (no spread to resample).
     """
     values = np.asarray(values, dtype=float)
     if n_boot < 1:
         raise ValueError(f"bootstrap_ci: n_boot={n_boot}; expected at least 1 resample")
     if values.size < 2:
         return None
-    indices = np.random.default_rng(seed).integers(0, values.size, size=(n_boot, values.size))
-    tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.percentile(statistic(values[indices]), [tail, 100.0 - tail])
-    return [float(low), float(high)]
+    result = stats.bootstrap(
+        (values,), statistic, n_resamples=n_boot, confidence_level=level, method="percentile",
+        rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
-def wilson_interval(successes: int, n: int, z: float = _Z_95) -> list[float]:
-    """Wilson score interval [lo, hi] of a proportion p̂ = successes / n (95% for z = 1.96).
+def variance_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> list[float] | None:
+    """Chi-square interval [lo, hi] of the variance behind the samples ``values`` (n,), exact for normal values.
 
-    center = (p̂ + z²/2n) / (1 + z²/n),  half-width = z · sqrt(p̂(1 − p̂)/n + z²/4n²) / (1 + z²/n).
+    (n − 1)s² / σ² ~ χ²(n − 1), so [(n − 1)s² / χ²_{1−α/2}, (n − 1)s² / χ²_{α/2}] with α = 1 − level.
+    Returns None when n < 2.
     """
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return None
+    dof = values.size - 1
+    scaled = dof * values.var(ddof=1)
+    tail = (1.0 - level) / 2.0
+    return [float(scaled / stats.chi2.ppf(1.0 - tail, dof)), float(scaled / stats.chi2.ppf(tail, dof))]
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> list[float]:
+    """Wilson score interval [lo, hi] of a proportion successes / n (scipy's ``binomtest(...).proportion_ci``)."""
     if n < 1 or not 0 <= successes <= n:
         raise ValueError(f"wilson_interval: need 0 <= successes <= n and n >= 1, got {successes} of {n}")
-    p = successes / n
-    denominator = 1.0 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denominator
-    return [max(0.0, center - half), min(1.0, center + half)]
+    interval = stats.binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
+    return [float(interval.low), float(interval.high)]
 
 
-def _mean(samples: np.ndarray) -> np.ndarray:
-    return samples.mean(axis=-1)
-
-
-def _variance(samples: np.ndarray) -> np.ndarray:
-    return samples.var(axis=-1, ddof=1)
+def _variance(samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.var(samples, axis=axis, ddof=1)
 
 
 def policy_summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -199,8 +217,8 @@ def policy_summary(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _stat(values: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], n_boot: int, seed: int) -> dict:
-    return {"value": float(statistic(values)), "ci95": bootstrap_ci(values, statistic, n_boot, seed)}
+def _mean_stat(values: np.ndarray, n_boot: int, seed: int) -> dict:
+    return {"value": float(values.mean()), "ci95": bootstrap_ci(values, np.mean, n_boot, seed)}
 
 
 def _method_row(summaries: list[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
@@ -210,18 +228,19 @@ def _method_row(summaries: list[dict[str, Any]], n_boot: int, seed: int) -> dict
     n = len(summaries)
     return {
         "n_policies": n,
-        "judge_reward": _stat(judge, _mean, n_boot, seed),
-        "variance_across_policies": (
-            _stat(judge, _variance, n_boot, seed) if n >= 2 else {"value": None, "ci95": None}
-        ),
-        "gain": _stat(gain, _mean, n_boot, seed),
-        "p_worse": {
-            **_stat(worse, _mean, n_boot, seed),
-            "n_worse": int(worse.sum()),
-            "wilson95": wilson_interval(int(worse.sum()), n) if n >= 2 else None,
+        "judge_reward": _mean_stat(judge, n_boot, seed),
+        "variance_across_policies": {
+            "value": float(_variance(judge)) if n >= 2 else None,
+            "ci95": variance_interval(judge),
         },
-        "final_kl": _stat(np.array([s["final_kl"] for s in summaries]), _mean, n_boot, seed),
-        "final_proxy_reward": _stat(np.array([s["final_proxy_reward"] for s in summaries]), _mean, n_boot, seed),
+        "gain": _mean_stat(gain, n_boot, seed),
+        "p_worse": {
+            "value": float(worse.mean()),
+            "n_worse": int(worse.sum()),
+            "ci95": wilson_interval(int(worse.sum()), n) if n >= 2 else None,
+        },
+        "final_kl": _mean_stat(np.array([s["final_kl"] for s in summaries]), n_boot, seed),
+        "final_proxy_reward": _mean_stat(np.array([s["final_proxy_reward"] for s in summaries]), n_boot, seed),
     }
 
 
@@ -240,7 +259,7 @@ def _reference_row(runs: list[dict[str, Any]], n_boot: int, seed: int) -> dict[s
         "n_runs": len(runs),
         "n_evaluations": len(matrix),
         "n_prompts": int(per_prompt.size),
-        "judge_reward": _stat(per_prompt, _mean, n_boot, seed),
+        "judge_reward": _mean_stat(per_prompt, n_boot, seed),
         "variance_across_runs": float(per_evaluation.var(ddof=1)) if len(matrix) >= 2 else None,
     }
 
@@ -250,10 +269,11 @@ def method_table(runs: list[dict[str, Any]], n_boot: int = 2000, seed: int = 0) 
 
     Method row, over its n policies (values of ``policy_summary``): ``n_policies``; ``judge_reward``
     (mean of per-policy judge reward); ``variance_across_policies`` (of per-policy judge reward,
-    ddof=1; value None when n < 2); ``gain`` (mean gain over the reference); ``p_worse`` (fraction of
-    policies with gain < 0, with ``n_worse`` and a Wilson interval ``wilson95``); ``final_kl``;
-    ``final_proxy_reward``. Each statistic is {"value", "ci95": [lo, hi] percentile bootstrap over
-    policies (``n_boot`` resamples, ``seed``) or None when n < 2}.
+    ddof=1); ``gain`` (mean gain over the reference); ``p_worse`` (fraction of policies with gain < 0,
+    and ``n_worse``); ``final_kl``; ``final_proxy_reward``. Each statistic is {"value", "ci95": [lo, hi]}
+    with the interval ``INTERVALS`` names for it (means: percentile bootstrap over policies, ``n_boot``
+    resamples, ``seed``; the variance: chi-square; p_worse: Wilson); value and interval are None where
+    n < 2 leaves nothing to estimate.
 
     Reference row: ``judge_reward`` = mean over prompts of the per-prompt reference score averaged
     across its distinct evaluations (runs that read one shared validation count once), with a bootstrap
@@ -321,8 +341,6 @@ def variance_ratio(policies: list[dict[str, Any]], alpha: float = 0.05) -> dict[
     rewards). ``conclusion``: one sentence, whatever the interval says. None with < 2 policies per method or
     a zero vanilla variance.
     """
-    from scipy import stats
-
     rewards = {method: np.array([p["judge_reward"] for p in policies if p["method"] == method]) for method in METHODS}
     vanilla, aware = (rewards[method] for method in METHODS)
     if min(vanilla.size, aware.size) < 2 or vanilla.var(ddof=1) == 0:
@@ -390,8 +408,6 @@ def proxy_judge_agreement(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     reference (it did not validate the reference itself); ``spearman`` is the mean of the defined ones (None if
     there is none). None if no run has the proxy scores.
     """
-    from scipy.stats import spearmanr  # scipy comes with the demo extra (scikit-learn)
-
     if not any(run.get("proxy_reference") for run in runs):
         return None
     per_run = []
@@ -400,7 +416,7 @@ def proxy_judge_agreement(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             per_run.append(None)
             continue
         constant = min(np.ptp(run["proxy_reference"]), np.ptp(run["judge_reference"])) == 0
-        per_run.append(None if constant else float(spearmanr(run["proxy_reference"], run["judge_reference"]).statistic))
+        per_run.append(None if constant else float(stats.spearmanr(run["proxy_reference"], run["judge_reference"])[0]))
     defined = [value for value in per_run if value is not None]
     return {"spearman": float(np.mean(defined)) if defined else None, "per_run": per_run}
 
@@ -447,20 +463,12 @@ def _format(stat: dict[str, Any] | None, digits: int = 3) -> str:
     return text
 
 
-def _format_p_worse(stat: dict[str, Any]) -> str:
-    text = _format(stat, 2)
-    if stat["wilson95"] is not None:
-        low, high = stat["wilson95"]
-        text += f"; Wilson [{low:.2f}, {high:.2f}]"
-    return text
-
-
 def _markdown(report: dict[str, Any]) -> str:
     table, match = report["table"], report["kl_match"]
     reference = table["reference"]
     header = (
         "| | policies | judge reward [95% CI] | variance across policies [95% CI] | gain over reference [95% CI] "
-        "| P(worse than reference) [bootstrap; Wilson] | final KL [95% CI] | final proxy reward [95% CI] |"
+        "| P(worse than reference) [95% CI] | final KL [95% CI] | final proxy reward [95% CI] |"
     )
     variance = reference["variance_across_runs"]
     lines = [
@@ -477,13 +485,14 @@ def _markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {METHOD_LABELS[method]} | {row['n_policies']} | {_format(row['judge_reward'])} "
                 f"| {_format(row['variance_across_policies'], 4)} | {_format(row['gain'])} "
-                f"| {_format_p_worse(row['p_worse'])} | {_format(row['final_kl'])} "
+                f"| {_format(row['p_worse'], 2)} | {_format(row['final_kl'])} "
                 f"| {_format(row['final_proxy_reward'])} |"
             )
     ratio = "n/a" if match["ratio"] is None else f"{match['ratio']:.3f}"
     lines += [
         "",
-        f"Reference: {reference['n_prompts']} held-out prompts; interval from a bootstrap over prompts.",
+        f"Reference: {reference['n_prompts']} held-out prompts.",
+        "95% intervals: " + "; ".join(f"{kind.replace('_', ' ')}: {how}" for kind, how in INTERVALS.items()) + ".",
         f"KL match: variance-aware / vanilla mean final KL = {match['variance_aware_final_kl']:.4f} / "
         f"{match['vanilla_final_kl']:.4f} = {ratio} (tolerance ×{match['tolerance']:g}): "
         f"{'matched' if match['matched'] else 'NOT matched'}.",
@@ -528,7 +537,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             lines.append(
                 f"  {METHOD_LABELS[method]:>18}: n={row['n_policies']} judge={_format(row['judge_reward'])} "
                 f"var={_format(row['variance_across_policies'], 4)} gain={_format(row['gain'])} "
-                f"P(worse)={_format_p_worse(row['p_worse'])} KL={_format(row['final_kl'])}"
+                f"P(worse)={_format(row['p_worse'], 2)} KL={_format(row['final_kl'])}"
             )
     ratio = "n/a" if match["ratio"] is None else f"{match['ratio']:.3f}"
     lines.append(f"  KL ratio aware/vanilla={ratio} (tolerance ×{match['tolerance']:g}) matched={match['matched']}")

@@ -6,6 +6,7 @@ would accept and then fail on minutes later inside a Ray worker (or hang on).
 
 from __future__ import annotations
 
+import difflib
 import os
 
 from verl_variance.integration.compat import VerlVarianceError
@@ -18,8 +19,9 @@ class ConfigError(VerlVarianceError, ValueError):
 
 
 def _looks_local(path: str) -> bool:
-    """Absolute, relative or home paths, and anything with two or more slashes, are local folders."""
-    return path.startswith(("/", "./", "../", "~")) or path.count("/") >= 2
+    """Absolute, relative or home paths, and anything with two or more slashes, are local folders; URIs
+    (``hdfs://...``, which verl copies to a local folder itself) are not."""
+    return "://" not in path and (path.startswith(("/", "./", "../", "~")) or path.count("/") >= 2)
 
 
 def check_model_path(path: str | None, key: str) -> None:
@@ -44,17 +46,17 @@ def check_cpu_rollout(device: str, rollout_name: str) -> None:
 
 
 def check_kl_config(config) -> None:
-    """``algorithm.kl_penalty`` is a known estimator or ``variance_aware`` (with its settings valid)."""
-    from verl_variance.core.config import KL_MODE, VarianceKLConfig, valid_kl_estimators
+    """``algorithm.kl_penalty=variance_aware`` and ``adv_estimator=grpo_variance_kl``: their settings are valid.
+
+    Any other ``kl_penalty`` passes untouched (verl's estimators, their ``+`` variants, one a user added to
+    verl), except a near-miss of ``variance_aware``, which is refused with the right spelling.
+    """
+    from verl_variance.core.config import KL_MODE, VarianceKLConfig
 
     algorithm = config.algorithm
     mode = algorithm.get("kl_penalty", "kl")
-    valid = (*valid_kl_estimators(), KL_MODE)
-    if mode not in valid:
-        raise ConfigError(f"algorithm.kl_penalty={mode!r} is unknown; valid: {list(valid)}")
-    coef = algorithm.get("kl_ctrl", {}).get("kl_coef", 0.0)
-    if coef is not None and coef < 0:
-        raise ConfigError(f"algorithm.kl_ctrl.kl_coef={coef} is negative: beta must be >= 0")
+    if mode != KL_MODE and difflib.get_close_matches(str(mode).replace("-", "_"), [KL_MODE], n=1, cutoff=0.75):
+        raise ConfigError(f"algorithm.kl_penalty={mode!r}: did you mean {KL_MODE}? (verl-variance's KL mode)")
     if algorithm.get("adv_estimator") == "grpo_variance_kl" and not (
         mode == KL_MODE and algorithm.get("use_kl_in_reward", False)
     ):
@@ -64,6 +66,9 @@ def check_kl_config(config) -> None:
         )
     if mode != KL_MODE:
         return
+    coef = algorithm.get("kl_ctrl", {}).get("kl_coef", 0.0)
+    if coef is not None and coef < 0:
+        raise ConfigError(f"algorithm.kl_ctrl.kl_coef={coef} is negative: beta must be >= 0")
     use_kl_loss = config.get("actor_rollout_ref", {}).get("actor", {}).get("use_kl_loss", False)
     if not (algorithm.get("use_kl_in_reward", False) or use_kl_loss):
         raise ConfigError(
@@ -109,10 +114,29 @@ def check_variance_methods(config) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def check_ensemble_reward(config) -> None:
+    """``reward.reward_manager.name=ensemble``: its settings parse, and its reward model (``config.json`` only)
+    has the heads they need; a local folder for in-process scoring (a hub id is left to verl's reward server)."""
+    from verl_variance.core.config import EnsembleRewardConfig
+    from verl_variance.integration.ensemble_reward import MANAGER_NAME, check_reward_model_folder, resolve_model_path
+
+    reward = config.get("reward") or {}
+    if (reward.get("reward_manager") or {}).get("name") != MANAGER_NAME:
+        return
+    try:
+        settings = EnsembleRewardConfig.from_trainer_config(config)
+        path = resolve_model_path(config, settings)
+        if not (reward.get("reward_model") or {}).get("enable", False) or _looks_local(path):
+            check_reward_model_folder(os.path.expanduser(path), settings)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def check_trainer_config(config) -> None:
     """All early checks on a full ``ppo_trainer`` config (an OmegaConf DictConfig)."""
     check_kl_config(config)
     check_variance_methods(config)
+    check_ensemble_reward(config)
     device = config.trainer.get("device", "cuda")
     check_cpu_rollout(device, config.actor_rollout_ref.rollout.name)
     check_model_path(config.actor_rollout_ref.model.get("path"), "actor_rollout_ref.model.path")

@@ -21,8 +21,9 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -77,6 +78,8 @@ class PluginStatus:
     patches_pending: list[str] = field(default_factory=list)
     patch_targets: dict[str, str] = field(default_factory=dict)
     """patch name -> the module whose import applies it (every registered patch)."""
+    patched_attributes: list[str] = field(default_factory=list)
+    """Every verl/transformers attribute replaced (``patch``) or registry entry added (``register_entry``)."""
     errors: list[str] = field(default_factory=list)
 
     def add(self, kind: str, name: str) -> None:
@@ -115,6 +118,87 @@ def check_signature(func: Callable, expected: Iterable[str], where: str) -> None
             f"{where} has signature {actual}, expected {list(expected)}: this verl build differs from the one "
             f"verl-variance patches. Fix: {INSTALL_HINT}, or upgrade verl-variance."
         )
+
+
+def check_distribution(name: str, supported: SpecifierSet, what: str) -> None:
+    """Raise naming the fix when the installed distribution ``name`` is outside ``supported``."""
+    version = importlib.metadata.version(name)
+    if Version(version) not in supported:
+        raise VerlVarianceError(
+            f"{name} {version} is outside the versions whose {what} verl-variance patches ({name}{supported}). "
+            f"Fix: pip install '{name}{supported}'"
+        )
+
+
+def _where(owner: Any, name: str) -> str:
+    if isinstance(owner, type):
+        return f"{owner.__module__}.{owner.__qualname__}.{name}"
+    return f"{owner.__name__}.{name}"
+
+
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _check_replacement(original: Callable, replacement: Callable, requires: Iterable[str], where: str) -> None:
+    """The replacement's named parameters must be the original's (a leading part of them when it passes the
+    rest on with *args/**kwargs), and the original must have every name in ``requires``."""
+    params = list(inspect.signature(replacement, follow_wrapped=False).parameters.values())
+    named = [p.name for p in params if p.kind not in _VARIADIC]
+    actual = list(inspect.signature(original).parameters)
+    passes_rest = len(named) < len(params)
+    fits = actual[: len(named)] == named if passes_rest else actual == named
+    missing = [name for name in requires if name not in actual]
+    if not fits or missing:
+        expected = named + ["..."] * passes_rest + [f"(with {', '.join(missing)})"] * bool(missing)
+        check_signature(original, expected, where)  # raises, naming both signatures
+
+
+def patch(
+    owner: Any, name: str, *, requires: Iterable[str] = (), versions: tuple[str, SpecifierSet] | None = None
+) -> Callable[[Callable[[Callable], Callable]], Callable]:
+    """The one way verl-variance changes a verl (or transformers) attribute: a decorator on a factory
+    ``make(original) -> replacement`` that sets ``owner.name = make(owner.name)``.
+
+    Before replacing it checks, and raises ``VerlVarianceError`` naming the attribute and the fix otherwise:
+    ``versions`` = (distribution, specifier) when the target is outside verl (verl's own range is checked
+    once by the plugin); that ``owner.name`` exists; that its parameters are the replacement's (see
+    ``_check_replacement``; ``requires``: names that must be among them). Records ``module.Qualname.name``
+    in ``STATUS.patched_attributes`` for ``doctor``. Idempotent: an attribute already replaced is kept.
+    """
+
+    def apply(make: Callable[[Callable], Callable]) -> Callable:
+        where = _where(owner, name)
+        if versions is not None:
+            check_distribution(*versions, what=where)
+        original = getattr(owner, name, None)
+        if original is None:
+            raise VerlVarianceError(f"{where} is missing: this build differs from the one verl-variance patches")
+        if hasattr(original, PATCHED_MARK):
+            return original
+        replacement = make(original)
+        _check_replacement(original, replacement, requires, where)
+        setattr(replacement, PATCHED_MARK, original)
+        setattr(owner, name, replacement)
+        if where not in STATUS.patched_attributes:
+            STATUS.patched_attributes.append(where)
+        return replacement
+
+    return apply
+
+
+def register_entry(owner: Any, name: str, key: Any, value: Any) -> None:
+    """Add ``key: value`` to the private mapping ``owner.name`` (a registry verl gives no function for),
+    checked and recorded as ``patch`` does; an existing entry for ``key`` is kept (and not recorded)."""
+    where = _where(owner, name)
+    registry = getattr(owner, name, None)
+    if not isinstance(registry, MutableMapping):
+        raise VerlVarianceError(f"{where} is not a mapping: this build differs from the one verl-variance patches")
+    if registry.setdefault(key, value) is value and (entry := f"{where}[{key!r}]") not in STATUS.patched_attributes:
+        STATUS.patched_attributes.append(entry)
+
+
+PATCHED_MARK = "__verl_variance_original__"
+"""Attribute of every replacement made by ``patch``: the object it replaced."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def probe() -> dict[str, Any]:
             "registered": STATUS.registered,
             "patches_applied": STATUS.patches_applied,
             "patches_pending": STATUS.patches_pending,
+            "patched_attributes": STATUS.patched_attributes,
             "errors": STATUS.errors,
         }
     return report
@@ -157,6 +158,9 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {'patches applied':<22} {', '.join(ours['patches_applied']) or '-'}")
         if ours["patches_pending"]:
             lines.append(f"  {'patches not reached':<22} {', '.join(ours['patches_pending'])}")
+        lines.append("")
+        lines.append("verl/transformers attributes changed by verl-variance:")
+        lines.extend(f"  {where}" for where in ours["patched_attributes"])
     registries = report.get("registries")
     if registries:
         lines.append("")

@@ -72,6 +72,25 @@ def resolve_model_path(config: Mapping[str, Any], settings: EnsembleRewardConfig
     return str(path)
 
 
+def check_reward_model_folder(model_path: str, settings: EnsembleRewardConfig) -> int:
+    """What the manager needs of its model, read from ``config.json`` alone (the driver runs it before Ray):
+    a local folder whose classifier has K >= 2 heads, and a head at ``aggregator_params.index`` for
+    ``aggregator=member``. Returns K."""
+    from transformers import AutoConfig
+
+    if not Path(model_path).is_dir():
+        raise FileNotFoundError(
+            f"ensemble reward model {model_path} is not a local folder: train one with verl-variance train-rm, "
+            "or download the checkpoint first (the reward worker loads it with transformers)"
+        )
+    num_heads = AutoConfig.from_pretrained(model_path).num_labels
+    check_num_heads(num_heads, f"ensemble reward model {model_path}")
+    index = settings.aggregator_params.get("index", 0)
+    if settings.aggregator == "member" and not -num_heads <= index < num_heads:
+        raise ValueError(f"ensemble_reward.aggregator_params.index={index} but {model_path} has {num_heads} heads")
+    return num_heads
+
+
 class EnsembleScorer:
     """A K-head reward model loaded once per process, scoring (prompt, response) items in batches."""
 
@@ -80,11 +99,7 @@ class EnsembleScorer:
 
         from verl_variance.reward_model.checkpoint import ENSEMBLE_FILE, check_tokenizer_fits, load_ensemble
 
-        if not Path(model_path).is_dir():
-            raise FileNotFoundError(
-                f"ensemble reward model {model_path} is not a local folder: train one with verl-variance train-rm, "
-                "or download the checkpoint first (the reward worker loads it with transformers)"
-            )
+        check_reward_model_folder(model_path, settings)
         torch.set_num_threads(settings.num_threads)
         if (Path(model_path) / ENSEMBLE_FILE).is_file():
             model, tokenizer, _ = load_ensemble(model_path, require_variance=True)
@@ -92,14 +107,6 @@ class EnsembleScorer:
             model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             check_tokenizer_fits(model, tokenizer, f"ensemble reward model {model_path}")
-        check_num_heads(model.config.num_labels, f"ensemble reward model {model_path}")
-        if settings.aggregator == "member":
-            index = settings.aggregator_params.get("index", 0)
-            if not -model.config.num_labels <= index < model.config.num_labels:
-                raise ValueError(
-                    f"ensemble_reward.aggregator_params.index={index} but {model_path} has "
-                    f"{model.config.num_labels} heads"
-                )
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
 
     @torch.no_grad()

@@ -368,6 +368,7 @@ class HFReplica(RolloutReplica):
                 replica_rank=self.replica_rank,
                 is_reward_model=self.is_reward_model,
             )
+        # RolloutReplica's contract for subclasses: launch_servers sets these two (verl's vLLM replica does too)
         self.servers = [server]
         self._server_handle = server
         self._server_address = f"hf-rollout://{name}"

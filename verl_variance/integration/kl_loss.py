@@ -72,15 +72,6 @@ def attach_kl_weights(
     return weights.kl_weight, metrics
 
 
-def _without_kl_loss(config):
-    """The same actor config with ``use_kl_loss=False`` (sharing ``global_batch_info``), built once."""
-    cached = getattr(config, "_verl_variance_no_kl", None)
-    if cached is None:
-        cached = dataclasses.replace(config, use_kl_loss=False)  # shares the global_batch_info dict
-        object.__setattr__(config, "_verl_variance_no_kl", cached)
-    return cached
-
-
 def variance_weighted_kl_loss(
     log_prob: torch.Tensor,
     ref_log_prob: torch.Tensor,
@@ -121,7 +112,8 @@ def wrap_ppo_loss(ppo_loss: Callable) -> Callable:
         from verl.utils.metric import Metric
         from verl.workers.utils.padding import no_padding_2_padding
 
-        policy_loss, metrics = ppo_loss(_without_kl_loss(config), model_output, data, dp_group)
+        # a copy with use_kl_loss=False (sharing global_batch_info; ~20 µs): verl adds no KL term, we add ours
+        policy_loss, metrics = ppo_loss(dataclasses.replace(config, use_kl_loss=False), model_output, data, dp_group)
         log_prob = no_padding_2_padding(model_output["log_probs"], data)
         padded = data.select("response_mask", "ref_log_prob").to_padded_tensor()
         kl_loss, unweighted = variance_weighted_kl_loss(
@@ -139,5 +131,4 @@ def wrap_ppo_loss(ppo_loss: Callable) -> Callable:
         metrics["variance_kl/kl_loss_unweighted"] = Metric(value=unweighted, aggregation=aggregation)
         return policy_loss + kl_loss * config.kl_loss_coef, metrics
 
-    variance_weighted_ppo_loss.__verl_variance_wrapped__ = True
     return variance_weighted_ppo_loss

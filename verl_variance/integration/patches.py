@@ -1,9 +1,11 @@
 """Every change verl-variance makes to verl internals, in one place.
 
-Each patch runs when its target module is first imported (``compat.when_imported``), checks the
-signature it wraps, and changes behaviour only where stock verl would fail (a CPU device, a missing
-flash-attn, a GPT-2 config) or where the user opted in. ``verl-variance doctor`` lists which are
-applied. Supported verl: see ``compat.SUPPORTED_VERL``.
+Each patch runs when its target module is first imported (``compat.when_imported``) and changes an
+attribute only through ``compat.patch`` (a wrapper whose parameters must match the original's, recorded
+for ``verl-variance doctor``) or ``compat.register_entry`` (an entry in a private registry); public
+registries are filled through verl's own ``register`` functions. Behaviour changes only where stock
+verl would fail (a CPU device, a missing flash-attn, a GPT-2 config) or where the user opted in (a
+config value of ours). Supported verl: see ``compat.SUPPORTED_VERL``; transformers: ``SUPPORTED_TRANSFORMERS``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import contextlib
 import functools
 import importlib.util
 import inspect
+import sys
 import threading
 
-from verl_variance.integration.compat import VerlVarianceError, check_signature, when_imported
+from packaging.specifiers import SpecifierSet
+
+from verl_variance.integration.compat import check_signature, patch, register_entry, when_imported
 from verl_variance.integration.hf_rollout_names import PLATFORM_NAME
 
 
@@ -40,18 +45,15 @@ def dedupe_backend(backend: str) -> str:
 
 
 def _patch_distributed(module) -> None:
-    original = module.initialize_global_process_group_ray
-    check_signature(
-        original, ["timeout_second", "backend"], "verl.utils.distributed.initialize_global_process_group_ray"
-    )
+    @patch(module, "initialize_global_process_group_ray")
+    def _(original):
+        @functools.wraps(original)
+        def initialize_global_process_group_ray(timeout_second=None, backend=None):
+            if backend is None:
+                backend = f"cpu:gloo,{module.get_device_name()}:{module.get_nccl_backend()}"
+            return original(timeout_second=timeout_second, backend=dedupe_backend(backend))
 
-    @functools.wraps(original)
-    def initialize_global_process_group_ray(timeout_second=None, backend=None):
-        if backend is None:
-            backend = f"cpu:gloo,{module.get_device_name()}:{module.get_nccl_backend()}"
-        return original(timeout_second=timeout_second, backend=dedupe_backend(backend))
-
-    module.initialize_global_process_group_ray = initialize_global_process_group_ray
+        return initialize_global_process_group_ray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,14 +75,15 @@ def _register_cpu_engines(module) -> None:
 # 3. FSDP2 CPUOffloadPolicy(pin_memory=True) needs an accelerator: pin nothing on the CPU platform.
 # ---------------------------------------------------------------------------------------------
 def _patch_offload_policy(module) -> None:
-    original = module.CPUOffloadPolicy
-    if original is None:
+    if module.CPUOffloadPolicy is None:  # a torch without FSDP2 offloading: nothing to pin
         return
 
-    def CPUOffloadPolicy(pin_memory: bool = True):  # noqa: N802 - stands in for the class
-        return original(pin_memory=pin_memory and not _on_cpu_platform())
+    @patch(module, "CPUOffloadPolicy")
+    def _(original):
+        def CPUOffloadPolicy(pin_memory: bool = True):  # noqa: N802 - stands in for the class
+            return original(pin_memory=pin_memory and not _on_cpu_platform())
 
-    module.CPUOffloadPolicy = CPUOffloadPolicy
+        return CPUOffloadPolicy
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,41 +106,40 @@ def _sdpa_instead_of_flash_attention():
         _attn_fallback.active = False
 
 
+SUPPORTED_TRANSFORMERS = SpecifierSet(">=4.54,<6")
+"""transformers versions with the private ``PreTrainedModel._check_and_adjust_attn_implementation``."""
+
+
 def _patch_transformers_attn(module) -> None:
-    pretrained = module.PreTrainedModel
-    original = pretrained._check_and_adjust_attn_implementation
+    @patch(module.PreTrainedModel, "_check_and_adjust_attn_implementation",
+           versions=("transformers", SUPPORTED_TRANSFORMERS))  # fmt: skip
+    def _(original):
+        @functools.wraps(original)
+        def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
+            if getattr(_attn_fallback, "active", False) and attn_implementation == "flash_attention_2":
+                attn_implementation = "sdpa"
+            return original(self, attn_implementation, *args, **kwargs)
 
-    @functools.wraps(original)
-    def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
-        if getattr(_attn_fallback, "active", False) and attn_implementation == "flash_attention_2":
-            attn_implementation = "sdpa"
-        return original(self, attn_implementation, *args, **kwargs)
-
-    pretrained._check_and_adjust_attn_implementation = _check_and_adjust_attn_implementation
+        return _check_and_adjust_attn_implementation
 
 
 def _register_lm_head_architectures(module) -> None:
     """GPT-2's architecture is ``GPT2LMHeadModel``; verl maps only ``*ForCausalLM`` names to
     AutoModelForCausalLM and would load the bare ``GPT2Model`` (no logits)."""
-    module._architecture_to_auto_class.setdefault("LMHeadModel", module.AutoModelForCausalLM)
+    register_entry(module, "_architecture_to_auto_class", "LMHeadModel", module.AutoModelForCausalLM)
 
 
 def _patch_valuehead_loading(module) -> None:
-    original = module.load_valuehead_model
-    check_signature(
-        original,
-        ["local_path", "torch_dtype", "model_config", "trust_remote_code"],
-        "verl.utils.model.load_valuehead_model",
-    )
+    @patch(module, "load_valuehead_model")
+    def _(original):
+        @functools.wraps(original)
+        def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
+            if _flash_attn_installed():
+                return original(local_path, torch_dtype, model_config, trust_remote_code)
+            with _sdpa_instead_of_flash_attention():
+                return original(local_path, torch_dtype, model_config, trust_remote_code)
 
-    @functools.wraps(original)
-    def load_valuehead_model(local_path, torch_dtype, model_config, trust_remote_code):
-        if _flash_attn_installed():
-            return original(local_path, torch_dtype, model_config, trust_remote_code)
-        with _sdpa_instead_of_flash_attention():
-            return original(local_path, torch_dtype, model_config, trust_remote_code)
-
-    module.load_valuehead_model = load_valuehead_model
+        return load_valuehead_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,56 +147,65 @@ def _patch_valuehead_loading(module) -> None:
 #    GPT-2 is multi-head attention, so the number of key/value heads is the number of heads.
 # ---------------------------------------------------------------------------------------------
 def _patch_gpt2_monkey_patch(module) -> None:
-    original = module.apply_monkey_patch
+    @patch(module, "apply_monkey_patch")
+    def _(original):
+        @functools.wraps(original)
+        def apply_monkey_patch(model, *args, **kwargs):
+            config = model.config
+            if not hasattr(config, "num_key_value_heads") and not hasattr(config, "text_config"):
+                config.num_key_value_heads = config.num_attention_heads
+            return original(model, *args, **kwargs)
 
-    @functools.wraps(original)
-    def apply_monkey_patch(model, *args, **kwargs):
-        config = model.config
-        if not hasattr(config, "num_key_value_heads") and not hasattr(config, "text_config"):
-            config.num_key_value_heads = config.num_attention_heads
-        return original(model, *args, **kwargs)
-
-    module.apply_monkey_patch = apply_monkey_patch
+        return apply_monkey_patch
 
 
 # ---------------------------------------------------------------------------------------------
 # 6. Driver-side config checks (before Ray starts) and trainer.device=cpu selecting the CPU platform.
 # ---------------------------------------------------------------------------------------------
+def _running_main_ppo() -> bool:
+    """This process is ``python -m verl.trainer.main_ppo`` (whose Hydra wrapper would print a traceback)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name == "verl.trainer.main_ppo"
+
+
 def _patch_validate_config(module) -> None:
-    from verl_variance.integration.checks import check_trainer_config
+    from verl_variance.integration.checks import ConfigError, check_trainer_config
 
-    original = module.validate_config
-    check_signature(original, ["config", "use_reference_policy", "use_critic"], "verl.utils.config.validate_config")
+    @patch(module, "validate_config")
+    def _(original):
+        @functools.wraps(original)
+        def validate_config(config, use_reference_policy, use_critic):
+            try:
+                check_trainer_config(config)
+            except ConfigError as error:
+                if _running_main_ppo():  # a user's mistake on the command line: the message alone, exit code 1
+                    raise SystemExit(f"verl-variance: {error}") from None
+                raise
+            return original(config, use_reference_policy, use_critic)
 
-    @functools.wraps(original)
-    def validate_config(config, use_reference_policy, use_critic):
-        check_trainer_config(config)
-        return original(config, use_reference_policy, use_critic)
-
-    module.validate_config = validate_config
+        return validate_config
 
 
 def _patch_auto_set_device(module) -> None:
-    original = module.auto_set_device
-    check_signature(original, ["config"], "verl.utils.device.auto_set_device")
+    @patch(module, "auto_set_device")
+    def _(original):
+        @functools.wraps(original)
+        def auto_set_device(config) -> None:
+            import os
 
-    @functools.wraps(original)
-    def auto_set_device(config) -> None:
-        import os
+            import torch
 
-        import torch
+            wants_cpu = config is not None and config.get("trainer", {}).get("device") == PLATFORM_NAME
+            if wants_cpu and not os.environ.get("VERL_PLATFORM") and not torch.cuda.is_available():
+                from verl.plugin.platform import set_platform
 
-        wants_cpu = config is not None and config.get("trainer", {}).get("device") == PLATFORM_NAME
-        if wants_cpu and not os.environ.get("VERL_PLATFORM") and not torch.cuda.is_available():
-            from verl.plugin.platform import set_platform
+                from verl_variance.integration.cpu_platform import PlatformCPU
 
-            from verl_variance.integration.cpu_platform import PlatformCPU
+                os.environ["VERL_PLATFORM"] = PLATFORM_NAME  # inherited by the Ray cluster started next
+                set_platform(PlatformCPU())
+            return original(config)
 
-            os.environ["VERL_PLATFORM"] = PLATFORM_NAME  # inherited by the Ray cluster started next
-            set_platform(PlatformCPU())
-        return original(config)
-
-    module.auto_set_device = auto_set_device
+        return auto_set_device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +214,7 @@ def _patch_auto_set_device(module) -> None:
 def _register_rollout_adapter(module) -> None:
     from verl_variance.integration.hf_rollout_names import ADAPTER_FQN, ROLLOUT_NAME
 
-    module._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = ADAPTER_FQN
+    register_entry(module, "_ROLLOUT_REGISTRY", (ROLLOUT_NAME, "async"), ADAPTER_FQN)
 
 
 def _register_rollout_replica(module) -> None:
@@ -225,18 +236,41 @@ CPU_POLL_INTERVAL_SECONDS = 0.05
 
 
 def _patch_replay_buffer_poll(module) -> None:
-    replay_buffer = module.ReplayBuffer
-    original = replay_buffer.__init__
-    if "poll_interval" not in inspect.signature(original).parameters:
-        raise VerlVarianceError("verl.trainer.ppo.v1.replay_buffer.ReplayBuffer lost its poll_interval argument")
+    @patch(module.ReplayBuffer, "__init__", requires=["poll_interval"])
+    def _(original):
+        @functools.wraps(original)
+        def __init__(self, *args, **kwargs):  # noqa: N807 - replaces ReplayBuffer.__init__
+            original(self, *args, **kwargs)
+            if "poll_interval" not in kwargs and _on_cpu_platform():
+                self.poll_interval = CPU_POLL_INTERVAL_SECONDS
 
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):  # noqa: N807 - replaces ReplayBuffer.__init__
-        original(self, *args, **kwargs)
-        if "poll_interval" not in kwargs and _on_cpu_platform():
-            self.poll_interval = CPU_POLL_INTERVAL_SECONDS
+        return __init__
 
-    replay_buffer.__init__ = __init__
+
+def content_order(prompts: list[list[int]], responses: list[list[int]]) -> list[int]:
+    """Indices that sort a batch by its (prompt ids, response ids): an order fixed by the samples alone."""
+    rows = [(list(prompt), list(response)) for prompt, response in zip(prompts, responses, strict=True)]
+    return sorted(range(len(rows)), key=rows.__getitem__)
+
+
+def _patch_v1_batch_order(module) -> None:
+    """V1 trainer on the CPU: the replay buffer hands over a batch in the order its samples arrived, which
+    varies run to run and moves float sums (critic grad norm by ~1e-4). Sort it by content before verl's
+    sequence balancing, so the same seed gives the same metrics to the bit."""
+
+    @patch(module.PPOTrainer, "_balance_batch")
+    def _(original):
+        @functools.wraps(original)
+        def _balance_batch(self, batch, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
+            if _on_cpu_platform():
+                data = module.tq.kv_batch_get(
+                    keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses"]
+                )
+                prompts, responses = (data[field].unbind() for field in ("prompts", "responses"))
+                batch.reorder(content_order([p.tolist() for p in prompts], [r.tolist() for r in responses]))
+            return original(self, batch, metrics, logging_prefix, keep_minibatch)
+
+        return _balance_batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,16 +280,16 @@ def _patch_apply_kl_penalty(module) -> None:
     from verl_variance.core.config import KL_MODE
     from verl_variance.integration import variance_kl
 
-    original = module.apply_kl_penalty
-    check_signature(original, ["data", "kl_ctrl", "kl_penalty"], "verl.trainer.ppo.ray_trainer.apply_kl_penalty")
+    @patch(module, "apply_kl_penalty")
+    def _(original):
+        @functools.wraps(original)
+        def apply_kl_penalty(data, kl_ctrl, kl_penalty="kl"):
+            if kl_penalty != KL_MODE:
+                return original(data, kl_ctrl, kl_penalty)
+            return variance_kl.variance_aware_apply_kl_penalty(data, kl_ctrl, variance_kl.active_config())
 
-    @functools.wraps(original)
-    def apply_kl_penalty(data, kl_ctrl, kl_penalty="kl"):
-        if kl_penalty != KL_MODE:
-            return original(data, kl_ctrl, kl_penalty)
-        return variance_kl.variance_aware_apply_kl_penalty(data, kl_ctrl, variance_kl.active_config())
+        return apply_kl_penalty
 
-    module.apply_kl_penalty = apply_kl_penalty
     _remember_config_on_init(module.RayPPOTrainer)
     _patch_legacy_update_actor(module.RayPPOTrainer)
 
@@ -263,16 +297,17 @@ def _patch_apply_kl_penalty(module) -> None:
 def _remember_config_on_init(trainer_cls) -> None:
     from verl_variance.integration import r2vpo, rvpo, variance_kl
 
-    original = trainer_cls.__init__
+    @patch(trainer_cls, "__init__")
+    def _(original):
+        @functools.wraps(original)
+        def __init__(self, *args, **kwargs):  # noqa: N807 - replaces the trainer's __init__
+            original(self, *args, **kwargs)
+            variance_kl.activate(self.config)
+            rvpo.activate(self.config)
+            r2vpo.activate(self)
 
-    @functools.wraps(original)
-    def __init__(self, *args, **kwargs):  # noqa: N807 - replaces the trainer's __init__
-        original(self, *args, **kwargs)
-        variance_kl.activate(self.config)
-        rvpo.activate(self.config)
-        r2vpo.activate(self)
+        return __init__
 
-    trainer_cls.__init__ = __init__
     _patch_checkpoint_state(trainer_cls)
 
 
@@ -282,31 +317,32 @@ def _patch_v1_trainer(module) -> None:
 
     trainer_cls = module.PPOTrainer
     _remember_config_on_init(trainer_cls)
-    original = trainer_cls._compute_advantage
-    check_signature(
-        original, ["self", "batch", "metrics"], "verl.trainer.ppo.v1.trainer_base.PPOTrainer._compute_advantage"
-    )
 
-    @functools.wraps(original)
-    def _compute_advantage(self, batch, metrics):
-        algorithm = self.config.algorithm
-        wants_variance = algorithm.use_kl_in_reward and variance_kl.uses_variance_kl(self.config)
-        multi_objective = algorithm.adv_estimator in rvpo.MULTI_OBJECTIVE_ESTIMATORS
-        if not (wants_variance or multi_objective):
-            return original(self, batch, metrics)
-        data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
-        extra_fields = data.pop("extra_fields")
-        extra_fields = extra_fields.tolist() if hasattr(extra_fields, "tolist") else list(extra_fields)
-        with contextlib.ExitStack() as scope:
-            if wants_variance:
-                key = variance_kl.active_config().variance_key
-                token = variance_kl.set_batch_variance(variance_kl.reward_variance_from_extra_infos(extra_fields, key))
-                scope.callback(variance_kl.reset_batch_variance, token)
-            if multi_objective:
-                scope.enter_context(rvpo.batch_reward_extra_info(reward_extra_infos(extra_fields), metrics))
-            return original(self, batch, metrics)
+    @patch(trainer_cls, "_compute_advantage")
+    def _(original):
+        @functools.wraps(original)
+        def _compute_advantage(self, batch, metrics):
+            algorithm = self.config.algorithm
+            wants_variance = algorithm.use_kl_in_reward and variance_kl.uses_variance_kl(self.config)
+            multi_objective = algorithm.adv_estimator in rvpo.MULTI_OBJECTIVE_ESTIMATORS
+            if not (wants_variance or multi_objective):
+                return original(self, batch, metrics)
+            data = module.tq.kv_batch_get(
+                keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"]
+            )
+            extra_fields = data.pop("extra_fields")
+            extra_fields = extra_fields.tolist() if hasattr(extra_fields, "tolist") else list(extra_fields)
+            with contextlib.ExitStack() as scope:
+                if wants_variance:
+                    key = variance_kl.active_config().variance_key
+                    variance = variance_kl.reward_variance_from_extra_infos(extra_fields, key)
+                    scope.callback(variance_kl.reset_batch_variance, variance_kl.set_batch_variance(variance))
+                if multi_objective:
+                    scope.enter_context(rvpo.batch_reward_extra_info(reward_extra_infos(extra_fields), metrics))
+                return original(self, batch, metrics)
 
-    trainer_cls._compute_advantage = _compute_advantage
+        return _compute_advantage
+
     _patch_v1_update_actor(module, trainer_cls)
 
 
@@ -317,113 +353,113 @@ def _patch_v1_trainer(module) -> None:
 def _patch_legacy_update_actor(trainer_cls) -> None:
     from verl_variance.integration import kl_loss, r2vpo, variance_kl
 
-    original = trainer_cls._update_actor
-    check_signature(original, ["self", "batch"], "verl.trainer.ppo.ray_trainer.RayPPOTrainer._update_actor")
+    @patch(trainer_cls, "_update_actor")
+    def _(original):
 
-    @functools.wraps(original)
-    def _update_actor(self, batch):
-        lam = r2vpo.controller(self)
-        wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
-        if not (wants_kl_weights or lam):
-            return original(self, batch)
-        telemetry = {}
-        if wants_kl_weights:
-            settings = variance_kl.active_config()
-            weights, telemetry = kl_loss.attach_kl_weights(
-                variance_kl.batch_reward_variance(batch, settings.variance_key),
-                batch.batch["old_log_probs"],
-                batch.batch["ref_log_prob"],
-                batch.batch["response_mask"],
-                settings,
-                self.config.actor_rollout_ref.actor.kl_loss_type,
-            )
-            batch.batch[kl_loss.KL_WEIGHT_FIELD] = weights
-        if lam:
-            batch.batch[r2vpo.LAMBDA_FIELD] = lam.lambda_field(len(batch))
-        output = original(self, batch)
-        metrics = output.meta_info["metrics"]
-        metrics.update(telemetry)
-        if lam:
-            metrics.update(lam.after_update(metrics))
-        return output
+        @functools.wraps(original)
+        def _update_actor(self, batch):
+            lam = r2vpo.controller(self)
+            wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
+            if not (wants_kl_weights or lam):
+                return original(self, batch)
+            telemetry = {}
+            if wants_kl_weights:
+                settings = variance_kl.active_config()
+                weights, telemetry = kl_loss.attach_kl_weights(
+                    variance_kl.batch_reward_variance(batch, settings.variance_key),
+                    batch.batch["old_log_probs"],
+                    batch.batch["ref_log_prob"],
+                    batch.batch["response_mask"],
+                    settings,
+                    self.config.actor_rollout_ref.actor.kl_loss_type,
+                )
+                batch.batch[kl_loss.KL_WEIGHT_FIELD] = weights
+            if lam:
+                batch.batch[r2vpo.LAMBDA_FIELD] = lam.lambda_field(len(batch))
+            output = original(self, batch)
+            metrics = output.meta_info["metrics"]
+            metrics.update(telemetry)
+            if lam:
+                metrics.update(lam.after_update(metrics))
+            return output
 
-    trainer_cls._update_actor = _update_actor
+        return _update_actor
 
 
 def _patch_v1_update_actor(module, trainer_cls) -> None:
     from verl_variance.integration import kl_loss, r2vpo, variance_kl
 
-    original = trainer_cls._update_actor
-    check_signature(original, ["self", "batch", "metrics"], "verl.trainer.ppo.v1.trainer_base.PPOTrainer._update_actor")
+    @patch(trainer_cls, "_update_actor")
+    def _(original):
 
-    @functools.wraps(original)
-    def _update_actor(self, batch, metrics):
-        lam = r2vpo.controller(self)
-        wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
-        if not (wants_kl_weights or lam):
-            return original(self, batch, metrics)
-        from tensordict import TensorDict
+        @functools.wraps(original)
+        def _update_actor(self, batch, metrics):
+            lam = r2vpo.controller(self)
+            wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
+            if not (wants_kl_weights or lam):
+                return original(self, batch, metrics)
+            from tensordict import TensorDict
 
-        fields = {}
-        if wants_kl_weights:
-            settings = variance_kl.active_config()
-            names = ["extra_fields", "old_log_probs", "ref_log_prob", "response_mask"]
-            data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=names)
-            extra_infos = data.pop("extra_fields").tolist()
-            variance = variance_kl.reward_variance_from_extra_infos(extra_infos, settings.variance_key)
-            padded = data.to_padded_tensor()
-            fields[kl_loss.KL_WEIGHT_FIELD], telemetry = kl_loss.attach_kl_weights(
-                variance_kl.checked_reward_variance(variance, settings.variance_key),
-                padded["old_log_probs"],
-                padded["ref_log_prob"],
-                padded["response_mask"],
-                settings,
-                self.config.actor_rollout_ref.actor.kl_loss_type,
-            )
-            metrics.update(telemetry)
-        if lam:
-            fields[r2vpo.LAMBDA_FIELD] = lam.lambda_field(len(batch))
-        fields = TensorDict(fields, batch_size=len(batch))
-        batch = module.tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
-        batch = original(self, batch, metrics)
-        if lam:
-            metrics.update(lam.after_update(metrics))
-        return batch
+            fields = {}
+            if wants_kl_weights:
+                settings = variance_kl.active_config()
+                names = ["extra_fields", "old_log_probs", "ref_log_prob", "response_mask"]
+                data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=names)
+                extra_infos = data.pop("extra_fields").tolist()
+                variance = variance_kl.reward_variance_from_extra_infos(extra_infos, settings.variance_key)
+                padded = data.to_padded_tensor()
+                fields[kl_loss.KL_WEIGHT_FIELD], telemetry = kl_loss.attach_kl_weights(
+                    variance_kl.checked_reward_variance(variance, settings.variance_key),
+                    padded["old_log_probs"],
+                    padded["ref_log_prob"],
+                    padded["response_mask"],
+                    settings,
+                    self.config.actor_rollout_ref.actor.kl_loss_type,
+                )
+                metrics.update(telemetry)
+            if lam:
+                fields[r2vpo.LAMBDA_FIELD] = lam.lambda_field(len(batch))
+            fields = TensorDict(fields, batch_size=len(batch))
+            batch = module.tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+            batch = original(self, batch, metrics)
+            if lam:
+                metrics.update(lam.after_update(metrics))
+            return batch
 
-    trainer_cls._update_actor = _update_actor
+        return _update_actor
 
 
 def _patch_checkpoint_state(trainer_cls) -> None:
     """R²VPO's adaptive λ is saved in each verl checkpoint folder and read back on resume."""
     from verl_variance.integration import r2vpo
 
-    save, load = trainer_cls._save_checkpoint, trainer_cls._load_checkpoint
-    check_signature(save, ["self"], f"{trainer_cls.__qualname__}._save_checkpoint")
-    check_signature(load, ["self"], f"{trainer_cls.__qualname__}._load_checkpoint")
+    @patch(trainer_cls, "_save_checkpoint")
+    def _(save):
+        @functools.wraps(save)
+        def _save_checkpoint(self):
+            result = save(self)
+            if (state := r2vpo.controller(self)) is not None:
+                state.save(r2vpo.step_folder(self.config, self.global_steps, resuming=False))
+            return result
 
-    @functools.wraps(save)
-    def _save_checkpoint(self):
-        result = save(self)
-        if (state := r2vpo.controller(self)) is not None:
-            state.save(r2vpo.step_folder(self.config, self.global_steps, resuming=False))
-        return result
+        return _save_checkpoint
 
-    @functools.wraps(load)
-    def _load_checkpoint(self):
-        result = load(self)
-        if (state := r2vpo.controller(self)) is not None and self.global_steps > 0:
-            state.load(r2vpo.step_folder(self.config, self.global_steps, resuming=True))
-        return result
+    @patch(trainer_cls, "_load_checkpoint")
+    def _(load):
+        @functools.wraps(load)
+        def _load_checkpoint(self):
+            result = load(self)
+            if (state := r2vpo.controller(self)) is not None and self.global_steps > 0:
+                state.load(r2vpo.step_folder(self.config, self.global_steps, resuming=True))
+            return result
 
-    trainer_cls._save_checkpoint, trainer_cls._load_checkpoint = _save_checkpoint, _load_checkpoint
+        return _load_checkpoint
 
 
 def _patch_ppo_loss(module) -> None:
     from verl_variance.integration import kl_loss, r2vpo
 
-    check_signature(module.ppo_loss, ["config", "model_output", "data", "dp_group"], f"{module.__name__}.ppo_loss")
-    if not getattr(module.ppo_loss, "__verl_variance_wrapped__", False):
-        module.ppo_loss = kl_loss.wrap_ppo_loss(r2vpo.wrap_ppo_loss(module.ppo_loss))
+    patch(module, "ppo_loss")(lambda original: kl_loss.wrap_ppo_loss(r2vpo.wrap_ppo_loss(original)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,17 +475,15 @@ def _patch_disrm_all_logits(module) -> None:
     from verl_variance.core.config import EnsembleRewardConfig
     from verl_variance.integration.ensemble_reward import MANAGER_NAME, ensemble_disrm_score
 
-    worker_cls = module.RewardLoopWorker
-    original = worker_cls.compute_score_disrm
-    check_signature(original, ["self", "data"], "verl.experimental.reward_loop.reward_loop.RewardLoopWorker")
+    @patch(module.RewardLoopWorker, "compute_score_disrm")
+    def _(original):
+        @functools.wraps(original)
+        async def compute_score_disrm(self, data):
+            if self.config.reward.reward_manager.get("name") != MANAGER_NAME:
+                return await original(self, data)
+            return await ensemble_disrm_score(self, data, EnsembleRewardConfig.from_trainer_config(self.config))
 
-    @functools.wraps(original)
-    async def compute_score_disrm(self, data):
-        if self.config.reward.reward_manager.get("name") != MANAGER_NAME:
-            return await original(self, data)
-        return await ensemble_disrm_score(self, data, EnsembleRewardConfig.from_trainer_config(self.config))
-
-    worker_cls.compute_score_disrm = compute_score_disrm
+        return compute_score_disrm
 
 
 def _register_advantage_estimators_and_losses(module) -> None:
@@ -474,12 +508,7 @@ def _register_advantage_estimators_and_losses(module) -> None:
 def _patch_compute_advantage(module) -> None:
     from verl_variance.integration.rvpo import wrap_compute_advantage
 
-    check_signature(
-        module.compute_advantage,
-        ["data", "adv_estimator", "gamma", "lam", "num_repeat", "norm_adv_by_std_in_grpo", "config"],
-        f"{module.__name__}.compute_advantage",
-    )
-    module.compute_advantage = wrap_compute_advantage(module.compute_advantage)
+    patch(module, "compute_advantage", requires=["config", "norm_adv_by_std_in_grpo"])(wrap_compute_advantage)
 
 
 def install() -> None:
@@ -496,6 +525,7 @@ def install() -> None:
     when_imported("verl.workers.rollout.base", "hf_rollout_adapter", _register_rollout_adapter)
     when_imported("verl.workers.rollout.replica", "hf_rollout_replica", _register_rollout_replica)
     when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll)
+    when_imported("verl.trainer.ppo.v1.trainer_base", "v1_cpu_batch_order", _patch_v1_batch_order)
     when_imported("verl.trainer.ppo.ray_trainer", "variance_aware_kl_in_reward", _patch_apply_kl_penalty)
     when_imported("verl.trainer.ppo.v1.trainer_base", "variance_aware_kl_v1", _patch_v1_trainer)
     when_imported("verl.trainer.ppo.core_algos", "estimators_and_policy_losses",

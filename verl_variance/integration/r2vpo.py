@@ -92,9 +92,6 @@ def _aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, agg_loss: Callable, m
 
 def wrap_ppo_loss(ppo_loss: Callable) -> Callable:
     """verl's ``ppo_loss`` with the batch's λ made visible to the ``r2vpo`` policy loss."""
-    if getattr(ppo_loss, "__verl_variance_r2vpo__", False):
-        return ppo_loss
-
     @functools.wraps(ppo_loss)
     def ppo_loss_with_lambda(config, model_output, data, dp_group=None):
         if LAMBDA_FIELD not in data.keys():
@@ -105,7 +102,6 @@ def wrap_ppo_loss(ppo_loss: Callable) -> Callable:
         finally:
             _lambda.reset(token)
 
-    ppo_loss_with_lambda.__verl_variance_r2vpo__ = True
     return ppo_loss_with_lambda
 
 

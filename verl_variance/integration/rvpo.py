@@ -257,10 +257,6 @@ def gdpo_response_view(data) -> Iterator[None]:
 
 def wrap_compute_advantage(compute_advantage):
     """verl's ``compute_advantage`` with ``rvpo`` computed here and ``gdpo`` fed on V1 (else unchanged)."""
-
-    if getattr(compute_advantage, "__verl_variance_wrapped__", False):
-        return compute_advantage
-
     signature = inspect.signature(compute_advantage)
 
     @functools.wraps(compute_advantage)
@@ -292,5 +288,4 @@ def wrap_compute_advantage(compute_advantage):
         with gdpo_response_view(data):
             return compute_advantage(data, adv_estimator, *args, **kwargs)
 
-    wrapped.__verl_variance_wrapped__ = True
     return wrapped

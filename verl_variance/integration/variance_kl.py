@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,7 +39,8 @@ ADV_ESTIMATOR = "grpo_variance_kl"
 
 _active_config: VarianceKLConfig | None = None
 _keep_penalty = False
-_last_penalty: torch.Tensor | None = None
+_last_penalty: tuple[weakref.ref, torch.Tensor] | None = None
+"""This step's β·w·kl (bs, T), keyed to the ``token_level_rewards`` tensor it was subtracted from."""
 _batch_variance: contextvars.ContextVar[np.ndarray | None] = contextvars.ContextVar("batch_variance", default=None)
 
 
@@ -134,8 +136,9 @@ def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig):
     data.batch["token_level_rewards"] = variance_aware_token_rewards(
         data.batch["token_level_scores"], token_kl, weight, beta
     )
-    if _keep_penalty:  # handed to the grpo_variance_kl estimator, which runs next in this process
-        _last_penalty = variance_weighted_kl_penalty(token_kl, beta * weight)
+    if _keep_penalty:  # handed to the grpo_variance_kl estimator, which runs next on these very rewards
+        penalty = variance_weighted_kl_penalty(token_kl, beta * weight)
+        _last_penalty = (weakref.ref(data.batch["token_level_rewards"]), penalty)
     # verl's controller sees the unweighted KL, as in stock verl (adaptive control targets the real KL)
     sample_kl = masked_mean(token_kl, mask=response_mask, axis=-1)
     current_kl = torch.mean(sample_kl, dim=0).item()
@@ -171,14 +174,16 @@ def grpo_variance_kl_advantage(
     Returns:
         (advantages, returns), both (bs, response_length).
     """
+    global _last_penalty
     from verl.trainer.ppo import core_algos
 
-    penalty = _last_penalty
-    if penalty is None or penalty.shape != token_level_rewards.shape:
+    stored, _last_penalty = _last_penalty, None  # used once: a later call cannot read this step's penalty
+    if stored is None or stored[0]() is not token_level_rewards:
         raise VerlVarianceError(
-            f"algorithm.adv_estimator={ADV_ESTIMATOR} needs this step's variance-weighted KL: set "
-            f"algorithm.use_kl_in_reward=True and algorithm.kl_penalty={KL_MODE}"
+            f"algorithm.adv_estimator={ADV_ESTIMATOR} needs the variance-weighted KL of these rewards, computed by "
+            f"apply_kl_penalty just before: set algorithm.use_kl_in_reward=True and algorithm.kl_penalty={KL_MODE}"
         )
+    penalty = stored[1]
     norm_by_std = True if config is None else config.get("norm_adv_by_std_in_grpo", True)
     outcome, _ = core_algos.compute_grpo_outcome_advantage(
         token_level_rewards + penalty, response_mask, index, norm_adv_by_std_in_grpo=norm_by_std

@@ -23,19 +23,17 @@ import torch
 from tqdm.auto import tqdm
 
 from verl_variance.core.variance import ensemble_reward_variance
-from verl_variance.reward_model.checkpoint import ENSEMBLE_FILE, load_ensemble
+from verl_variance.reward_model.checkpoint import default_device, load_ensemble, load_reward_model
 from verl_variance.reward_model.data import (
     PreferencePair,
     _check_turns,
     _plain,
     _read_rows,
-    encode_pairs,
     load_preferences,
     row_to_pair,
 )
-from verl_variance.reward_model.features import head_rewards
 from verl_variance.reward_model.heads import show_progress as progress_enabled
-from verl_variance.reward_model.scoring import score_texts, write_scores
+from verl_variance.reward_model.scoring import CHUNK_BATCHES, pair_rewards, score_texts, write_scores
 
 # RewardBench's official scoring, from allenai/reward-bench: rewardbench/constants.py (SUBSET_MAPPING, EXAMPLE_COUNTS
 # as of commit 6552e93 "Mirror change from leaderboard", which set xstest-should-refuse 154 / should-respond 250),
@@ -268,49 +266,6 @@ def plot_head_accuracy(table: Mapping[str, Any], path: str | os.PathLike) -> Pat
     return path
 
 
-CHUNK_BATCHES = 16
-"""Batches scored between two progress-bar updates."""
-
-
-def pair_rewards(
-    model: torch.nn.Module,
-    tokenizer,
-    pairs: Sequence[PreferencePair],
-    batch_size: int = 32,
-    max_length: int = 1024,
-    show_progress: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """r_k of every head for the chosen and the rejected response of each pair, with a progress bar.
-
-    Returns:
-        ``(chosen, rejected)``, each (N, K) float32 on the CPU.
-    """
-    chunk, out = batch_size * CHUNK_BATCHES, {"chosen": [], "rejected": []}
-    with tqdm(total=len(pairs), desc="scoring pairs", unit="pair", disable=not progress_enabled(show_progress)) as bar:
-        for start in range(0, len(pairs), chunk):
-            encoded = encode_pairs(pairs[start : start + chunk], tokenizer, max_length)
-            for side, batch in encoded.items():
-                out[side].append(head_rewards(model, batch["input_ids"], batch["attention_mask"], batch_size))
-            bar.update(len(pairs[start : start + chunk]))
-    return torch.cat(out["chosen"]), torch.cat(out["rejected"])
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_reward_model(path: str | os.PathLike):
-    """``(model, tokenizer)`` on the GPU if any: an ensemble or stage-1 folder (``ensemble.json``), else any Hugging
-    Face sequence classifier, local or on the hub."""
-    from verl_variance.reward_model.train import load_backbone
-
-    if (Path(path) / ENSEMBLE_FILE).is_file():
-        model, tokenizer, _ = load_ensemble(path)
-    else:
-        model, tokenizer = load_backbone(str(path), num_labels=None)
-    return model.to(_device()).eval(), tokenizer
-
-
 def load_subset_pairs(files: Sequence[str | os.PathLike]) -> tuple[list[PreferencePair], list[str]]:
     """Pairs of RewardBench-layout files and each pair's subset (the file's stem when a row has none)."""
     pairs, subsets = [], []
@@ -336,7 +291,7 @@ def run_analysis(
     (Figure 6) and ``head_accuracy.png`` (Figure 9) to ``output_dir``; returns the JSON content.
     """
     model, tokenizer, _ = load_ensemble(ensemble, require_variance=True)
-    model.to(_device())
+    model.to(default_device())
     pairs, subsets = load_subset_pairs(data_files)
     chosen, rejected = pair_rewards(model, tokenizer, pairs, batch_size, max_length, show_progress)
     single = None
@@ -408,7 +363,7 @@ def score_file(
                 f"{where}: expected chosen/rejected (pairs) or response (optional prompt); columns: {sorted(row)}"
             )
     model, tokenizer, _ = load_ensemble(model_path, require_variance=True)
-    model.to(_device())
+    model.to(default_device())
     out = [dict(row) for _, row in rows]
     total = len(rows) * len(sides)
     with tqdm(total=total, desc="scoring", unit="seq", disable=not progress_enabled(show_progress)) as bar:

@@ -163,3 +163,53 @@ def load_ensemble(path: str | os.PathLike, require_variance: bool = False, **mod
         raise _corrupt(path, f"the tokenizer does not load: {type(error).__name__}: {error}") from error
     check_tokenizer_fits(model, tokenizer, f"reward ensemble {path}")
     return model.eval(), tokenizer, record
+
+
+def check_folder(name_or_path: str) -> None:
+    """A path-like name (absolute, or starting with ".") must be an existing folder; anything else is a hub name."""
+    if (Path(name_or_path).is_absolute() or name_or_path.startswith(".")) and not Path(name_or_path).is_dir():
+        raise FileNotFoundError(f"backbone folder {name_or_path} does not exist")
+
+
+def from_pretrained(load, name_or_path: str, **kwargs):
+    """``load(name_or_path, **kwargs)`` (a transformers ``from_pretrained``), a hub miss turned into a clear error."""
+    try:
+        return load(name_or_path, **kwargs)
+    except OSError as error:
+        raise ValueError(
+            f"cannot load the backbone {name_or_path!r}: it is not a local model folder and the hub lookup failed "
+            f"({error}); pass a folder with config.json, weights and tokenizer, or a valid hub name"
+        ) from error
+
+
+def load_backbone(name_or_path: str, num_labels: int | None = 1):
+    """``(model, tokenizer)`` of a sequence classifier from a local folder or a hub name (the same call for both).
+
+    Args:
+        num_labels: heads of the score layer (1 for stage 1: a fresh scalar head on a causal LM); None keeps the
+            checkpoint's.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    check_folder(name_or_path)
+    kwargs = {} if num_labels is None else {"num_labels": num_labels}
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, name_or_path)
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = check_pad_token(tokenizer)
+    check_tokenizer_fits(model, tokenizer, f"backbone {name_or_path}")
+    return model, tokenizer
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_reward_model(path: str | os.PathLike):
+    """``(model, tokenizer)`` on the GPU if any: an ensemble or stage-1 folder (``ensemble.json``), else any Hugging
+    Face sequence classifier, local or on the hub."""
+    if (Path(path) / ENSEMBLE_FILE).is_file():
+        model, tokenizer, _ = load_ensemble(path)
+    else:
+        model, tokenizer = load_backbone(str(path), num_labels=None)
+    return model.to(default_device()).eval(), tokenizer

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from verl_variance.core.config import from_mapping
 from verl_variance.reward_model.features import last_token_features, score_layer_of
@@ -110,12 +111,11 @@ def show_progress(setting: bool | None) -> bool:
 
 
 def adamw(module: torch.nn.Module, config: OptimConfig, steps: int) -> tuple[torch.optim.AdamW, LambdaLR]:
-    """AdamW on the trainable parameters of ``module`` and its learning-rate schedule over ``steps`` steps."""
+    """AdamW on the trainable parameters of ``module`` and its learning-rate schedule over ``steps`` steps
+    (transformers' ``get_scheduler``, no warm-up: cosine is lr · ½(1 + cos(π t / steps)))."""
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.lr_scheduler == "cosine":
-        return optimizer, LambdaLR(optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
-    return optimizer, LambdaLR(optimizer, lambda t: 1.0)
+    return optimizer, get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=steps)
 
 
 def run_steps(

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from verl_variance.core.variance import ensemble_reward_variance
-from verl_variance.reward_model.data import PreferencePair, encode_texts, sequence_text, warn_truncated
+from verl_variance.reward_model.data import PreferencePair, encode_pairs, encode_texts, sequence_text, warn_truncated
 from verl_variance.reward_model.features import head_rewards
+from verl_variance.reward_model.heads import show_progress as progress_enabled
 
 Item = str | tuple[Any, Any] | list[dict[str, str]]
 """A text, a (prompt, response) pair (each text or chat messages), or a whole chat conversation."""
@@ -66,25 +68,57 @@ def score_texts(
     return {"rewards": rewards, "mean": rewards.mean(dim=1), "variance": variance, "std": variance.sqrt()}
 
 
+CHUNK_BATCHES = 16
+"""Batches scored between two progress-bar updates."""
+
+
+def pair_rewards(
+    model: torch.nn.Module,
+    tokenizer,
+    pairs: Sequence[PreferencePair],
+    batch_size: int = 32,
+    max_length: int = 1024,
+    show_progress: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """r_k of every head for the chosen and the rejected response of each pair, with a progress bar.
+
+    Returns:
+        ``(chosen, rejected)``, each (N, K) float32 on the CPU.
+    """
+    chunk, out = batch_size * CHUNK_BATCHES, {"chosen": [], "rejected": []}
+    with tqdm(total=len(pairs), desc="scoring pairs", unit="pair", disable=not progress_enabled(show_progress)) as bar:
+        for start in range(0, len(pairs), chunk):
+            encoded = encode_pairs(pairs[start : start + chunk], tokenizer, max_length)
+            for side, batch in encoded.items():
+                out[side].append(head_rewards(model, batch["input_ids"], batch["attention_mask"], batch_size))
+            bar.update(len(pairs[start : start + chunk]))
+    return torch.cat(out["chosen"]), torch.cat(out["rejected"])
+
+
+
 def score_pairs(
-    model: torch.nn.Module, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 32, max_length: int = 1024
+    model: torch.nn.Module,
+    tokenizer,
+    pairs: Sequence[PreferencePair],
+    batch_size: int = 32,
+    max_length: int = 1024,
+    show_progress: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """Chosen and rejected scores of preference pairs, and how often each head prefers the chosen one.
 
     Returns:
-        ``chosen`` and ``rejected`` (N, K) rewards; ``head_accuracy`` (K,) and ``mean_accuracy`` () of
-        r_k(chosen) > r_k(rejected) and of the ensemble mean; ``chosen_variance`` and ``difference_variance``
-        (N,) σ² across heads of r(chosen) and of r(chosen) − r(rejected) (Figure 6).
+        ``chosen`` and ``rejected`` (N, K) rewards (``pair_rewards``); ``head_accuracy`` (K,) and
+        ``mean_accuracy`` () of r_k(chosen) > r_k(rejected) and of the ensemble mean; ``chosen_variance`` and
+        ``difference_variance`` (N,) σ² across heads of r(chosen) and of r(chosen) − r(rejected) (Figure 6).
     """
-    chosen = score_texts(model, tokenizer, [(p.prompt, p.chosen) for p in pairs], batch_size, max_length)
-    rejected = score_texts(model, tokenizer, [(p.prompt, p.rejected) for p in pairs], batch_size, max_length)
+    chosen, rejected = pair_rewards(model, tokenizer, pairs, batch_size, max_length, show_progress)
     return {
-        "chosen": chosen["rewards"],
-        "rejected": rejected["rewards"],
-        "head_accuracy": (chosen["rewards"] > rejected["rewards"]).float().mean(dim=0),
-        "mean_accuracy": (chosen["mean"] > rejected["mean"]).float().mean(),
-        "chosen_variance": chosen["variance"],
-        "difference_variance": ensemble_reward_variance(chosen["rewards"] - rejected["rewards"]),
+        "chosen": chosen,
+        "rejected": rejected,
+        "head_accuracy": (chosen > rejected).float().mean(dim=0),
+        "mean_accuracy": (chosen.mean(dim=1) > rejected.mean(dim=1)).float().mean(),
+        "chosen_variance": ensemble_reward_variance(chosen),
+        "difference_variance": ensemble_reward_variance(chosen - rejected),
     }
 
 

@@ -41,15 +41,17 @@ from verl_variance.core.config import from_mapping
 from verl_variance.reward_model.analysis import ALL, run_analysis
 from verl_variance.reward_model.checkpoint import (
     ENSEMBLE_FILE,
-    check_tokenizer_fits,
+    check_folder,
     check_tokenizer_matches,
     data_hash,
+    from_pretrained,
+    load_backbone,
     load_ensemble,
     read_record,
     save_ensemble,
     write_record,
 )
-from verl_variance.reward_model.data import PreferencePair, check_pad_token, encode_pairs, load_preferences
+from verl_variance.reward_model.data import PreferencePair, encode_pairs, load_preferences
 from verl_variance.reward_model.heads import HeadTrainingConfig, TrainingHistory, derived_seed, train_stage2
 from verl_variance.reward_model.stage1 import Stage1Config, process_state, train_stage1
 
@@ -198,40 +200,6 @@ def build_config(
     return TrainRMConfig.from_dict(mapping)
 
 
-def _check_folder(name_or_path: str) -> None:
-    if (Path(name_or_path).is_absolute() or name_or_path.startswith(".")) and not Path(name_or_path).is_dir():
-        raise FileNotFoundError(f"backbone folder {name_or_path} does not exist")
-
-
-def _from_pretrained(load, name_or_path: str, **kwargs):
-    try:
-        return load(name_or_path, **kwargs)
-    except OSError as error:
-        raise ValueError(
-            f"cannot load the backbone {name_or_path!r}: it is not a local model folder and the hub lookup failed "
-            f"({error}); pass a folder with config.json, weights and tokenizer, or a valid hub name"
-        ) from error
-
-
-def load_backbone(name_or_path: str, num_labels: int | None = 1):
-    """``(model, tokenizer)`` of a sequence classifier from a local folder or a hub name (the same call for both).
-
-    Args:
-        num_labels: heads of the score layer (1 for stage 1: a fresh scalar head on a causal LM); None keeps the
-            checkpoint's.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    _check_folder(name_or_path)
-    kwargs = {} if num_labels is None else {"num_labels": num_labels}
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path)
-    model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, name_or_path, **kwargs)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = check_pad_token(tokenizer)
-    check_tokenizer_fits(model, tokenizer, f"backbone {name_or_path}")
-    return model, tokenizer
-
-
 def check_inputs(config: TrainRMConfig) -> None:
     """What ``run_train_rm`` would refuse, checked without loading weights or starting a launch (``train-rm --check``,
     run by the recipes before ``accelerate launch``/``torchrun``): the data files, the backbone's tokenizer against
@@ -247,9 +215,9 @@ def check_inputs(config: TrainRMConfig) -> None:
             raise FileNotFoundError(f"stage=2 needs the stage-1 model, and {stage1_dir} has none: {_RUN_STAGE1}")
         return
     name = config.model_name_or_path
-    _check_folder(name)
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name)
-    model_config = _from_pretrained(AutoConfig.from_pretrained, name).get_text_config()
+    check_folder(name)
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, name)
+    model_config = from_pretrained(AutoConfig.from_pretrained, name).get_text_config()
     check_tokenizer_matches(tokenizer, model_config.vocab_size, model_config.pad_token_id, f"backbone {name}")
 
 
