@@ -55,12 +55,8 @@ from pathlib import Path
 import torch
 
 from verl_variance.reward_model.features import backbone_of, head_rewards, last_token_features, score_layer_of
-from verl_variance.reward_model.heads import (
-    HeadTrainingConfig,
-    head_order,
-    train_heads_on_features,
-    train_heads_uncached,
-)
+from verl_variance.reward_model.heads import HeadTrainingConfig, head_order, train_heads_on_features
+from verl_variance.reward_model.reference import train_heads_uncached
 
 TARGET_K_RATIO, TARGET_STAGE2_RATIO, TARGET_HEAD_FRACTION = 0.95, 50.0, 0.01
 TARGET_SEPARATE_SHARE = 0.8  # of the K-fold ideal: >= 8x for K = 10

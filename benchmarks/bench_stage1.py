@@ -1,5 +1,5 @@
 """Stage-1 reward-model training speed and memory (issue 11): TRL's RewardTrainer (``stage1.train_stage1``, what
-``train-rm`` runs) against the plain loop it replaced (``stage1.train_stage1_reference``), same model, pairs, batch
+``train-rm`` runs) against the plain loop it replaced (``reference.train_stage1_reference``), same model, pairs, batch
 and steps, side by side in one run.
 
 Each trainer runs in its own child process (so peak memory is its own), alternating ``--repeats`` times
@@ -155,8 +155,9 @@ def child(args: argparse.Namespace) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
-    from verl_variance.reward_model import heads, stage1
-    from verl_variance.reward_model.stage1 import Stage1Config, train_stage1, train_stage1_reference
+    from verl_variance.reward_model import optimisation, stage1
+    from verl_variance.reward_model.reference import train_stage1_reference
+    from verl_variance.reward_model.stage1 import Stage1Config, train_stage1
 
     preset, device = PRESETS[args.preset], args.device
     model = AutoModelForSequenceClassification.from_pretrained(args.model_dir)
@@ -178,13 +179,13 @@ def child(args: argparse.Namespace) -> dict:
     if args.trainer == "reference":
         model.to(device)
 
-        original = heads.ensemble_bradley_terry_loss
+        original = optimisation.ensemble_bradley_terry_loss
 
         def timed_loss(*loss_args, **loss_kwargs):  # called once per step, after the step's forward passes
             stamp()
             return original(*loss_args, **loss_kwargs)
 
-        heads.ensemble_bradley_terry_loss = timed_loss
+        optimisation.ensemble_bradley_terry_loss = timed_loss
         train_stage1_reference(model, encoded, config)
         stamp()
         # stamp k sits in step k (after its forwards); steps between stamps[warmup] and the last stamp

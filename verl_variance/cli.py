@@ -103,6 +103,17 @@ def _train_rm(args: argparse.Namespace) -> int:
     from verl_variance.reward_model.train import build_config, check_inputs, run_train_rm
 
     logging.basicConfig(level=logging.INFO, format="verl-variance train-rm: %(message)s")
+    if args.keys:
+        from verl_variance.core.config import config_keys
+        from verl_variance.reward_model.train import TrainRMConfig
+
+        def value(default) -> str:  # as --set reads it
+            return "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+
+        rows = [(f"{key}={value(default)}", text) for key, default, text in config_keys(TrainRMConfig)]
+        width = max(len(setting) for setting, _ in rows)
+        print("\n".join(f"  {setting:<{width}}  {text}" for setting, text in rows))
+        return 0
     flags = {
         "model_name_or_path": args.model,
         "train_files": args.train_files,
@@ -283,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="check the inputs (files, tokenizer vs config), print the config, exit"
     )
     rm.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (reads nothing)")
+    rm.add_argument("--keys", action="store_true", help="list every config key (--set, --config) with its default")
     rm.add_argument(
         "--set",
         dest="overrides",
@@ -290,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="dotted overrides, applied last, e.g. --set stage1.learning_rate=1e-3 stage2.max_steps=100",
+        help="dotted overrides, applied last (--keys lists them), e.g. --set stage1.learning_rate=1e-3",
     )
     rm.set_defaults(run=_train_rm)
 

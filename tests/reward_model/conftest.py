@@ -9,7 +9,8 @@ import pytest
 from tests.reward_model.synthetic import synthetic_pairs
 from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 from verl_variance.reward_model.data import encode_pairs
-from verl_variance.reward_model.stage1 import Stage1Config, train_stage1_reference
+from verl_variance.reward_model.reference import train_stage1_reference
+from verl_variance.reward_model.stage1 import Stage1Config
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ import torch
 
 from tests.conftest import import_benchmark
 from verl_variance.reward_model.features import backbone_of
-from verl_variance.reward_model.heads import HeadTrainingConfig, train_heads_uncached
+from verl_variance.reward_model.heads import HeadTrainingConfig
+from verl_variance.reward_model.reference import train_heads_uncached
 
 
 @pytest.fixture(scope="module")

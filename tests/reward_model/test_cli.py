@@ -67,7 +67,7 @@ def test_train_rm_flags_override_the_config_file(monkeypatch, tmp_path, capsys):
         (["train-rm"], "verl-variance train-rm: TrainRMConfig.train_files is empty"),
         (
             ["train-rm", "--train-files", "x.jsonl", "--set", "stage1.lr=1"],
-            r"unknown key(s) ['lr'] in the stage-1 config",
+            r"unknown key(s) ['lr'] in the train-rm config (stage1)",
         ),
         (["train-rm", "--train-files", "missing.jsonl"], "preference file missing.jsonl does not exist"),
         (["score", "nowhere", "in.jsonl", "out.jsonl"], "verl-variance score: input file in.jsonl does not exist"),
@@ -101,3 +101,17 @@ def test_score_and_analyze_the_trained_ensemble(trained, tiny_rm, capsys):
 def test_existing_subcommands_are_kept():
     choices = build_parser()._subparsers._group_actions[0].choices
     assert {"doctor", "ppo", "tiny-model", "quickstart", "simulate", "train-rm", "score", "analyze"} <= set(choices)
+
+
+def test_train_rm_keys_lists_every_settable_key_with_its_default_and_help(capsys):
+    """The help of every key comes from the config dataclasses' metadata, and each listed key is accepted."""
+    from verl_variance.reward_model.train import build_config
+
+    assert main(["train-rm", "--keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    keys = [line.split()[0].partition("=")[0] for line in lines]
+    assert {"stage1.learning_rate", "stage2.num_heads", "stage1.logger", "train_files"} <= set(keys)
+    assert any(line.split()[0] == "stage2.num_epochs=0.5" and "Table 4" in line for line in lines)
+    scalars = [line.split()[0] for line in lines if "[" not in line.split()[0]]
+    config = build_config(overrides=["train_files=[a.jsonl]", *scalars])  # every listed default sets back cleanly
+    assert config.stage2.num_heads == 10 and config.stage1.target_loss == 0.4

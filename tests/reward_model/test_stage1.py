@@ -16,7 +16,8 @@ from verl_variance.reward_model.checkpoint import load_ensemble
 from verl_variance.reward_model.data import encode_pairs
 from verl_variance.reward_model.features import head_rewards
 from verl_variance.reward_model.heads import HeadTrainingConfig
-from verl_variance.reward_model.stage1 import Stage1Config, loss_history, train_stage1, train_stage1_reference
+from verl_variance.reward_model.reference import train_stage1_reference
+from verl_variance.reward_model.stage1 import Stage1Config, loss_history, train_stage1
 from verl_variance.reward_model.train import TrainRMConfig, run_train_rm, running_loss
 
 QUIET = {"logger": [], "save_steps": 0, "show_progress": False}

@@ -215,7 +215,7 @@ def test_config_defaults_follow_the_paper():
 def test_build_config_reads_yaml_then_flags_then_overrides(tmp_path):
     file = tmp_path / "rm.yaml"
     file.write_text(
-        "model_name_or_path: tiny\ntrain_files: a.jsonl\nmax_length: 128\n"
+        "model_name_or_path: tiny\ntrain_files: [a.jsonl]\nmax_length: 128\n"
         "stage1:\n  learning_rate: 1e-5\n  batch_size: 8\nstage2:\n  num_heads: 5\n"
     )
     config = build_config(
@@ -235,11 +235,12 @@ def test_build_config_reads_yaml_then_flags_then_overrides(tmp_path):
     ("mapping", "overrides", "match"),
     [
         ({"train_files": ["a"], "lr": 1}, [], r"unknown key\(s\) \['lr'\] in the train-rm config; valid keys: \["),
-        ({"train_files": ["a"], "stage1": {"lr": 1}}, [], r"unknown key\(s\) \['lr'\] in the stage-1 config"),
+        ({"train_files": ["a"], "stage1": {"lr": 1}}, [], r"unknown key\(s\) \[.lr.\] in the train-rm config \(stage1"),
         ({}, [], "TrainRMConfig.train_files is empty: pass --train-files"),
-        ({"train_files": ["a"]}, ["stage3.seed=1"], "only stage1.<field> and stage2.<field> are nested"),
+        ({"train_files": ["a"]}, ["stage3.seed=1"], r"unknown key\(s\) \['stage3'\] in the train-rm config; valid"),
+        ({"train_files": "a.jsonl"}, [], r"train_files must be a list, e.g. train_files=\[a,b\]"),
         ({"train_files": ["a"]}, ["stage1.learning_rate"], "is not key=value"),
-        ({"train_files": ["a"]}, ["stage1.learning_rate=fast"], "learning_rate='fast' in the stage1 config is not a"),
+        ({"train_files": ["a"]}, ["stage1.learning_rate=fast"], "stage1.learning_rate: Value 'fast' .* to Float"),
         ({"train_files": ["a"]}, ["stage2.num_heads=1"], "an ensemble needs K >= 2 heads"),
         ({"train_files": ["a"]}, ["stage=3"], "TrainRMConfig.stage=3: use 1, 2 or null"),
         ({"train_files": ["a"], "skip_stage1": True}, ["stage=1"], "stage=1 with skip_stage1: there is nothing"),

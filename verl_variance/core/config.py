@@ -7,7 +7,7 @@ Hydra presets or with ``+variance_kl.weighting=variance`` on verl's stock config
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from verl_variance.core.kl import KL_WEIGHTINGS
@@ -23,14 +23,44 @@ def valid_kl_estimators() -> tuple[str, ...]:
     return VERL_KL_ESTIMATORS + tuple(f"{name}+" for name in VERL_KL_ESTIMATORS)
 
 
-def from_mapping(cls, mapping: Mapping[str, Any] | None, where: str):
-    """Build dataclass ``cls`` from a mapping, failing on unknown keys with the list of valid ones."""
-    mapping = dict(mapping or {})
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(mapping) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {valid}")
-    return cls(**mapping)
+def from_mapping(cls, *layers: Mapping[str, Any] | None, where: str):
+    """Build dataclass ``cls`` from mappings merged in order (dicts, verl's DictConfig groups, YAML file contents,
+    ``OmegaConf.from_dotlist`` overrides), through OmegaConf's structured configs: the one config mechanism of
+    verl-variance. Values are checked and converted to the fields' types (YAML's ``"1e-5"`` -> 1e-5), nested
+    dataclass fields are built too, and the dataclasses' own checks run last.
+
+    Raises:
+        ValueError: naming ``where`` and the key; an unknown key with the valid ones.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), *(layer or {} for layer in layers))
+        return OmegaConf.to_object(merged)
+    except ConfigKeyError as error:
+        group = error.full_key.rpartition(".")[0]
+        valid = [f.name for f in fields(error.object_type)] if is_dataclass(error.object_type) else []
+        raise ValueError(
+            f"unknown key(s) {[error.key]} in {where}{f' ({group})' if group else ''}; valid keys: {valid}"
+        ) from None
+    except OmegaConfBaseException as error:
+        if "is not a ListConfig" in error.msg:
+            raise ValueError(f"{where}: {error.full_key} must be a list, e.g. {error.full_key}=[a,b]") from None
+        raise ValueError(f"{where}: {error.full_key}: {error.msg}") from None
+
+
+def config_keys(cls, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """``(dotted key, default, help)`` of every field of dataclass ``cls``, nested dataclass fields expanded: the
+    fields' ``help`` metadata, as the command line shows it (``verl-variance train-rm --keys``)."""
+    rows = []
+    for item in fields(cls):
+        default = item.default if item.default_factory is MISSING else item.default_factory()
+        if is_dataclass(default):
+            rows += config_keys(type(default), f"{prefix}{item.name}.")
+        else:
+            rows.append((f"{prefix}{item.name}", default, item.metadata.get("help", "")))
+    return rows
 
 
 @dataclass
@@ -83,7 +113,7 @@ class VarianceKLConfig:
     @classmethod
     def from_trainer_config(cls, config: Mapping[str, Any]) -> VarianceKLConfig:
         """Read the ``variance_kl`` group of a verl trainer config (defaults when absent)."""
-        return from_mapping(cls, config.get("variance_kl"), "variance_kl")
+        return from_mapping(cls, config.get("variance_kl"), where="variance_kl")
 
 
 @dataclass
@@ -142,10 +172,7 @@ class EnsembleRewardConfig:
     @classmethod
     def from_trainer_config(cls, config: Mapping[str, Any]) -> EnsembleRewardConfig:
         """Read the ``ensemble_reward`` group of a verl trainer config (defaults when absent)."""
-        group = dict(config.get("ensemble_reward") or {})
-        if "aggregator_params" in group and group["aggregator_params"] is not None:
-            group["aggregator_params"] = dict(group["aggregator_params"])
-        return from_mapping(cls, group, "ensemble_reward")
+        return from_mapping(cls, config.get("ensemble_reward"), where="ensemble_reward")
 
 
 RVPO_ESTIMATOR = "rvpo"
@@ -212,11 +239,7 @@ class RVPOConfig:
     @classmethod
     def from_trainer_config(cls, config: Mapping[str, Any]) -> RVPOConfig:
         """Read the ``rvpo`` group of a verl trainer config (defaults when absent)."""
-        group = dict(config.get("rvpo") or {})
-        for name in ("reward_keys", "weights"):
-            if group.get(name) is not None:
-                group[name] = list(group[name])
-        return from_mapping(cls, group, "rvpo")
+        return from_mapping(cls, config.get("rvpo"), where="rvpo")
 
 
 R2VPO_LOSS = "r2vpo"
@@ -256,4 +279,4 @@ class R2VPOConfig:
     @classmethod
     def from_trainer_config(cls, config: Mapping[str, Any]) -> R2VPOConfig:
         """Read the ``r2vpo`` group of a verl trainer config (defaults when absent)."""
-        return from_mapping(cls, config.get("r2vpo"), "r2vpo")
+        return from_mapping(cls, config.get("r2vpo"), where="r2vpo")

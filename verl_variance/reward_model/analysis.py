@@ -32,7 +32,7 @@ from verl_variance.reward_model.data import (
     load_preferences,
     row_to_pair,
 )
-from verl_variance.reward_model.heads import show_progress as progress_enabled
+from verl_variance.reward_model.optimisation import show_progress as progress_enabled
 from verl_variance.reward_model.scoring import CHUNK_BATCHES, pair_rewards, score_texts, write_scores
 
 # RewardBench's official scoring, from allenai/reward-bench: rewardbench/constants.py (SUBSET_MAPPING, EXAMPLE_COUNTS

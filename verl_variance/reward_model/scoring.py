@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from verl_variance.core.variance import ensemble_reward_variance
 from verl_variance.reward_model.data import PreferencePair, encode_pairs, encode_texts, sequence_text, warn_truncated
 from verl_variance.reward_model.features import head_rewards
-from verl_variance.reward_model.heads import show_progress as progress_enabled
+from verl_variance.reward_model.optimisation import show_progress as progress_enabled
 
 Item = str | tuple[Any, Any] | list[dict[str, str]]
 """A text, a (prompt, response) pair (each text or chat messages), or a whole chat conversation."""

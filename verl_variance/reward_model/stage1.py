@@ -5,16 +5,15 @@ The backbone and its scalar head are trained together until the running loss dip
 Gemma-2B for 51 h on 4 GPUs, so this stage runs on TRL's ``RewardTrainer`` (the field's trainer for such
 models): one process or many (``accelerate launch``: DDP, FSDP, DeepSpeed), bf16, gradient checkpointing,
 gradient accumulation, checkpoints every ``save_steps`` with mid-stage resume, and the trackers of verl's
-``trainer.logger`` (console, tensorboard, wandb). ``train_stage1_reference`` is the plain single-process
-loop it replaced, kept as the reference the tests and the benchmark compare it with.
+``trainer.logger`` (console, tensorboard, wandb). ``reference.train_stage1_reference`` is the plain
+single-process loop it replaced, kept as the reference the tests and the benchmark compare it with.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,17 +22,7 @@ from unittest import mock
 import torch
 
 from verl_variance.core.config import from_mapping
-from verl_variance.reward_model.features import trim_padding
-from verl_variance.reward_model.heads import (
-    RewardFn,
-    TrainingHistory,
-    check_optim_fields,
-    derived_seed,
-    num_steps,
-    optimise,
-    sample_order,
-    show_progress,
-)
+from verl_variance.reward_model.optimisation import OptimisationConfig, TrainingHistory, show_progress
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -48,7 +37,7 @@ CONSOLE_KEYS = ("loss", "accuracy", "margin", "grad_norm", "learning_rate", "epo
 
 
 @dataclass
-class Stage1Config:
+class Stage1Config(OptimisationConfig):
     """Single reward model fine-tune (defaults: Banerjee & Gopalan, Appendix 7, Table 2).
 
     ``batch_size`` is the global batch of pairs per optimiser step; each device runs
@@ -56,16 +45,16 @@ class Stage1Config:
     ``batch_size / (micro_batch_size_per_device × devices)`` of them.
     """
 
-    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (Table 2: 1e-5)."})
     batch_size: int = field(default=32, metadata={"help": "Pairs per optimiser step, all devices (Table 2: 32)."})
+    num_epochs: float = field(default=1.0, metadata={"help": "Passes over the pairs (Table 2: 1)."})
+    target_loss: float | None = field(
+        default=0.4, metadata={"help": "Early stop below this running loss (Section 7: 0.4; text: 0.3)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seeds the pair order and the score head's init."})
     micro_batch_size_per_device: int | None = field(
         default=None,
         metadata={"help": "Pairs per forward pass per device (rest: gradient accumulation); null: batch / devices."},
     )
-    num_epochs: float = field(default=1.0, metadata={"help": "Passes over the pairs (Table 2: 1)."})
-    max_steps: int | None = field(default=None, metadata={"help": "If set, overrides num_epochs."})
-    weight_decay: float = field(default=0.001, metadata={"help": "AdamW weight decay (Table 2: 0.001)."})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine (Table 2) or constant."})
     optim: str = field(
         default="adamw_torch",
         metadata={"help": "transformers optimiser name (Table 2: paged AdamW 32-bit = paged_adamw_32bit, GPU)."},
@@ -74,10 +63,6 @@ class Stage1Config:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute activations in the backward pass (memory for ~30% time)."}
     )
-    target_loss: float | None = field(
-        default=0.4, metadata={"help": "Early stop below this running loss (Section 7: 0.4; text: 0.3)."}
-    )
-    loss_window: int = field(default=20, metadata={"help": "Steps averaged into the running loss."})
     save_steps: int = field(default=500, metadata={"help": "Checkpoint every N optimiser steps (0: never)."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (the newest)."})
     logger: list[str] = field(
@@ -85,26 +70,19 @@ class Stage1Config:
     )
     project_name: str = field(default="verl_variance_rm", metadata={"help": "wandb project (verl's project_name)."})
     experiment_name: str = field(default="stage1", metadata={"help": "wandb run name (verl's experiment_name)."})
-    seed: int = field(default=0, metadata={"help": "Seeds the pair order and the score head's init."})
-    show_progress: bool | None = field(default=None, metadata={"help": "tqdm bar; null: only on a terminal."})
 
     def __post_init__(self) -> None:
-        check_optim_fields(self, "Stage1Config")
+        super().__post_init__()
         if isinstance(self.logger, str):
             self.logger = [self.logger]
         self.logger = list(self.logger)
-        for name in ("batch_size", "loss_window", "save_total_limit"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Stage1Config.{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"Stage1Config.save_total_limit must be >= 1, got {self.save_total_limit}")
         if self.micro_batch_size_per_device is not None and self.micro_batch_size_per_device < 1:
             raise ValueError(f"Stage1Config.micro_batch_size_per_device must be >= 1 or null, got "
                              f"{self.micro_batch_size_per_device}")  # fmt: skip
-        if not self.num_epochs > 0:
-            raise ValueError(f"Stage1Config.num_epochs must be > 0, got {self.num_epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"Stage1Config.max_steps must be >= 1 or null, got {self.max_steps}")
-        if self.seed < 0 or self.save_steps < 0:
-            raise ValueError(f"Stage1Config.seed and save_steps must be >= 0, got {self.seed}, {self.save_steps}")
+        if self.save_steps < 0:
+            raise ValueError(f"Stage1Config.save_steps must be >= 0, got {self.save_steps}")
         unknown = sorted(set(self.logger) - set(LOGGERS))
         if unknown:
             raise ValueError(f"Stage1Config.logger has {unknown}; valid: {list(LOGGERS)}")
@@ -112,7 +90,7 @@ class Stage1Config:
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any] | None) -> Stage1Config:
         """Build from a mapping, failing on unknown keys with the list of valid ones."""
-        return from_mapping(cls, mapping, "the stage-1 config")
+        return from_mapping(cls, mapping, where="the stage-1 config")
 
     def accumulation(self, num_processes: int) -> tuple[int, int]:
         """``(micro batch per device, gradient accumulation steps)`` that make ``batch_size`` on ``num_processes``.
@@ -315,51 +293,3 @@ def _quiet_progress():
             return None
 
     return QuietProgress()
-
-
-# The plain loop stage 1 used before TRL: one process, the seeded order of ``heads.sample_order``, AdamW on every
-# weight. The reference of the tests and of benchmarks/bench_stage1.py.
-
-
-def _pair_rewards(model: torch.nn.Module, encoded: Mapping[str, Mapping[str, torch.Tensor]]) -> RewardFn:
-    chosen, rejected = encoded["chosen"], encoded["rejected"]
-    device = next(model.parameters()).device
-
-    def logits(batch: Mapping[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-        ids, mask = trim_padding(batch["input_ids"][rows], batch["attention_mask"][rows])
-        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-
-    def rewards(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits(chosen, indices[0]), logits(rejected, indices[0])
-
-    return rewards
-
-
-@contextmanager
-def _training(model: torch.nn.Module, seed: int) -> Iterator[None]:
-    """Train mode with dropout seeded from ``seed`` (the caller's RNG state is restored); eval mode after."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(seed))
-        model.train()
-        try:
-            yield
-        finally:
-            model.eval()
-
-
-def train_stage1_reference(
-    model: torch.nn.Module, encoded: Mapping[str, Mapping[str, torch.Tensor]], config: Stage1Config
-) -> TrainingHistory:
-    """The pre-TRL stage 1: every parameter of ``model`` trained with BT in this process (fp32, whole batches).
-
-    Reads Table 2's optimisation fields of ``config`` (lr, batch, epochs/steps, weight decay, schedule, early stop,
-    seed); the TRL-only ones (micro batch, bf16, checkpointing, checkpoints, trackers) are ignored.
-
-    Returns:
-        The per-step loss history (steps, K). ``model`` is left in eval mode.
-    """
-    num_pairs = encoded["chosen"]["input_ids"].shape[0]
-    steps = num_steps(num_pairs, config.num_epochs, config.batch_size, config.max_steps)
-    order = sample_order(num_pairs, steps, config.batch_size, config.seed)
-    with _training(model, config.seed):
-        return optimise(model, _pair_rewards(model, encoded), order, config, STAGE1_DESC)

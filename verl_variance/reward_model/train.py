@@ -28,8 +28,6 @@ import json
 import logging
 import os
 import shutil
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +50,8 @@ from verl_variance.reward_model.checkpoint import (
     write_record,
 )
 from verl_variance.reward_model.data import PreferencePair, encode_pairs, load_preferences
-from verl_variance.reward_model.heads import HeadTrainingConfig, TrainingHistory, derived_seed, train_stage2
+from verl_variance.reward_model.heads import HeadTrainingConfig, train_stage2
+from verl_variance.reward_model.optimisation import TrainingHistory, derived_seed
 from verl_variance.reward_model.stage1 import Stage1Config, process_state, train_stage1
 
 if TYPE_CHECKING:
@@ -130,32 +129,8 @@ class TrainRMConfig:
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any] | None) -> TrainRMConfig:
-        """Build from nested mappings (``stage1: {...}``, ``stage2: {...}``), e.g. a YAML file.
-
-        Fails on unknown keys with the list of valid ones; numbers written as text (YAML reads ``1e-5`` as a
-        string) are converted to the field's type.
-        """
-        mapping = _typed(cls, dict(mapping or {}), "the train-rm config")
-        for name, sub in (("stage1", Stage1Config), ("stage2", HeadTrainingConfig)):
-            if isinstance(mapping.get(name), Mapping):
-                mapping[name] = sub.from_dict(_typed(sub, dict(mapping[name]), f"the {name} config"))
-        return from_mapping(cls, mapping, "the train-rm config")
-
-
-def _typed(cls, mapping: dict[str, Any], where: str) -> dict[str, Any]:
-    """Convert text values of int/float fields of dataclass ``cls`` (``"1e-5"`` -> 1e-5); other values as is."""
-    hints = typing.get_type_hints(cls)
-    for key, value in mapping.items():
-        hint = hints.get(key)
-        allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-        number = float if float in allowed else int if int in allowed else None
-        if number is None or not isinstance(value, str):
-            continue
-        try:
-            mapping[key] = number(value)
-        except ValueError:
-            raise ValueError(f"{key}={value!r} in {where} is not a number ({number.__name__})") from None
-    return mapping
+        """Build from nested mappings (``stage1: {...}``, ``stage2: {...}``), e.g. a YAML file (``from_mapping``)."""
+        return from_mapping(cls, mapping, where="the train-rm config")
 
 
 def build_config(
@@ -163,41 +138,38 @@ def build_config(
     flags: Mapping[str, Any] | None = None,
     overrides: Sequence[str] = (),
 ) -> TrainRMConfig:
-    """The config of ``verl-variance train-rm``: a YAML/JSON file, then flags, then dotted ``key=value`` overrides.
+    """The config of ``verl-variance train-rm``: a YAML/JSON file, then flags, then dotted ``key=value`` overrides,
+    merged by OmegaConf onto ``TrainRMConfig`` (``from_mapping``).
 
     Args:
         file: ``.yaml``/``.yml``/``.json`` holding ``TrainRMConfig`` fields.
         flags: top-level or dotted keys (``{"stage2.num_heads": 5}``); None values are skipped.
-        overrides: ``["stage1.learning_rate=1e-3", "train_files=[a.jsonl,b.jsonl]"]``, values read as YAML.
+        overrides: ``["stage1.learning_rate=1e-3", "train_files=[a.jsonl,b.jsonl]"]``, OmegaConf's dot-list syntax.
     """
-    import yaml
+    from omegaconf import OmegaConf
 
-    mapping: dict[str, Any] = {}
+    layers: list[Any] = []
     if file is not None:
         path = Path(file)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
         if path.suffix not in (".yaml", ".yml", ".json"):
             raise ValueError(f"config file {path}: use a .yaml, .yml or .json file")
-        loaded = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"config file {path} must hold a mapping of TrainRMConfig fields, got {type(loaded)}")
-        mapping = {key: dict(value) if isinstance(value, Mapping) else value for key, value in loaded.items()}
-    dotted = [(key, value) for key, value in (flags or {}).items() if value is not None]
+        loaded = OmegaConf.load(path)  # YAML, of which JSON is a subset
+        if not OmegaConf.is_dict(loaded):
+            raise ValueError(f"config file {path} must hold a mapping of TrainRMConfig fields")
+        layers.append(loaded)
+    dotted = OmegaConf.create()
+    for key, value in (flags or {}).items():
+        if value is not None:
+            OmegaConf.update(dotted, key, value)
+    layers.append(dotted)
     for override in overrides:
-        key, sep, text = override.partition("=")
+        key, sep, _ = override.partition("=")
         if not sep or not key:
             raise ValueError(f"override {override!r} is not key=value (e.g. stage1.learning_rate=1e-3)")
-        dotted.append((key, yaml.safe_load(text)))
-    for key, value in dotted:
-        group, _, name = key.rpartition(".")
-        if group and group not in ("stage1", "stage2"):
-            raise ValueError(f"override {key!r}: only stage1.<field> and stage2.<field> are nested")
-        target = mapping.setdefault(group, {}) if group else mapping
-        if not isinstance(target, dict):
-            raise ValueError(f"override {key!r}: {group} is not a mapping in the config file")
-        target[name] = value
-    return TrainRMConfig.from_dict(mapping)
+    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    return from_mapping(TrainRMConfig, *layers, where="the train-rm config")
 
 
 def check_inputs(config: TrainRMConfig) -> None:
