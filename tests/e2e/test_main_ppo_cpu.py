@@ -262,3 +262,19 @@ def test_ensemble_reward_manager_drives_variance_aware_ppo(tmp_path, tiny_models
     with torch.no_grad():
         expected = model(**ids).logits[0].tolist()
     assert [record[f"reward_head_{k}"] for k in range(4)] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+def test_our_error_inside_a_worker_stops_the_run_as_itself(tmp_path, tiny_models):
+    """V1: an error of verl-variance raised in a reward worker after start-up is what the run ends with (verl
+    alone ends with "Sync replay buffer selected terminal groups with no materializable trajectories")."""
+    train, val = build_prompt_files(tmp_path / "data")
+    overrides = quickstart_overrides(tmp_path, tiny_models["qwen2"], train, val, steps=1)
+    overrides += [f"reward.custom_reward_function.path={Path(__file__).parent / 'variance_reward.py'}",
+                  "reward.custom_reward_function.name=failing_score", "trainer.val_before_train=False"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "verl_variance.cli", "ppo", "--device", "cpu", *overrides],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    output = proc.stdout + proc.stderr
+    (tmp_path / "run.log").write_text(output)
+    assert proc.returncode != 0
+    assert "verl-variance failed inside a verl worker: VerlVarianceError: the reward of this sample cannot be" in output
+    assert "no materializable trajectories" not in output  # stopped at the first poll after the error

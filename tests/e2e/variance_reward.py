@@ -4,3 +4,10 @@
 def parity_variance_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
     index = int(extra_info["index"])
     return {"score": len(solution_str.split()) / 10, "reward_variance": 0.0 if index % 2 == 0 else 1.0 + index % 3}
+
+
+def failing_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """Stands in for verl-variance code that fails inside a reward worker after start-up."""
+    from verl_variance.integration.compat import VerlVarianceError
+
+    raise VerlVarianceError("the reward of this sample cannot be computed (a test of worker errors)")

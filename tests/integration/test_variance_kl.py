@@ -268,3 +268,13 @@ def test_kl_penalties_that_are_not_ours_pass_untouched(estimator, monkeypatch):
     assert OmegaConf.to_container(config) == before
     old, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
     assert torch.isfinite(core_algos.kl_penalty(old, ref, estimator)).all()  # and verl computes it
+
+
+def test_a_group_reads_interpolations_of_the_whole_verl_config():
+    """The study recipe sets variance_kl.sample_log=${trainer.validation_data_dir}/../samples.jsonl."""
+    from verl_variance.core.config import VarianceKLConfig
+
+    sample_log = "${trainer.validation_data_dir}/../samples.jsonl"
+    trainer = {"validation_data_dir": "/runs/a/validation"}
+    config = OmegaConf.create({"trainer": trainer, "variance_kl": {"sample_log": sample_log}})
+    assert VarianceKLConfig.from_trainer_config(config).sample_log == "/runs/a/validation/../samples.jsonl"

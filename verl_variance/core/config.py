@@ -35,9 +35,10 @@ def from_mapping(cls, *layers: Mapping[str, Any] | None, where: str):
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls), *(layer or {} for layer in layers))
-        return OmegaConf.to_object(merged)
+    try:  # a group of verl's config is resolved in that config (``${trainer.x}`` points outside the group)
+        resolved = [OmegaConf.to_container(layer, resolve=True) if OmegaConf.is_config(layer) else layer or {}
+                    for layer in layers]  # fmt: skip
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), *resolved))
     except ConfigKeyError as error:
         group = error.full_key.rpartition(".")[0]
         valid = [f.name for f in fields(error.object_type)] if is_dataclass(error.object_type) else []

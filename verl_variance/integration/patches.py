@@ -169,6 +169,7 @@ def _running_main_ppo() -> bool:
 
 
 def _patch_validate_config(module) -> None:
+    from verl_variance.integration import worker_errors
     from verl_variance.integration.checks import ConfigError, check_trainer_config
 
     @patch(module, "validate_config")
@@ -181,6 +182,8 @@ def _patch_validate_config(module) -> None:
                 if _running_main_ppo():  # a user's mistake on the command line: the message alone, exit code 1
                     raise SystemExit(f"verl-variance: {error}") from None
                 raise
+            if _running_main_ppo():  # before Ray starts: the folder our workers' errors go to
+                worker_errors.prepare()
             return original(config, use_reference_policy, use_critic)
 
         return validate_config
@@ -271,6 +274,52 @@ def _patch_v1_batch_order(module) -> None:
             return original(self, batch, metrics, logging_prefix, keep_minibatch)
 
         return _balance_batch
+
+
+def _patch_agent_loop_errors(module) -> None:
+    """V1's agent loop: each failed session's error, when it is ours, is written for the trainer to raise."""
+    from verl_variance.integration import worker_errors
+
+    @patch(module, "_settle_session_tasks")
+    def _(original):
+        @functools.wraps(original)
+        async def _settle_session_tasks(tasks):
+            errors = await original(tasks)
+            worker_errors.record(errors)
+            return errors
+
+        return _settle_session_tasks
+
+
+def _patch_replay_buffer_errors(module) -> None:
+    """V1's replay buffer: at each poll for samples, stop at the first of our errors a worker recorded."""
+    from verl_variance.integration import worker_errors
+
+    @patch(module.ReplayBuffer, "_wait_for_next_poll")
+    def _(original):
+        @functools.wraps(original)
+        def _wait_for_next_poll(self, partition_id, last_debug_time):
+            worker_errors.surface()
+            return original(self, partition_id, last_debug_time)
+
+        return _wait_for_next_poll
+
+
+def _patch_fit_errors(module) -> None:
+    """V1's trainer: a run that stops after one of our errors in a worker stops with that error."""
+    from verl_variance.integration import worker_errors
+
+    @patch(module.PPOTrainer, "fit")
+    def _(original):
+        @functools.wraps(original)
+        def fit(self, agent_loop_manager):
+            try:
+                return original(self, agent_loop_manager)
+            except Exception as symptom:
+                worker_errors.surface(symptom)
+                raise
+
+        return fit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,6 +575,9 @@ def install() -> None:
     when_imported("verl.workers.rollout.replica", "hf_rollout_replica", _register_rollout_replica)
     when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll)
     when_imported("verl.trainer.ppo.v1.trainer_base", "v1_cpu_batch_order", _patch_v1_batch_order)
+    when_imported("verl.trainer.ppo.v1.agent_loop_tq", "worker_errors_recorded", _patch_agent_loop_errors)
+    when_imported("verl.trainer.ppo.v1.trainer_base", "worker_errors_surfaced", _patch_fit_errors)
+    when_imported("verl.trainer.ppo.v1.replay_buffer", "worker_errors_polled", _patch_replay_buffer_errors)
     when_imported("verl.trainer.ppo.ray_trainer", "variance_aware_kl_in_reward", _patch_apply_kl_penalty)
     when_imported("verl.trainer.ppo.v1.trainer_base", "variance_aware_kl_v1", _patch_v1_trainer)
     when_imported("verl.trainer.ppo.core_algos", "estimators_and_policy_losses",

@@ -1,0 +1,80 @@
+"""Errors of verl-variance raised inside verl's Ray workers reach the user as themselves.
+
+When our code fails in a worker after start-up (the ensemble reward manager in a reward-loop worker, the
+``hf`` rollout behind an agent loop), verl's V1 agent loop logs the error deep in that worker's log, marks
+the prompt failed, and the run ends later with a downstream symptom ("Sync replay buffer selected terminal
+groups with no materializable trajectories"). The driver makes a folder before Ray starts (``prepare``,
+inherited by every worker through the environment); the agent loop writes each of our errors there
+(``record``); the trainer raises the first one (``surface``) at its next poll of the replay buffer, instead of
+retrying the failed prompts, and ``fit`` does if the run stopped otherwise (verl's error is then its cause).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+
+from verl_variance.integration.compat import VerlVarianceError
+
+ENV = "VERL_VARIANCE_WORKER_ERRORS"
+"""The folder of recorded errors (set by the driver before Ray starts)."""
+
+
+class WorkerError(VerlVarianceError):
+    """One of verl-variance's errors, raised in a Ray worker, re-raised where the run stops."""
+
+
+def prepare() -> Path:
+    """The driver, before Ray starts: a fresh folder for this run's worker errors, named in the environment."""
+    folder = Path(tempfile.mkdtemp(prefix="verl_variance_worker_errors_"))
+    os.environ[ENV] = str(folder)
+    return folder
+
+
+def is_ours(error: BaseException) -> bool:
+    """The error, or the remote error a Ray task error carries, was raised in verl-variance's code."""
+    cause = getattr(error, "cause", None) or error
+    if isinstance(cause, VerlVarianceError):
+        return True
+    text = "".join(traceback.format_exception(error))
+    return f"{os.sep}verl_variance{os.sep}" in text
+
+
+def describe(error: BaseException) -> str:
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {cause}"
+
+
+def record(errors: Iterable[BaseException]) -> None:
+    """A worker: write each of our errors to the run's folder (nothing when the driver made none)."""
+    folder = os.environ.get(ENV)
+    if not folder or not Path(folder).is_dir():
+        return
+    for error in errors:
+        if is_ours(error):
+            handle, _ = tempfile.mkstemp(dir=folder, prefix=f"{os.getpid()}_", suffix=".txt")
+            with os.fdopen(handle, "w") as sink:
+                sink.write(describe(error))
+
+
+def recorded() -> list[str]:
+    """The errors the workers wrote, oldest first."""
+    folder = os.environ.get(ENV)
+    if not folder or not Path(folder).is_dir():
+        return []
+    files = sorted(Path(folder).glob("*.txt"), key=lambda path: path.stat().st_mtime_ns)
+    return [path.read_text() for path in files]
+
+
+def surface(symptom: BaseException | None = None) -> None:
+    """Raise the workers' first error of ours (``symptom``, verl's own error where the run stopped, as its cause);
+    return when there is none."""
+    if isinstance(symptom, WorkerError):
+        return
+    errors = recorded()
+    if errors:
+        more = f" ({len(errors) - 1} more like it in the workers' logs)" if len(errors) > 1 else ""
+        raise WorkerError(f"verl-variance failed inside a verl worker: {errors[0]}{more}") from symptom
