@@ -6,7 +6,7 @@ the ensemble reward, KL in the reward) on the assets of an earlier ``verl-varian
 
 - ``separate``: what the demo ran before: the ``hf`` rollout as a separate server process that
   receives the weights after every step, bf16 FSDP compute, torch's default AdamW loop, gradient
-  checkpointing, 8-row sampling chunks, validation before training in every run;
+  checkpointing, 8-row sampling chunks, validation before training in every run (one sample per prompt);
 - ``colocated``: today's defaults: sampling inside the actor worker on its own weights, fp32
   compute (rollout log-probs = the actor's), fused AdamW, no gradient checkpointing, 16-row chunks,
   the reference validated once per study (not here).
@@ -50,6 +50,7 @@ SETUPS = {
         "actor_rollout_ref.model.enable_gradient_checkpointing=True",
         "critic.model.enable_gradient_checkpointing=True",
         "actor_rollout_ref.rollout.engine_kwargs.hf.batch_rows=8",
+        "actor_rollout_ref.rollout.val_kwargs.n=1",  # the earlier demo's validation: one sample per prompt
     ],
     "colocated": [],
 }
