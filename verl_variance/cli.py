@@ -23,8 +23,11 @@ def _ppo(args: argparse.Namespace) -> int:
 def _tiny_model(args: argparse.Namespace) -> int:
     from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 
-    config = TinyModelConfig(architecture=args.architecture, num_labels=args.num_labels)
-    print(build_tiny_model(args.output_dir, config))
+    try:
+        config = TinyModelConfig(architecture=args.architecture, num_labels=args.num_labels)
+        print(build_tiny_model(args.output_dir, config))
+    except (ValueError, OSError) as error:  # a bad field, a folder that cannot be written
+        return _fail("tiny-model", error)
     return 0
 
 
@@ -209,6 +212,14 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts (steps, policies, batch sizes): an integer >= 1, else argparse's one-line error."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from verl_variance.experiments.judge import PAPER_JUDGE
 
@@ -235,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     quick = commands.add_parser("quickstart", help="2 PPO steps of a tiny model through verl on CPU")
     quick.add_argument("--workdir", default="runs/quickstart")
-    quick.add_argument("--steps", type=int, default=2)
+    quick.add_argument("--steps", type=positive_int, default=2)
     quick.add_argument("overrides", nargs=argparse.REMAINDER, help="extra verl Hydra overrides")
     quick.set_defaults(run=_quickstart)
 
@@ -248,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=None,
                       help="outputs (default runs/demo, runs/rvpo); re-running resumes from what is there")
     demo.add_argument("--assets-dir", default=None, help="asset cache (default $VERL_VARIANCE_ASSETS or ~/.cache)")
-    demo.add_argument("--policies", type=int, help="policies (rvpo: seeds) per method (default: the scale's)")
-    demo.add_argument("--steps", type=int, help="PPO steps per policy (default: the scale's)")
+    demo.add_argument("--policies", type=positive_int, help="policies (rvpo: seeds) per method (default: the scale's)")
+    demo.add_argument("--steps", type=positive_int, help="PPO steps per policy (default: the scale's)")
     demo.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="auto: the scale's")
     demo.set_defaults(run=_demo)
 
@@ -282,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--eval-files", nargs="+", help="held-out pairs (RewardBench layout gives Table 1)")
     rm.add_argument("--output-dir", help="stage1/, ensemble/, history.json, loss_curves.png, eval/")
     rm.add_argument("--num-heads", type=int, help="K, stage2.num_heads (default 10)")
-    rm.add_argument("--max-length", type=int, help="tokens per sequence (default 1024)")
+    rm.add_argument("--max-length", type=positive_int, help="tokens per sequence (default 1024)")
     rm.add_argument("--bootstrap", action="store_true", default=None, help="each head on its own resample")
     rm.add_argument("--seed", type=int, help="stage1.seed and stage2.seed (default 0)")
     rm.add_argument("--skip-stage1", action="store_true", default=None, help="heads on --model directly")
@@ -312,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("model", help="ensemble folder (train-rm's OUTPUT_DIR/ensemble)")
     score.add_argument("input", help=".jsonl/.parquet of pairs (prompt/chosen/rejected) or prompt/response rows")
     score.add_argument("output", help=".jsonl or .parquet: the input rows with their scores")
-    score.add_argument("--batch-size", type=int, default=32)
-    score.add_argument("--max-length", type=int, default=1024)
+    score.add_argument("--batch-size", type=positive_int, default=32)
+    score.add_argument("--max-length", type=positive_int, default=1024)
     score.set_defaults(run=_score)
 
     analyze = commands.add_parser(
@@ -323,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("data", nargs="+", help="RewardBench-layout .jsonl/.parquet (prompt/chosen/rejected/subset)")
     analyze.add_argument("--output-dir", default="runs/analysis")
     analyze.add_argument("--single-model", help="the single full model, e.g. OUTPUT_DIR/stage1 (Figure 9)")
-    analyze.add_argument("--batch-size", type=int, default=32)
-    analyze.add_argument("--max-length", type=int, default=1024)
+    analyze.add_argument("--batch-size", type=positive_int, default=32)
+    analyze.add_argument("--max-length", type=positive_int, default=1024)
     analyze.set_defaults(run=_analyze)
 
     check = commands.add_parser(
@@ -349,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("--study-dir", required=True, help="policies/, calibration.json, later the report")
     study_run.add_argument("--heads", type=int, nargs="+", required=True, help="reward heads (paper: 0..9)")
     study_run.add_argument("--seeds", type=int, nargs="+", required=True, help="seeds (paper: 0..3)")
-    study_run.add_argument("--steps", type=int, required=True, help="TRAIN_STEPS of every run (progress lines)")
+    study_run.add_argument("--steps", type=positive_int, required=True, help="TRAIN_STEPS of every run")
     study_run.add_argument("--vanilla-kl-coef", type=float, default=0.2, help="beta of vanilla PPO (Table 6: 0.2)")
     study_run.add_argument("--aware-kl-coef", type=float, default=0.05, help="initial variance-aware beta (Table 7)")
     study_run.add_argument("--parallel", type=int, default=1,

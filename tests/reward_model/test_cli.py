@@ -72,12 +72,28 @@ def test_train_rm_flags_override_the_config_file(monkeypatch, tmp_path, capsys):
         (["train-rm", "--train-files", "missing.jsonl"], "preference file missing.jsonl does not exist"),
         (["score", "nowhere", "in.jsonl", "out.jsonl"], "verl-variance score: input file in.jsonl does not exist"),
         (["analyze", "nowhere", "rb.jsonl"], "verl-variance analyze: reward ensemble folder nowhere does not exist"),
+        (["tiny-model", "m", "--num-labels", "-2"], "verl-variance tiny-model: TinyModelConfig.num_labels=-2: 0"),
+        (["tiny-model", "/proc/no/such/folder"], "verl-variance tiny-model: [Errno 2] No such file or directory"),
     ],
 )
 def test_bad_input_exits_with_code_2(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["quickstart", "--steps", "0"], ["demo", "--policies", "0"], ["demo", "--steps", "-1"],
+     ["score", "m", "a", "b", "--batch-size", "0"], ["study", "run", "--recipe-dir", "r", "--study-dir", "s",
+     "--heads", "0", "--seeds", "0", "--steps", "0"]],
+)  # fmt: skip
+def test_counts_below_one_are_refused_by_the_parser(argv, capsys):
+    """Before anything runs (quickstart --steps 0 used to start verl and report "done")."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    assert "expected an integer >= 1, got" in capsys.readouterr().err
 
 
 def test_score_and_analyze_the_trained_ensemble(trained, tiny_rm, capsys):

@@ -58,6 +58,8 @@ class TinyModelConfig:
     def __post_init__(self) -> None:
         if self.architecture not in ("qwen2", "llama", "gpt2"):
             raise ValueError(f"TinyModelConfig.architecture={self.architecture!r}: expected qwen2, llama or gpt2")
+        if self.num_labels < 0:
+            raise ValueError(f"TinyModelConfig.num_labels={self.num_labels}: 0 (a causal LM) or K >= 1 heads")
 
 
 def build_tokenizer(vocab_size: int = 512):
