@@ -276,5 +276,7 @@ def test_our_error_inside_a_worker_stops_the_run_as_itself(tmp_path, tiny_models
     output = proc.stdout + proc.stderr
     (tmp_path / "run.log").write_text(output)
     assert proc.returncode != 0
-    assert "verl-variance failed inside a verl worker: VerlVarianceError: the reward of this sample cannot be" in output
-    assert "no materializable trajectories" not in output  # stopped at the first poll after the error
+    ours = output.rfind("WorkerError: verl-variance failed inside a verl worker: VerlVarianceError: the reward of")
+    # the error the run ends with is ours: raised at the replay buffer's next poll, or (when verl's sampler gave
+    # up first, which depends on timing) by fit, with verl's symptom printed before it as its cause
+    assert ours > output.rfind("no materializable trajectories")
