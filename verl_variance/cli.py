@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib
 import json
 import sys
 
@@ -80,6 +82,54 @@ _SIMULATE_FIELDS = (
 """``simulate`` flags that map one to one to ``SimulationConfig`` fields (unset: the config's default)."""
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts (steps, policies, batch sizes): an integer >= 1, else argparse's one-line error."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+_TRAIN_RM_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
+    "model": (("model_name_or_path",), {}),
+    "train_files": (("train_files",), {"nargs": "+"}),
+    "eval_files": (("eval_files",), {"nargs": "+"}),
+    "output_dir": (("output_dir",), {}),
+    "num_heads": (("stage2.num_heads",), {"type": int}),
+    "max_length": (("max_length",), {"type": positive_int}),
+    "bootstrap": (("stage2.bootstrap",), {"action": "store_true", "default": None}),
+    "seed": (("stage1.seed", "stage2.seed"), {"type": int}),
+    "skip_stage1": (("skip_stage1",), {"action": "store_true", "default": None}),
+    "overwrite": (("overwrite",), {"action": "store_true", "default": None}),
+    "stage": (("stage",), {"type": int, "choices": [1, 2]}),
+}
+"""``train-rm`` flags (argparse ``dest``): the ``TrainRMConfig`` keys each one sets, and its argparse settings."""
+
+
+class _ConfigHelpFormatter(argparse.HelpFormatter):
+    """Help of the flags that set config fields (their help names the keys, ``a and b``): the fields' ``help``
+    metadata and defaults (``config_keys``), read only when help is printed (the configs' modules import torch)."""
+
+    def __init__(self, prog: str, *, config: str) -> None:
+        super().__init__(prog)
+        self._config = config
+
+    @functools.cached_property
+    def _keys(self) -> dict[str, tuple[object, str]]:
+        from verl_variance.core.config import config_keys
+
+        module, name = self._config.split(":")
+        rows = config_keys(getattr(importlib.import_module(module), name))
+        return {key: (default, text) for key, default, text in rows}
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        keys = (action.help or "").split(" and ")
+        if not all(key in self._keys for key in keys):
+            return action.help
+        default, text = self._keys[keys[0]]
+        return f"{action.help}: {text} (default {default})".replace("%", "%%")
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from verl_variance.experiments.bandit import run, summary_lines
 
@@ -117,20 +167,7 @@ def _train_rm(args: argparse.Namespace) -> int:
         width = max(len(setting) for setting, _ in rows)
         print("\n".join(f"  {setting:<{width}}  {text}" for setting, text in rows))
         return 0
-    flags = {
-        "model_name_or_path": args.model,
-        "train_files": args.train_files,
-        "eval_files": args.eval_files,
-        "output_dir": args.output_dir,
-        "max_length": args.max_length,
-        "skip_stage1": args.skip_stage1,
-        "overwrite": args.overwrite,
-        "stage": args.stage,
-        "stage2.num_heads": args.num_heads,
-        "stage2.bootstrap": args.bootstrap,
-        "stage1.seed": args.seed,
-        "stage2.seed": args.seed,
-    }
+    flags = {key: getattr(args, dest) for dest, (keys, _) in _TRAIN_RM_FLAGS.items() for key in keys}
     try:
         config = build_config(args.config, flags, args.overrides)
         if args.check or args.dry_run:
@@ -181,9 +218,9 @@ def _recipe_check(args: argparse.Namespace) -> int:
     from verl_variance.experiments.recipes import RecipeError, preflight
 
     models = dict(item.split("=", 1) for item in args.model)
+    numbers = dict(item.split("=", 1) for item in args.number)
     try:
-        preflight(args.device, args.backend, args.data_dir, models, args.reward_model, args.head, args.nnodes,
-                  args.gpus_per_node)  # fmt: skip
+        preflight(args.device, args.backend, args.data_dir, models, args.reward_model, numbers)
     except RecipeError as error:
         return _fail("recipe-check", error)
     return 0
@@ -210,14 +247,6 @@ def _study(args: argparse.Namespace) -> int:
     except (StudyError, MissingDemoExtra, ValueError, FileNotFoundError) as error:
         return _fail("study", error)
     return 0
-
-
-def positive_int(text: str) -> int:
-    """argparse type of counts (steps, policies, batch sizes): an integer >= 1, else argparse's one-line error."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,10 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the paper's IMDB study offline: ensemble RM, vanilla vs variance-aware PPO through verl, report"
     )
     demo.add_argument("--scale", default="default", help="quick (CI, tiny models), default (SmolLM2, CPU), paper (GPU)")
-    demo.add_argument("--study", choices=["variance_kl", "rvpo"], default="variance_kl",
-                      help="variance_kl: vanilla vs variance-aware PPO (the paper); rvpo: GDPO vs RVPO, two objectives")
-    demo.add_argument("--workdir", default=None,
-                      help="outputs (default runs/demo, runs/rvpo); re-running resumes from what is there")
+    demo.add_argument(
+        "--study",
+        choices=["variance_kl", "rvpo"],
+        default="variance_kl",
+        help="variance_kl: vanilla vs variance-aware PPO (the paper); rvpo: GDPO vs RVPO, two objectives",
+    )
+    demo.add_argument(
+        "--workdir", default=None, help="outputs (default runs/demo, runs/rvpo); re-running resumes from what is there"
+    )
     demo.add_argument("--assets-dir", default=None, help="asset cache (default $VERL_VARIANCE_ASSETS or ~/.cache)")
     demo.add_argument("--policies", type=positive_int, help="policies (rvpo: seeds) per method (default: the scale's)")
     demo.add_argument("--steps", type=positive_int, help="PPO steps per policy (default: the scale's)")
@@ -265,42 +299,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     sim = commands.add_parser(
-        "simulate", help="the paper's linearized bandit (Section 3, Theorem 3.3, Figures 3-5): numpy, seconds"
+        "simulate",
+        help="the paper's linearized bandit (Section 3, Theorem 3.3, Figures 3-5): numpy, seconds",
+        formatter_class=functools.partial(
+            _ConfigHelpFormatter, config="verl_variance.experiments.bandit:SimulationConfig"
+        ),
     )
     sim.add_argument("--output-dir", default="runs/simulate")
     sim.add_argument("--settings", nargs="+", choices=["high", "low"], default=["high", "low"])
-    sim.add_argument("--variance-low", type=float, help="lo of sigma^2 ~ U(lo, hi) (default: the setting's)")
-    sim.add_argument("--variance-high", type=float, help="hi of sigma^2 ~ U(lo, hi) (default: the setting's)")
-    sim.add_argument("--dim", type=int, help="n, the dimension of r* (default 1000)")
-    sim.add_argument("--eps", type=float, help="step budget epsilon (default 0.2)")
-    sim.add_argument("--reward-mean", type=float, help="r*_i ~ N(reward_mean, reward_std^2) (default 0)")
-    sim.add_argument("--reward-std", type=float, help="r*_i ~ N(reward_mean, reward_std^2) (default 0.3)")
-    sim.add_argument("--reference-policy", choices=["uniform", "zero"], help="pi0 (default uniform)")
-    sim.add_argument("--draws", type=int, help="Monte Carlo draws of R-hat (default 10000)")
-    sim.add_argument("--chunk-size", type=int, help="draws per vectorised batch (default 1000)")
-    sim.add_argument("--bins", type=int, help="histogram bins (default 60)")
-    sim.add_argument("--seed", type=int, help="seed of r*, sigma^2 and the draws (default 0)")
+    kinds = (float, float, int, float, float, float, str, int, int, int, int)
+    for name, kind in zip(_SIMULATE_FIELDS, kinds, strict=True):
+        choices = ["uniform", "zero"] if name == "reference_policy" else None
+        sim.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, help=name)
     sim.set_defaults(run=_simulate)
 
     rm = commands.add_parser(
         "train-rm",
         help="ensemble reward model (Section 4, Appendix 7): stage 1 BT fine-tune, stage 2 K heads; "
         "several GPUs: accelerate launch -m verl_variance.cli train-rm ...",
+        formatter_class=functools.partial(
+            _ConfigHelpFormatter, config="verl_variance.reward_model.train:TrainRMConfig"
+        ),
     )
     rm.add_argument("--config", help="YAML/JSON file of TrainRMConfig fields (stage1: {...}, stage2: {...})")
-    rm.add_argument("--model", help="backbone: local folder or hub name (default google/gemma-2b-it)")
-    rm.add_argument("--train-files", nargs="+", help="preference pairs, .jsonl/.parquet")
-    rm.add_argument("--eval-files", nargs="+", help="held-out pairs (RewardBench layout gives Table 1)")
-    rm.add_argument("--output-dir", help="stage1/, ensemble/, history.json, loss_curves.png, eval/")
-    rm.add_argument("--num-heads", type=int, help="K, stage2.num_heads (default 10)")
-    rm.add_argument("--max-length", type=positive_int, help="tokens per sequence (default 1024)")
-    rm.add_argument("--bootstrap", action="store_true", default=None, help="each head on its own resample")
-    rm.add_argument("--seed", type=int, help="stage1.seed and stage2.seed (default 0)")
-    rm.add_argument("--skip-stage1", action="store_true", default=None, help="heads on --model directly")
-    rm.add_argument("--overwrite", action="store_true", default=None, help="retrain both stages")
-    rm.add_argument(
-        "--stage", type=int, choices=[1, 2], help="1: stage 1 only (many GPUs); 2: stage 2 on OUTPUT_DIR/stage1"
-    )
+    for dest, (keys, settings) in _TRAIN_RM_FLAGS.items():
+        rm.add_argument(f"--{dest.replace('_', '-')}", help=" and ".join(keys), **settings)
     rm.add_argument(
         "--check", action="store_true", help="check the inputs (files, tokenizer vs config), print the config, exit"
     )
@@ -346,9 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--data-dir", help="DATA_DIR: train.parquet and test.parquet (unset: a dry run's checks)")
     check.add_argument("--model", action="append", default=[], metavar="VARIABLE=PATH", help="a model path to check")
     check.add_argument("--reward-model", help="REWARD_MODEL_PATH: the K-head ensemble folder")
-    check.add_argument("--head", type=int, default=0, help="HEAD: the reward head this policy trains on")
-    check.add_argument("--nnodes", type=int, default=1)
-    check.add_argument("--gpus-per-node", type=int, default=1)
+    check.add_argument("--number", action="append", default=[], metavar="VARIABLE=VALUE",
+                       help="a numeric variable to check: HEAD, TRAIN_BATCH_SIZE, ... (RECIPE_NUMBERS)")  # fmt: skip
     check.set_defaults(run=_recipe_check)
 
     study = commands.add_parser("study", help="the IMDB study through the recipes (run_study.sh, evaluate.sh)")
@@ -363,8 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("--steps", type=positive_int, required=True, help="TRAIN_STEPS of every run")
     study_run.add_argument("--vanilla-kl-coef", type=float, default=0.2, help="beta of vanilla PPO (Table 6: 0.2)")
     study_run.add_argument("--aware-kl-coef", type=float, default=0.05, help="initial variance-aware beta (Table 7)")
-    study_run.add_argument("--parallel", type=int, default=1,
-                           help="policy runs at once (CPU: about one core each; GPU: 1 unless each run has its own)")
+    study_run.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="policy runs at once (CPU: about one core each; GPU: 1 unless each run has its own)",
+    )
     study_run.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                            help="keep --aware-kl-coef instead of matching the vanilla pilot's final KL")  # fmt: skip
     study_run.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then verl overrides for every run")

@@ -12,13 +12,17 @@ BACKEND=${BACKEND:-fsdp}
 
 ########################### device, checks, dry run ###########################
 CHECK=(--device "$DEVICE" --backend "$BACKEND")
+for name in TRAIN_BATCH_SIZE PPO_MINI_BATCH_SIZE PPO_EPOCHS MICRO_BATCH_SIZE TRAIN_STEPS MAX_PROMPT_LENGTH \
+        MAX_RESPONSE_LENGTH ROLLOUT_TP ACTOR_TP ACTOR_PP CRITIC_TP CRITIC_PP NNODES GPUS_PER_NODE HEAD SEED \
+        SAVE_FREQ ACTOR_LR CRITIC_LR KL_COEF ROLLOUT_GPU_MEM_UTIL RM_GPU_MEM_UTIL; do
+    if [ -n "${!name+set}" ]; then CHECK+=(--number "$name=${!name}"); fi
+done
 DRY_RUN_ARGS=()
 if [ "${DRY_RUN:-0}" = 1 ]; then
     DRY_RUN_ARGS=(--cfg job --resolve)
 else
-    CHECK+=(--data-dir "$DATA_DIR" --reward-model "$REWARD_MODEL_PATH" --head "$HEAD"
-            --model "MODEL_PATH=$MODEL_PATH" --model "CRITIC_MODEL_PATH=$CRITIC_MODEL_PATH"
-            --nnodes "$NNODES" --gpus-per-node "$GPUS_PER_NODE")
+    CHECK+=(--data-dir "$DATA_DIR" --reward-model "$REWARD_MODEL_PATH"
+            --model "MODEL_PATH=$MODEL_PATH" --model "CRITIC_MODEL_PATH=$CRITIC_MODEL_PATH")
 fi
 python3 -m verl_variance.cli recipe-check "${CHECK[@]}"
 

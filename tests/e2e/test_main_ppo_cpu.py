@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -27,9 +28,11 @@ ROLLOUT_LOGPROB_TOLERANCE = 1e-4
 """Max |rollout log-prob - actor log-prob| per token: both are fp32 forward passes of the same weights (the
 colocated rollout samples from the actor's weights of this step)."""
 
+
 def deterministic(metrics: dict[str, float]) -> dict[str, float]:
     """The metrics that must repeat with the seed: all but those measuring time or memory."""
     return {k: v for k, v in metrics.items() if not (k.startswith("timing") or "perf/" in k)}
+
 
 GRPO = [
     "algorithm.adv_estimator=grpo",
@@ -264,19 +267,28 @@ def test_ensemble_reward_manager_drives_variance_aware_ppo(tmp_path, tiny_models
     assert [record[f"reward_head_{k}"] for k in range(4)] == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
-def test_our_error_inside_a_worker_stops_the_run_as_itself(tmp_path, tiny_models):
-    """V1: an error of verl-variance raised in a reward worker after start-up is what the run ends with (verl
-    alone ends with "Sync replay buffer selected terminal groups with no materializable trajectories")."""
+@pytest.mark.parametrize("trainer", ["v1", "legacy"])
+def test_our_error_inside_a_worker_stops_the_run_as_itself(tmp_path, tiny_models, trainer):
+    """An error of verl-variance raised in a reward worker after start-up is what the run ends with. V1 alone
+    would end with "Sync replay buffer selected terminal groups with no materializable trajectories" (our
+    WorkerError now); the legacy trainer passes the worker's error on itself (Ray's RayTaskError carries it)."""
     train, val = build_prompt_files(tmp_path / "data")
     overrides = quickstart_overrides(tmp_path, tiny_models["qwen2"], train, val, steps=1)
     overrides += [f"reward.custom_reward_function.path={Path(__file__).parent / 'variance_reward.py'}",
-                  "reward.custom_reward_function.name=failing_score", "trainer.val_before_train=False"]  # fmt: skip
+                  "reward.custom_reward_function.name=failing_score", "trainer.val_before_train=False",
+                  f"trainer.use_v1={trainer == 'v1'}"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "verl_variance.cli", "ppo", "--device", "cpu", *overrides],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     output = proc.stdout + proc.stderr
     (tmp_path / "run.log").write_text(output)
     assert proc.returncode != 0
-    ours = output.rfind("WorkerError: verl-variance failed inside a verl worker: VerlVarianceError: the reward of")
-    # the error the run ends with is ours: raised at the replay buffer's next poll, or (when verl's sampler gave
-    # up first, which depends on timing) by fit, with verl's symptom printed before it as its cause
-    assert ours > output.rfind("no materializable trajectories")
+    # the last exception line printed (Python prints a chained cause first) is ours, whichever trainer
+    raised = re.findall(r"^[\w.]*(?:Error|Exception)(?:\(\w+\))?: .*$", output, flags=re.MULTILINE)
+    assert raised and "VerlVarianceError: the reward of this sample cannot be computed" in raised[-1]
+    if trainer == "v1":
+        # raised at the replay buffer's next poll, or (when verl's sampler gave up first, which depends on
+        # timing) by fit, with verl's symptom printed before it as its cause
+        assert raised[-1].startswith("verl_variance.integration.worker_errors.WorkerError: verl-variance failed")
+    else:
+        assert raised[-1].startswith("verl_variance.integration.compat.VerlVarianceError: the reward")
+        assert "RayTaskError(VerlVarianceError)" in output

@@ -28,6 +28,38 @@ def test_gpu_checks_count_this_nodes_gpus_and_want_a_ray_cluster_for_several_nod
     recipes.check_gpus("gpu", 2, 4)
 
 
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"TRAIN_BATCH_SIZE": "abc"}, "TRAIN_BATCH_SIZE='abc' must be an integer >= 1"),
+        ({"TRAIN_STEPS": "0"}, "TRAIN_STEPS='0' must be an integer >= 1"),
+        ({"PPO_EPOCHS": "1.5"}, "PPO_EPOCHS='1.5' must be an integer >= 1"),
+        ({"HEAD": "-1"}, "HEAD='-1' must be an integer >= 0"),
+        ({"SAVE_FREQ": "0"}, r"SAVE_FREQ='0' must be an integer >= 1, or -1 \(no checkpoints\)"),
+        ({"ACTOR_LR": "1e-5x"}, "ACTOR_LR='1e-5x' must be a number > 0"),
+        ({"CRITIC_LR": "nan"}, "CRITIC_LR='nan' must be a number > 0"),
+        ({"KL_COEF": "-0.1"}, "KL_COEF='-0.1' must be a number >= 0"),
+        ({"RM_GPU_MEM_UTIL": "30"}, r"RM_GPU_MEM_UTIL='30' must be a fraction in \(0, 1\]"),
+        ({"TRAIN_BATCH_SIZE": "8", "PPO_MINI_BATCH_SIZE": "16"}, "PPO_MINI_BATCH_SIZE=16 is larger than TRAIN_BATCH"),
+    ],
+)
+def test_numeric_recipe_variables_are_checked_before_ray(variables, message):
+    with pytest.raises(RecipeError, match=f"^{message}"):
+        recipes.check_numbers(variables)
+
+
+def test_numbers_convert_and_every_recipe_passes_its_numbers_to_the_check():
+    """common.sh hands recipe-check every numeric variable of RECIPE_NUMBERS (the lists must not drift)."""
+    import re
+
+    assert recipes.check_numbers({"SAVE_FREQ": "-1", "KL_COEF": "0", "ACTOR_LR": "1.414e-5", "SEED": "3"}) == {
+        "SAVE_FREQ": -1, "KL_COEF": 0.0, "ACTOR_LR": 1.414e-5, "SEED": 3
+    }  # fmt: skip
+    common = (recipes.Path(__file__).resolve().parents[2] / "recipes" / "imdb_gpt2" / "common.sh").read_text()
+    loop = re.search(r"for name in (.*?); do", common, flags=re.DOTALL).group(1)
+    assert sorted(loop.replace("\\", " ").split()) == sorted(recipes.RECIPE_NUMBERS)
+
+
 def test_reward_model_heads_come_from_its_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"id2label": {str(k): f"LABEL_{k}" for k in range(10)}}))
     assert recipes.check_reward_model(str(tmp_path), 9) == 10

@@ -265,6 +265,21 @@ def test_variance_ratio_against_an_independent_computation(runs):
     assert variance_ratio(policies[:1] + policies[-1:]) is None
 
 
+def test_brown_forsythe_is_not_reported_below_three_policies_per_method(runs):
+    """At two policies per method both lie equally far from their median: Levene's within-group spread is 0
+    (scipy divides by it and printed p=0.000); the F interval stays."""
+    two_each = runs[:2] + runs[len(VANILLA_GAINS) : len(VANILLA_GAINS) + 2]
+    report = build_report(two_each, timings={}, settings={}, kl_tolerance=2.0)
+    result = report["variance_ratio"]
+    assert result["brown_forsythe_p"] is None and result["n"] == {"variance_aware": 2, "vanilla": 2}
+    ratio = np.var(AWARE_GAINS[:2], ddof=1) / np.var(VANILLA_GAINS[:2], ddof=1)
+    assert result["ratio"] == pytest.approx(ratio) and all(np.isfinite(result["ci95"]))
+    (line,) = [line for line in summary_lines(report) if "spread:" in line]
+    assert "Brown-Forsythe p=n/a (needs >= 3 policies per method)" in line
+    three_each = runs[:3] + runs[len(VANILLA_GAINS) : len(VANILLA_GAINS) + 3]
+    assert build_report(three_each, timings={}, settings={}, kl_tolerance=2.0)["variance_ratio"]["brown_forsythe_p"] > 0
+
+
 def test_evaluation_noise_is_the_per_prompt_sampling_variance_over_the_evaluation_size(runs):
     rng = np.random.default_rng(0)
     spread = rng.uniform(0.2, 2.0, size=N_PROMPTS)  # each prompt's own sampling std

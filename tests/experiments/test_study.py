@@ -155,9 +155,10 @@ def test_parallel_runs_give_the_same_study(tmp_path):
     parallel, calibration = study.train_policies(grid, launch, tmp_path / "b", betas, total_steps=3, parallel=2)
     assert calibration == serial_calibration and sorted(calls) == serial_calls
     assert set(calls[:2]) == {("vanilla", "head0_seed0", 0.2), ("variance_aware", "head0_seed0", 0.05)}  # pilots first
-    # the later vanilla runs need no calibration and queue right behind the pilots; the aware ones follow it
-    assert [call[:2] for call in calls[2:]] == [("vanilla", "head1_seed0"), ("vanilla", "head2_seed0"),
-                                                ("variance_aware", "head1_seed0"), ("variance_aware", "head2_seed0")]
+    # the later vanilla runs need no calibration and queue right behind the pilots; the aware ones follow it (two
+    # threads start the two runs of a phase in either order)
+    assert set(calls[2:4]) == {("vanilla", "head1_seed0", 0.2), ("vanilla", "head2_seed0", 0.2)}
+    assert {call[:2] for call in calls[4:]} == {("variance_aware", "head1_seed0"), ("variance_aware", "head2_seed0")}
     strip = [{k: v for k, v in run.items() if k != "seconds"} for run in parallel]
     assert strip == [{k: v for k, v in run.items() if k != "seconds"} for run in serial]
 

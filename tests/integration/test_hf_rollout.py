@@ -16,34 +16,43 @@ class RecordingServer(_ServerBase):
                                  engine_kwargs={"hf": {"batch_rows": batch_rows}})  # fmt: skip
         self._init_server(config)
         self.batches: list[int] = []
+        self.ran = asyncio.Event()  # set once a batch has run
 
     async def _run(self, items):
         self.batches.append(len(items))
+        self.ran.set()
         await asyncio.sleep(0)
         return [SampleResult([7], [0.0], "length") for _ in items], 3
 
 
-async def _requests(server: RecordingServer, groups: list[int], gap: float) -> list:
-    """``groups[i]`` requests at once, ``gap`` seconds apart."""
+async def _requests(server: RecordingServer, groups: list[int]) -> list:
+    """``groups[i]`` requests at once, the event loop run between the groups."""
     tasks = []
     for count in groups:
         tasks += [asyncio.create_task(server.generate([1, 2], {}, f"r{len(tasks) + i}")) for i in range(count)]
-        await asyncio.sleep(gap)
+        await asyncio.sleep(0)
     return await asyncio.gather(*tasks)
 
 
 def test_requests_that_trickle_in_run_as_one_chunk(monkeypatch):
     monkeypatch.setattr(hf_rollout, "BATCH_WAIT_SECONDS", 2.0)  # groups come within microseconds of each other
     server = RecordingServer(batch_rows=8)
-    outputs = asyncio.run(_requests(server, [3, 2, 3], gap=0))
+    outputs = asyncio.run(_requests(server, [3, 2, 3]))
     assert server.batches == [8]  # not 3 + 5: a partial chunk costs a whole one
     assert [o.token_ids for o in outputs] == [[7]] * 8 and {o.stop_reason for o in outputs} == {"completed"}
 
 
 def test_a_partial_chunk_runs_once_requests_stop_coming(monkeypatch):
     monkeypatch.setattr(hf_rollout, "BATCH_WAIT_SECONDS", 0.01)
+
+    async def scenario(server):
+        first = [asyncio.create_task(server.generate([1, 2], {}, f"r{i}")) for i in range(3)]
+        await server.ran.wait()  # no request came for the wait: the 3 ran alone, a partial chunk
+        second = [asyncio.create_task(server.generate([1, 2], {}, f"s{i}")) for i in range(2)]
+        return await asyncio.gather(*first, *second)
+
     server = RecordingServer(batch_rows=8)
-    asyncio.run(_requests(server, [3, 2], gap=0.3))  # quiet for longer than the wait: the 3 run alone
+    assert len(asyncio.run(scenario(server))) == 5
     assert server.batches == [3, 2]
 
 

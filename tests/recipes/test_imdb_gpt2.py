@@ -115,6 +115,9 @@ def test_bad_input_fails_before_ray_with_one_message(tmp_path, tiny_recipe_model
          f"REWARD_MODEL_PATH={tiny_recipe_models['one_head']} has 1 reward head: an ensemble of one head"),
         ({"HEAD": 2}, "HEAD=2, but REWARD_MODEL_PATH=" + str(tiny_recipe_models["reward_model"]) + " has heads 0..1"),
         ({"REWARD_MODEL_PATH": tmp_path}, f"REWARD_MODEL_PATH={tmp_path} is not a model folder (no config.json)"),
+        ({"TRAIN_BATCH_SIZE": "abc"}, "TRAIN_BATCH_SIZE='abc' must be an integer >= 1"),  # verl: after Ray
+        ({"HEAD": "x"}, "HEAD='x' must be an integer >= 0"),
+        ({"KL_COEF": "0.o5"}, "KL_COEF='0.o5' must be a number >= 0"),
     ]  # fmt: skip
     for variables, message in cases:
         proc = run_recipe(IMDB / "run_gpt2_variance_aware_fsdp.sh", cwd=tmp_path, timeout=120, **{**ok, **variables})

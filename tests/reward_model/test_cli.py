@@ -131,3 +131,31 @@ def test_train_rm_keys_lists_every_settable_key_with_its_default_and_help(capsys
     scalars = [line.split()[0] for line in lines if "[" not in line.split()[0]]
     config = build_config(overrides=["train_files=[a.jsonl]", *scalars])  # every listed default sets back cleanly
     assert config.stage2.num_heads == 10 and config.stage1.target_loss == 0.4
+
+
+@pytest.mark.parametrize(
+    ("command", "config", "flags"),
+    [
+        ("train-rm", "verl_variance.reward_model.train:TrainRMConfig", ["--num-heads", "--seed", "--max-length"]),
+        ("simulate", "verl_variance.experiments.bandit:SimulationConfig", ["--eps", "--reference-policy", "--draws"]),
+    ],
+)
+def test_flag_help_is_the_config_fields_help_and_default(command, config, flags, capsys):
+    """A flag that sets a config field shows that field's metadata help and default (no retyped help strings)."""
+    import importlib
+
+    from verl_variance.core.config import config_keys
+
+    module, name = config.split(":")
+    keys = {key: (default, text) for key, default, text in config_keys(getattr(importlib.import_module(module), name))}
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    actions = build_parser()._subparsers._group_actions[0].choices[command]._actions
+    for flag in flags:
+        option = next(action for action in actions if flag in action.option_strings)
+        default, text = keys[option.help.split(" and ")[0]]
+        assert f"{option.help}: {' '.join(text.split())} (default {default})" in help_text
+    if command == "train-rm":
+        assert "stage1.seed and stage2.seed: " in help_text

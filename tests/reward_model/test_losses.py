@@ -30,8 +30,9 @@ def test_ensemble_loss_is_the_sum_of_per_head_losses():
 
 
 def test_each_head_gets_only_its_own_gradient():
-    chosen = torch.randn(8, 3, requires_grad=True)
-    rejected = torch.randn(8, 3)
+    generator = torch.Generator().manual_seed(0)
+    chosen = torch.randn(8, 3, generator=generator).requires_grad_()
+    rejected = torch.randn(8, 3, generator=generator)
     ensemble_bradley_terry_loss(chosen, rejected)[0].backward()
     alone = chosen.detach()[:, 1].clone().requires_grad_()
     bradley_terry_loss(alone, rejected[:, 1]).backward()

@@ -10,6 +10,7 @@ run by ``evaluate.sh``), through the orchestration the demo uses (``study.py``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,44 @@ STUDY_FILE = "study.json"
 
 class RecipeError(ValueError):
     """A recipe input that cannot work; the message names the variable and the fix."""
+
+
+_COUNTS = ("TRAIN_BATCH_SIZE", "PPO_MINI_BATCH_SIZE", "PPO_EPOCHS", "MICRO_BATCH_SIZE", "TRAIN_STEPS",
+           "MAX_PROMPT_LENGTH", "MAX_RESPONSE_LENGTH", "ROLLOUT_TP", "ACTOR_TP", "ACTOR_PP", "CRITIC_TP", "CRITIC_PP",
+           "NNODES", "GPUS_PER_NODE")  # fmt: skip
+RECIPE_NUMBERS: dict[str, tuple[type, str, Any]] = {
+    **{name: (int, "an integer >= 1", lambda value: value >= 1) for name in _COUNTS},
+    **{name: (int, "an integer >= 0", lambda value: value >= 0) for name in ("HEAD", "SEED")},
+    "SAVE_FREQ": (int, "an integer >= 1, or -1 (no checkpoints)", lambda value: value == -1 or value >= 1),
+    **{name: (float, "a number > 0", lambda value: value > 0) for name in ("ACTOR_LR", "CRITIC_LR")},
+    "KL_COEF": (float, "a number >= 0", lambda value: value >= 0),
+    **{
+        name: (float, "a fraction in (0, 1]", lambda value: 0 < value <= 1)
+        for name in ("ROLLOUT_GPU_MEM_UTIL", "RM_GPU_MEM_UTIL")
+    },  # fmt: skip
+}
+"""The numeric variables of the PPO recipes: (type, what it must be, the test). Hydra would pass a typo on as a
+string, and verl fail on it after Ray and its workers started, under a traceback."""
+
+
+def check_numbers(values: dict[str, str]) -> dict[str, int | float]:
+    """``RECIPE_NUMBERS``' variables, from their shell text to numbers; RecipeError naming the first bad one."""
+    numbers: dict[str, int | float] = {}
+    for name, text in values.items():
+        kind, expected, valid = RECIPE_NUMBERS[name]
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not valid(value):
+            raise RecipeError(f"{name}={text!r} must be {expected}")
+        numbers[name] = value
+    if numbers.get("PPO_MINI_BATCH_SIZE", 0) > numbers.get("TRAIN_BATCH_SIZE", math.inf):
+        raise RecipeError(
+            f"PPO_MINI_BATCH_SIZE={numbers['PPO_MINI_BATCH_SIZE']} is larger than TRAIN_BATCH_SIZE="
+            f"{numbers['TRAIN_BATCH_SIZE']}: a mini-batch is part of a batch (leave it unset: the whole batch)"
+        )
+    return numbers
 
 
 def check_device(device: str, backend: str = "fsdp") -> None:
@@ -107,15 +146,15 @@ def preflight(
     data_dir: str | None = None,
     model_paths: dict[str, str] | None = None,
     reward_model: str | None = None,
-    head: int = 0,
-    nnodes: int = 1,
-    gpus_per_node: int = 1,
+    numbers: dict[str, str] | None = None,
 ) -> None:
-    """Every check of a recipe run, ``RecipeError`` on the first failure. A dry run checks only the device and
-    the backend (``data_dir`` and ``reward_model`` None); ``model_paths``: variable name -> path."""
+    """Every check of a recipe run, ``RecipeError`` on the first failure. A dry run checks only the device, the
+    backend and the numbers (``data_dir`` and ``reward_model`` None); ``model_paths``: variable name -> path;
+    ``numbers``: variable name -> its shell text (``RECIPE_NUMBERS``; HEAD, NNODES, GPUS_PER_NODE default 0, 1, 1)."""
     from verl_variance.integration.checks import ConfigError, check_model_path
 
     check_device(device, backend)
+    values = {"HEAD": 0, "NNODES": 1, "GPUS_PER_NODE": 1, **check_numbers(numbers or {})}
     if data_dir is None:
         return
     check_data(data_dir)
@@ -125,8 +164,8 @@ def preflight(
         except ConfigError as error:
             raise RecipeError(str(error)) from None
     if reward_model is not None:
-        check_reward_model(reward_model, head)
-    check_gpus(device, nnodes, gpus_per_node)
+        check_reward_model(reward_model, values["HEAD"])
+    check_gpus(device, values["NNODES"], values["GPUS_PER_NODE"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -338,8 +338,9 @@ def variance_ratio(policies: list[dict[str, Any]], alpha: float = 0.05) -> dict[
     interval from the F distribution with (n_aware − 1, n_vanilla − 1) degrees of freedom, exact when the
     per-policy rewards are normal: [ratio / F(1 − α/2), ratio / F(α/2)]; ``f_test_p``: the two-sided F test of
     equal variances; ``brown_forsythe_p``: scipy's Levene test about the median (robust to non-normal
-    rewards). ``conclusion``: one sentence, whatever the interval says. None with < 2 policies per method or
-    a zero vanilla variance.
+    rewards; None below 3 policies in a method: two values lie equally far from their median, so the test's
+    within-group spread is 0 and its p-value meaningless). ``conclusion``: one sentence, whatever the interval
+    says. None with < 2 policies per method or a zero vanilla variance.
     """
     rewards = {method: np.array([p["judge_reward"] for p in policies if p["method"] == method]) for method in METHODS}
     vanilla, aware = (rewards[method] for method in METHODS)
@@ -360,7 +361,9 @@ def variance_ratio(policies: list[dict[str, Any]], alpha: float = 0.05) -> dict[
         "ci95": [float(low), float(high)],
         "n": {"variance_aware": int(aware.size), "vanilla": int(vanilla.size)},
         "f_test_p": float(min(1.0, 2 * min(tail, 1 - tail))),
-        "brown_forsythe_p": float(stats.levene(aware, vanilla, center="median").pvalue),
+        "brown_forsythe_p": (
+            float(stats.levene(aware, vanilla, center="median").pvalue) if min(aware.size, vanilla.size) >= 3 else None
+        ),
         "conclusion": conclusion,
     }
 
@@ -550,9 +553,14 @@ def _variance_ratio_text(result: dict[str, Any] | None) -> str:
     if result is None:
         return "variance ratio n/a (needs >= 2 policies per method)"
     low, high = result["ci95"]
+    robust = (
+        "n/a (needs >= 3 policies per method)"
+        if result["brown_forsythe_p"] is None
+        else f"{result['brown_forsythe_p']:.3f}"
+    )
     return (
         f"variance across policies, variance-aware / vanilla = {result['ratio']:.3f} [95% F interval {low:.3f}, "
-        f"{high:.3f}], F-test p={result['f_test_p']:.3f}, Brown-Forsythe p={result['brown_forsythe_p']:.3f}: "
+        f"{high:.3f}], F-test p={result['f_test_p']:.3f}, Brown-Forsythe p={robust}: "
         f"{result['conclusion']}"
     )
 

@@ -6,6 +6,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+_clock = time.perf_counter
+"""The stage clock (a test replaces it)."""
+
 
 def tree_memory_bytes() -> tuple[int, int]:
     """(PSS, RSS) summed over this process and all its descendants, in bytes.
@@ -31,9 +34,10 @@ def tree_memory_bytes() -> tuple[int, int]:
 class StageMeter:
     """``with meter.stage("name"):`` records seconds and the peak process-tree PSS and RSS (GB) of each stage.
 
-    One background thread samples the tree (``tree_memory_bytes``) every ``interval`` seconds while any
-    stage is open and raises the peak of every open stage (stages may overlap: runs in parallel). Reading
-    each process's smaps is not free (about 10 ms per large process), hence one sampler at a modest rate.
+    The tree (``tree_memory_bytes``) is sampled as each stage opens and closes, and by one background thread
+    every ``interval`` seconds while any stage is open; each sample raises the peak of every stage open at that
+    moment (stages may overlap: runs in parallel). Reading each process's smaps is not free (about 10 ms per
+    large process), hence one sampler at a modest rate.
     """
 
     interval: float = 2.0
@@ -51,11 +55,13 @@ class StageMeter:
                 if not self._open:
                     self._thread = None
                     return
-            pss, rss = tree_memory_bytes()
-            with self._lock:
-                for stage in self._open:
-                    stage.peak = (max(stage.peak[0], pss), max(stage.peak[1], rss))
+            self._raise_peaks(tree_memory_bytes())
             time.sleep(self.interval)
+
+    def _raise_peaks(self, sample: tuple[int, int]) -> None:
+        with self._lock:
+            for stage in self._open:
+                stage.peak = (max(stage.peak[0], sample[0]), max(stage.peak[1], sample[1]))
 
     def _enter(self, stage: _Stage) -> None:
         with self._lock:
@@ -63,17 +69,17 @@ class StageMeter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._sample, daemon=True)
                 self._thread.start()
+        self._raise_peaks(tree_memory_bytes())
 
     def _exit(self, stage: _Stage) -> None:
-        pss, rss = tree_memory_bytes()
+        self._raise_peaks(tree_memory_bytes())
         with self._lock:
             self._open.remove(stage)
-            peak = (max(stage.peak[0], pss), max(stage.peak[1], rss))
             previous = self.stages.get(stage.name, {"seconds": 0.0, "peak_pss_gb": 0.0, "peak_rss_sum_gb": 0.0})
             self.stages[stage.name] = {
-                "seconds": round(previous["seconds"] + time.perf_counter() - stage.start, 2),
-                "peak_pss_gb": round(max(previous["peak_pss_gb"], peak[0] / 1e9), 3),
-                "peak_rss_sum_gb": round(max(previous["peak_rss_sum_gb"], peak[1] / 1e9), 3),
+                "seconds": round(previous["seconds"] + _clock() - stage.start, 2),
+                "peak_pss_gb": round(max(previous["peak_pss_gb"], stage.peak[0] / 1e9), 3),
+                "peak_rss_sum_gb": round(max(previous["peak_rss_sum_gb"], stage.peak[1] / 1e9), 3),
             }
 
 
@@ -83,8 +89,7 @@ class _Stage:
         self.peak = (0, 0)
 
     def __enter__(self) -> _Stage:
-        self.start = time.perf_counter()
-        self.peak = tree_memory_bytes()
+        self.start = _clock()
         self.meter._enter(self)
         return self
 

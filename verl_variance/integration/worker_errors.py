@@ -7,6 +7,9 @@ groups with no materializable trajectories"). The driver makes a folder before R
 inherited by every worker through the environment); the agent loop writes each of our errors there
 (``record``); the trainer raises the first one (``surface``) at its next poll of the replay buffer, instead of
 retrying the failed prompts, and ``fit`` does if the run stopped otherwise (verl's error is then its cause).
+
+The legacy trainer needs none of this: its agent-loop and reward workers are called with ``ray.get``, so the
+run ends with Ray's ``RayTaskError(<our error>)``, whose last line is our error itself (tested for both).
 """
 
 from __future__ import annotations
