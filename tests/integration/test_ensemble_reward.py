@@ -120,6 +120,11 @@ def test_bad_ensembles_fail_with_the_cause(reward_models, tmp_path):
         EnsembleRewardConfig.from_trainer_config({"ensemble_reward": {"agregator": "min"}})
     with pytest.raises(ValueError, match="do not fit aggregator 'softmin'"):
         EnsembleRewardConfig(aggregator="softmin", aggregator_params={"temperature": 2.0})
+    causal_lm = build_tiny_model(tmp_path / "lm")  # AutoModelForSequenceClassification would add random heads
+    with pytest.raises(ValueError, match=r"is a Qwen2ForCausalLM, not a sequence classifier with K reward heads"):
+        load_reward_manager(trainer_config(causal_lm), tokenizer)
+    with pytest.raises(ValueError, match=r"^ensemble_reward: batch_size: Value 'x' of type 'str' could not .*Integer$"):
+        EnsembleRewardConfig.from_trainer_config({"ensemble_reward": {"batch_size": "x"}})  # one line
 
 
 def test_a_served_reward_model_is_not_loaded_again_in_the_reward_worker(tmp_path):

@@ -48,7 +48,7 @@ def from_mapping(cls, *layers: Mapping[str, Any] | None, where: str):
     except OmegaConfBaseException as error:
         if "is not a ListConfig" in error.msg:
             raise ValueError(f"{where}: {error.full_key} must be a list, e.g. {error.full_key}=[a,b]") from None
-        raise ValueError(f"{where}: {error.full_key}: {error.msg}") from None
+        raise ValueError(f"{where}: {error.full_key}: {error.msg.splitlines()[0]}") from None
 
 
 def config_keys(cls, prefix: str = "") -> list[tuple[str, Any, str]]:

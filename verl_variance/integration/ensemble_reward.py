@@ -74,8 +74,8 @@ def resolve_model_path(config: Mapping[str, Any], settings: EnsembleRewardConfig
 
 def check_reward_model_folder(model_path: str, settings: EnsembleRewardConfig) -> int:
     """What the manager needs of its model, read from ``config.json`` alone (the driver runs it before Ray):
-    a local folder whose classifier has K >= 2 heads, and a head at ``aggregator_params.index`` for
-    ``aggregator=member``. Returns K."""
+    a local folder holding a sequence classifier (not a causal LM) with K >= 2 heads, and a head at
+    ``aggregator_params.index`` for ``aggregator=member``. Returns K."""
     from transformers import AutoConfig
 
     if not Path(model_path).is_dir():
@@ -83,7 +83,15 @@ def check_reward_model_folder(model_path: str, settings: EnsembleRewardConfig) -
             f"ensemble reward model {model_path} is not a local folder: train one with verl-variance train-rm, "
             "or download the checkpoint first (the reward worker loads it with transformers)"
         )
-    num_heads = AutoConfig.from_pretrained(model_path).num_labels
+    config = AutoConfig.from_pretrained(model_path)
+    architectures = config.architectures or []
+    if architectures and not any(name.endswith("ForSequenceClassification") for name in architectures):
+        raise ValueError(
+            f"ensemble reward model {model_path} is a {architectures[0]}, not a sequence classifier with K reward "
+            "heads (its score heads would be random): point ensemble_reward.model_path at train-rm's "
+            "OUTPUT_DIR/ensemble"
+        )
+    num_heads = config.num_labels
     check_num_heads(num_heads, f"ensemble reward model {model_path}")
     index = settings.aggregator_params.get("index", 0)
     if settings.aggregator == "member" and not -num_heads <= index < num_heads:
