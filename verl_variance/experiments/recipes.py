@@ -43,7 +43,7 @@ RECIPE_NUMBERS: dict[str, tuple[type, str, Any]] = {
     **{
         name: (float, "a fraction in (0, 1]", lambda value: 0 < value <= 1)
         for name in ("ROLLOUT_GPU_MEM_UTIL", "RM_GPU_MEM_UTIL")
-    },  # fmt: skip
+    },
 }
 """The numeric variables of the PPO recipes: (type, what it must be, the test). Hydra would pass a typo on as a
 string, and verl fail on it after Ray and its workers started, under a traceback."""
