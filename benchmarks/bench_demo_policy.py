@@ -5,11 +5,13 @@ the ensemble reward, KL in the reward) on the assets of an earlier ``verl-varian
 ``models/``, ``reward_model/`` and ``data/``). Two set-ups, alternated ``--repeats`` times:
 
 - ``separate``: what the demo ran before: the ``hf`` rollout as a separate server process that
-  receives the weights after every step, bf16 FSDP compute, torch's default AdamW loop, gradient
-  checkpointing, 8-row sampling chunks, validation before training in every run (one sample per prompt);
-- ``colocated``: today's defaults: sampling inside the actor worker on its own weights, fp32
-  compute (rollout log-probs = the actor's), fused AdamW, no gradient checkpointing, 16-row chunks,
-  the reference validated once per study (not here).
+  receives the weights after every step and samples in fp32, bf16 FSDP compute, torch's default AdamW
+  loop, gradient checkpointing, weights re-gathered for every forward, the 2-8-token prompts padded
+  to 16, 8-row sampling chunks, validation before training in every run (one sample per prompt);
+- ``colocated``: today's defaults: sampling inside the actor worker on its own weights, the demo's
+  precision (``auto``: bf16 compute and a bf16 sampler on a CPU with native bf16, else fp32), fused
+  AdamW, no gradient checkpointing, weights kept gathered from forward to backward (one rank), prompts
+  padded to their bound of 8, 16-row chunks, the reference validated once per study (not here).
 
 Figures (one JSON line each): steady step (median ``timing_s/step`` from step 2), launch to the end
 of step 1, wall time, peak PSS of the whole process tree; and the ratios colocated / separate.
@@ -51,6 +53,11 @@ SETUPS = {
         "critic.model.enable_gradient_checkpointing=True",
         "actor_rollout_ref.rollout.engine_kwargs.hf.batch_rows=8",
         "actor_rollout_ref.rollout.val_kwargs.n=1",  # the earlier demo's validation: one sample per prompt
+        "actor_rollout_ref.rollout.dtype=float32",
+        "data.max_prompt_length=16",  # the 2-8-token prompts padded to 16
+        "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=True",
+        "actor_rollout_ref.ref.fsdp_config.reshard_after_forward=True",
+        "critic.fsdp.reshard_after_forward=True",
     ],
     "colocated": [],
 }
@@ -123,6 +130,7 @@ def main() -> None:
     medians = {
         setup: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for setup, runs in results.items()
     }
+    emit(figure="colocated_precision", value=demo.cpu_precision(demo.SCALES["default"].precision))
     for setup, figures in medians.items():
         for key, value in figures.items():
             extra = {"target": TARGET_PSS_GB, "meets_target": value <= TARGET_PSS_GB} if key == "peak_pss_gb" else {}

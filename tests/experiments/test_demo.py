@@ -147,6 +147,25 @@ def test_policy_overrides_compose_on_the_config_each_device_uses(tmp_path, gpus)
     )
     assert config["algorithm"]["kl_penalty"] == "variance_aware"
     assert VarianceKLConfig.from_trainer_config(config).weighting == "std"
+    if not gpus:  # the precision this CPU resolves to: actor, reference and sampler alike
+        precision = demo.cpu_precision(scale.precision)
+        for role in ("actor", "ref"):
+            assert config["actor_rollout_ref"][role]["fsdp_config"]["mixed_precision"]["param_dtype"] == precision
+        assert rollout["dtype"] == {"bf16": "bfloat16", "fp32": "float32"}[precision]
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    import torch
+
+    for amx, avx512_bf16, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert demo.cpu_precision("auto") == expected
+        assert demo.cpu_precision("fp32") == "fp32" and demo.cpu_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision='fp16'; valid: fp32, bf16, auto"):
+        demo.cpu_precision("fp16")
+    assert demo.precision_overrides("fp32") == []
+    assert "actor_rollout_ref.rollout.dtype=bfloat16" in demo.precision_overrides("bf16")
 
 
 def test_gpu_device_without_a_gpu_is_a_clear_error(monkeypatch):

@@ -66,3 +66,16 @@ def test_aborted_while_waiting_answers_aborted_and_runs_nothing():
     server = RecordingServer(batch_rows=8)
     outputs = asyncio.run(scenario(server))
     assert [o.stop_reason for o in outputs] == ["aborted"] * 3 and server.batches == []
+
+
+def test_the_sampler_holds_the_policy_in_the_rollout_dtype(tiny_models):
+    """``rollout.dtype`` is the dtype of the sampler's copy (the CPU preset: float32, the actor's; bf16 with bf16)."""
+    import torch
+
+    from verl_variance.integration.hf_rollout import SeededSampler
+
+    model_config = SimpleNamespace(local_path=str(tiny_models["llama"]), local_tokenizer_path=None)
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16)):
+        config = SimpleNamespace(dtype=name, seed=0, prompt_length=8, engine_kwargs={})
+        sampler = SeededSampler(config, model_config, replica_rank=0)
+        assert {p.dtype for p in sampler.model.parameters()} == {dtype}

@@ -229,12 +229,13 @@ def verl_policy_overrides(
     seed: int, micro_batch: int,
 ) -> list[str]:  # fmt: skip
     """The data, actor and sampling overrides every IMDB policy run shares (the demo's and the RVPO study's):
-    raw review openings of at most 16 tokens, responses of ``response_length``, one mini-batch per step,
-    validation sampled at temperature 1 (the policy's distribution, as the judge should see it)."""
+    raw review openings (at most ``ImdbPromptConfig.max_tokens`` = 8 tokens, also verl's prompt length: no row is
+    padded beyond it), responses of ``response_length``, one mini-batch per step, validation sampled at
+    temperature 1 (the policy's distribution, as the judge should see it)."""
     return [
         *verl_prompt_overrides(prompts_dir, chat=False),
         f"data.train_batch_size={train_batch_size}",
-        "data.max_prompt_length=16",
+        f"data.max_prompt_length={ImdbPromptConfig().max_tokens}",
         f"data.max_response_length={response_length}",
         f"data.seed={seed}",
         f"actor_rollout_ref.model.path={policy}",

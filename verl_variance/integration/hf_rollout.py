@@ -93,11 +93,15 @@ class SeededSampler:
     """
 
     def __init__(self, config, model_config, replica_rank: int) -> None:
+        """The model is loaded in ``rollout.dtype``: the actor's compute dtype keeps the rollout's log-probs
+        equal to the actor's (fp32: ~1e-5; bf16 rounds differently in decoding and in the actor's forward)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from verl.utils.torch_dtypes import PrecisionType
 
         path = model_config.local_path
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=PrecisionType.to_dtype(config.dtype))
+        self.model = self.model.to(device).eval()
         self.replica_rank = replica_rank
         tokenizer = AutoTokenizer.from_pretrained(model_config.local_tokenizer_path or path)
         eos = self.model.generation_config.eos_token_id
