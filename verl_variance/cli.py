@@ -56,11 +56,14 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         overrides = {"policies_per_method": args.policies, "steps": args.steps}
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    if args.study == "rvpo" and args.device == "gpu":
-        print("verl-variance demo: --study rvpo runs on the CPU preset; leave --device at auto or cpu", file=sys.stderr)
+    if args.study == "rvpo" and (args.device == "gpu" or args.precision):
+        print("verl-variance demo: --study rvpo runs on the CPU preset (fp32); leave --device at auto or cpu and "
+              "--precision unset", file=sys.stderr)  # fmt: skip
         return 2
     if args.device != "auto" and args.study != "rvpo":
         overrides["device"] = args.device
+    if args.precision:
+        overrides["precision"] = args.precision
     workdir = args.workdir or ("runs/rvpo" if args.study == "rvpo" else "runs/demo")
     try:
         if args.study == "rvpo":
@@ -296,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policies", type=positive_int, help="policies (rvpo: seeds) per method (default: the scale's)")
     demo.add_argument("--steps", type=positive_int, help="PPO steps per policy (default: the scale's)")
     demo.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="auto: the scale's")
+    demo.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                      help="CPU compute of actor, reference and sampler (default: the scale's; default scale: auto, "
+                           "bf16 on a CPU with native bf16 (AMX or AVX512-BF16), else fp32)")  # fmt: skip
     demo.set_defaults(run=_demo)
 
     sim = commands.add_parser(

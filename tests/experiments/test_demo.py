@@ -73,6 +73,16 @@ def test_bad_input_fails_clearly(tmp_path, monkeypatch, capsys):
     assert "pip install 'verl-variance[demo]'" in capsys.readouterr().err
 
 
+def test_precision_flag_reaches_the_scale(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda scale, workdir, assets, **overrides: seen.update(overrides))
+    assert cli_main(["demo", "--precision", "fp32", "--workdir", str(tmp_path)]) == 0
+    assert seen == {"precision": "fp32"}
+    seen.clear()
+    assert cli_main(["demo", "--workdir", str(tmp_path)]) == 0
+    assert seen == {}  # the scale's own (default: auto)
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("several_runs")  # never beside another test that runs several verl runs at once
 def test_quick_scale_end_to_end_and_resume(tmp_path):

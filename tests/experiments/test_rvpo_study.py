@@ -125,6 +125,8 @@ def test_cli_bad_input(tmp_path, capsys):
     assert "unknown scale 'paper' for --study rvpo; valid: ['default', 'quick']" in capsys.readouterr().err
     assert cli_main(["demo", "--study", "rvpo", "--device", "gpu", "--workdir", str(tmp_path)]) == 2
     assert "--study rvpo runs on the CPU preset" in capsys.readouterr().err
+    assert cli_main(["demo", "--study", "rvpo", "--precision", "bf16", "--workdir", str(tmp_path)]) == 2
+    assert "--precision unset" in capsys.readouterr().err
 
 
 def test_rate_intervals_are_cut_to_zero_one():
