@@ -56,12 +56,12 @@ def rollout(tokenizer, prompt: str, response: str) -> DataProto:
     return DataProto(batch=batch, non_tensor_batch={"raw_prompt": raw_prompt})
 
 
-def independent_scores(model_path) -> torch.Tensor:
+def independent_scores(model_path, responses=RESPONSES) -> torch.Tensor:
     """(N, K) head rewards, one unpadded sequence at a time, straight through transformers."""
     model = AutoModelForSequenceClassification.from_pretrained(model_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = []
-    for prompt, response in zip(PROMPTS, RESPONSES, strict=True):
+    for prompt, response in zip(PROMPTS, responses, strict=True):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
@@ -106,6 +106,28 @@ def test_manager_scores_every_head_in_one_batched_pass(reward_models, monkeypatc
     torch.testing.assert_close(torch.tensor([o["reward_score"] for o in outputs]), expected[:, 2])
     variance = torch.tensor([o["reward_extra_info"]["reward_variance"] for o in outputs])
     torch.testing.assert_close(variance, expected.var(dim=1), rtol=1e-4, atol=1e-6)
+
+
+def test_a_score_does_not_depend_on_which_requests_arrived_with_it(reward_models):
+    """verl's reward loop sends one request per sample, at times that vary run to run: the same sample must get
+    the same bits alone, with all the others, and in another order (fixed-shape chunks of batch_size rows)."""
+    path = reward_models[3]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    manager = load_reward_manager(trainer_config(path, batch_size=3), tokenizer)
+    responses = ["a long and boring story with a dull ending and bad acting all the way", "bad", "ok", "fun film"]
+    samples = [rollout(tokenizer, p, r) for p, r in zip(PROMPTS, responses, strict=True)]
+
+    def heads(order: list[int]) -> torch.Tensor:
+        async def score():
+            return await asyncio.gather(*(manager.run_single(samples[i]) for i in order))
+
+        rows = [[o["reward_extra_info"][f"reward_head_{k}"] for k in range(3)] for o in asyncio.run(score())]
+        return torch.tensor(rows, dtype=torch.float64)[torch.tensor(order).argsort()]
+
+    together = heads([0, 1, 2, 3])
+    alone = torch.cat([heads([i]) for i in range(4)])
+    assert torch.equal(together, alone) and torch.equal(together, heads([3, 1, 0, 2]))
+    torch.testing.assert_close(together.float(), independent_scores(path, responses), rtol=1e-4, atol=1e-5)
 
 
 def test_bad_ensembles_fail_with_the_cause(reward_models, tmp_path):

@@ -135,7 +135,9 @@ class EnsembleRewardConfig:
         default_factory=dict,
         metadata={"help": "The aggregator's parameters: member {index}, uwo {lam}, lcb {k}, softmin {tau}."},
     )
-    batch_size: int = field(default=32, metadata={"help": "Sequences per forward pass (concurrent requests)."})
+    batch_size: int = field(
+        default=32, metadata={"help": "Rows of every forward pass (fixed: unused rows are padding)."}
+    )
     max_length: int = field(default=1024, metadata={"help": "Tokens per scored sequence; longer are truncated."})
     batch_wait_ms: float = field(default=5.0, metadata={"help": "How long to gather concurrent requests."})
     variance_key: str = field(

@@ -119,11 +119,16 @@ class EnsembleScorer:
 
     @torch.no_grad()
     def score(self, items: Sequence[tuple[Any, str]]) -> torch.Tensor:
-        """(N, K) rewards of N (prompt, response) items (prompt: chat messages, or "" for a plain text)."""
-        from verl_variance.reward_model.scoring import score_texts
+        """(N, K) rewards of N (prompt, response) items (prompt: chat messages, or "" for a plain text).
+
+        Fixed-shape chunks of ``batch_size`` rows: an item's rewards do not depend on which requests arrived
+        with it (verl's reward loop sends them one by one, at times that vary run to run)."""
+        from verl_variance.reward_model.scoring import member_rewards
 
         settings = self.settings
-        return score_texts(self.model, self.tokenizer, list(items), settings.batch_size, settings.max_length)["rewards"]
+        return member_rewards(
+            self.model, self.tokenizer, list(items), settings.batch_size, settings.max_length, fixed_shape=True
+        )
 
 
 _SCORERS: dict[tuple[str, str], EnsembleScorer] = {}

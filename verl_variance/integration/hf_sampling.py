@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from verl_variance.reward_model.features import padded_width
+
 MIN_BUCKET = 32
 """Narrowest prompt width of a chunk; widths are powers of two from here up to the prompt length.
 
@@ -117,10 +119,7 @@ def request_seed(*parts: Any) -> int:
 def prompt_bucket(length: int, max_width: int) -> int:
     """The padded width of a prompt of ``length`` tokens: the next power of two >= ``MIN_BUCKET``,
     capped at ``max_width`` (the rollout's prompt length); a longer prompt keeps its own length."""
-    width = MIN_BUCKET
-    while width < length:
-        width *= 2
-    return length if length > max_width else min(width, max(max_width, length))
+    return padded_width(length, max_width, MIN_BUCKET)
 
 
 def logits_processors(settings: SamplingSettings):

@@ -62,15 +62,19 @@ def _check_pooling(model: torch.nn.Module, input_ids: torch.Tensor, last: torch.
         )
 
 
-def _batches(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _check_shapes(input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int) -> None:
     if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
         raise ValueError(
             f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must both be (N, L)"
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _batches(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    _check_shapes(input_ids, attention_mask, batch_size)
     for start in range(0, input_ids.shape[0], batch_size):
         ids, mask = trim_padding(input_ids[start : start + batch_size], attention_mask[start : start + batch_size])
         yield ids.to(device), mask.to(device)
@@ -122,9 +126,51 @@ def last_token_features(
     return torch.cat(out)
 
 
+MIN_WIDTH = 32
+"""Narrowest width of a fixed-shape chunk (``padded_width``)."""
+
+
+def padded_width(length: int, maximum: int, minimum: int = MIN_WIDTH) -> int:
+    """The fixed width a sequence of ``length`` tokens is padded to: the next power of two >= ``minimum``,
+    capped at ``maximum``; a sequence longer than ``maximum`` keeps its own length.
+
+    A row's outputs change in the last bits with the width of its batch (CPU matrix kernels pick their path
+    by shape); padding to a width that depends on the row's own length alone removes that dependence."""
+    width = minimum
+    while width < length:
+        width *= 2
+    return length if length > maximum else min(width, max(maximum, length))
+
+
+def _fixed_shape_chunks(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: int, pad_token_id: int, max_length: int
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Chunks of exactly ``rows`` x ``padded_width`` tokens, right-padded (whatever the input's padding); missing
+    rows are padding rows that see one token. Yields (the indices of the chunk's sequences, ids, mask)."""
+    _check_shapes(input_ids, attention_mask, rows)
+    tokens = [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask, strict=True)]
+    groups: dict[int, list[int]] = {}
+    for index, sequence in enumerate(tokens):
+        groups.setdefault(padded_width(len(sequence), max_length), []).append(index)
+    for width, indices in sorted(groups.items()):
+        for start in range(0, len(indices), rows):
+            chunk = indices[start : start + rows]
+            ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros((rows, width), dtype=torch.long)
+            mask[len(chunk) :, 0] = 1
+            for row, index in enumerate(chunk):
+                ids[row, : len(tokens[index])] = tokens[index]
+                mask[row, : len(tokens[index])] = 1
+            yield chunk, ids, mask
+
+
 @torch.no_grad()
 def head_rewards(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 32
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    batch_size: int = 32,
+    fixed_max_length: int | None = None,
 ) -> torch.Tensor:
     """r_k(x, y) for every head k: the classifier's logits from a full forward pass, batched.
 
@@ -132,17 +178,28 @@ def head_rewards(
         model: ``AutoModelForSequenceClassification`` with K = ``num_labels`` heads.
         input_ids: (N, L) token ids, left- or right-padded.
         attention_mask: (N, L) 1 for tokens, 0 for padding.
+        fixed_max_length: if set, run chunks of exactly ``batch_size`` rows x ``padded_width(length,
+            fixed_max_length)`` tokens, so that a sequence's rewards are bit-identical whatever it is scored
+            with; None: batches padded to their longest.
 
     Returns:
         (N, K) float32 rewards on the CPU.
     """
-    was_training = model.training
+    was_training, device = model.training, _device(model)
     model.eval()
-    out = []
+    if fixed_max_length is not None:
+        pad_id = getattr(model.config, "pad_token_id", None)  # None: _check_pooling says what to set
+        chunks = _fixed_shape_chunks(input_ids, attention_mask, batch_size, pad_id or 0, fixed_max_length)
+    else:
+        starts = range(0, input_ids.shape[0], max(batch_size, 1))
+        batches = _batches(input_ids, attention_mask, batch_size, device)
+        chunks = ((list(range(s, s + len(ids))), ids, mask) for s, (ids, mask) in zip(starts, batches, strict=True))
+    out = torch.zeros(input_ids.shape[0], model.config.num_labels)
     try:
-        for ids, mask in _batches(input_ids, attention_mask, batch_size, _device(model)):
-            _check_pooling(model, ids, last_token_index(mask))
-            out.append(model(input_ids=ids, attention_mask=mask).logits.float().cpu())
+        for index, ids, mask in chunks:
+            _check_pooling(model, ids[: len(index)], last_token_index(mask[: len(index)]))
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            out[index] = logits[: len(index)].float().cpu()
     finally:
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, model.config.num_labels)
+    return out

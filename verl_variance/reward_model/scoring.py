@@ -37,16 +37,19 @@ def member_rewards(
     batch_size: int = 32,
     max_length: int = 1024,
     separator: str = "\n",
+    fixed_shape: bool = False,
 ) -> torch.Tensor:
     """(N, K) float32 reward of every head (any K >= 1) for N texts, (prompt, response) pairs or conversations.
 
     A pair of texts reads as ``prompt + separator + response``; chat messages go through the tokenizer's chat
-    template (``data.sequence_text``).
+    template (``data.sequence_text``). ``fixed_shape``: each reward is bit-identical whatever it is scored with
+    (fixed-shape chunks of ``batch_size`` rows, ``features.head_rewards``).
     """
     formatted = [_format(item, tokenizer, separator) for item in texts_or_pairs]
     encoded = encode_texts([text for text, _ in formatted], tokenizer, max_length, [chat for _, chat in formatted])
     warn_truncated(encoded.pop("num_truncated"), len(formatted), max_length)
-    return head_rewards(model, encoded["input_ids"], encoded["attention_mask"], batch_size)
+    fixed_max_length = max_length if fixed_shape else None
+    return head_rewards(model, encoded["input_ids"], encoded["attention_mask"], batch_size, fixed_max_length)
 
 
 def score_texts(
@@ -93,7 +96,6 @@ def pair_rewards(
                 out[side].append(head_rewards(model, batch["input_ids"], batch["attention_mask"], batch_size))
             bar.update(len(pairs[start : start + chunk]))
     return torch.cat(out["chosen"]), torch.cat(out["rejected"])
-
 
 
 def score_pairs(
