@@ -1,14 +1,18 @@
 """The entry point loads in a fresh process (as in every Ray worker) and registers what it should."""
 
+import importlib.util
 import json
+import os
 import textwrap
 import types
 
 import pytest
+import torch
 
 from tests.conftest import free_port, run_python
 from verl_variance.integration import compat
 from verl_variance.integration.doctor import run_probe
+from verl_variance.integration.launcher import CONFIG_DIR, CPU_PRESET, DRIVER_MODULE, main_ppo_command
 from verl_variance.integration.patches import content_order, dedupe_backend
 
 EXPECTED_PATCHES = {
@@ -37,6 +41,7 @@ EXPECTED_PATCHES = {
     "variance_kl_loss_distillation",
     "ensemble_reward_manager",
     "ensemble_reward_all_logits",
+    "task_runner_in_driver",
 }
 
 PROBE = textwrap.dedent(
@@ -245,3 +250,56 @@ def test_when_imported_runs_once_and_records_failures(monkeypatch):
     assert compat.STATUS.errors[0].startswith("broken_patch: RuntimeError: boom")
     with pytest.raises(compat.VerlVarianceError, match="'broken_patch' is not active"):
         compat.require("broken_patch")
+
+
+class _ActorClass:
+    """What ``@ray.remote`` makes of a TaskRunner: ``.remote()`` would start an actor process."""
+
+    def __init__(self, runs: list) -> None:
+        runs_here = runs
+
+        class TaskRunner:
+            def run(self, config) -> None:
+                runs_here.append((os.getpid(), os.environ.get("VV_TEST_JOB_VAR"), torch.get_num_threads()))
+
+        self.__ray_actor_class__ = TaskRunner
+
+    def remote(self):
+        raise AssertionError("a TaskRunner actor was started")
+
+
+@pytest.mark.parametrize("in_driver", [True, False])
+def test_the_task_runner_runs_in_the_driver_when_the_config_says_so(monkeypatch, in_driver):
+    import verl.trainer.main_ppo as main_ppo
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(main_ppo.ray, "is_initialized", lambda: True)  # Ray is up: run_ppo goes straight to the runner
+    monkeypatch.setattr(main_ppo.ray, "put", lambda value: ("ref", value))
+    monkeypatch.setattr(main_ppo.ray, "get", lambda ref: ref[1])
+    monkeypatch.setattr(os, "environ", os.environ.copy())  # the runner sets the job's variables: keep them here
+    os.environ["VV_TEST_JOB_VAR"] = "unset"
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: runs.append(("threads", n)))
+    assert OmegaConf.load(CONFIG_DIR / f"{CPU_PRESET}.yaml").ray_kwargs.task_runner_in_driver  # the preset's choice
+    config = OmegaConf.create({  # what run_ppo reads
+        "actor_rollout_ref": {"rollout": {"full_determinism": False}},
+        "reward": {"reward_model": {"enable": False, "rollout": {"full_determinism": False}}},
+        "trainer": {"logger": ["console"]},
+        "global_profiler": {"tool": None},
+        "ray_kwargs": {"task_runner_in_driver": in_driver,
+                       "ray_init": {"runtime_env": {"env_vars": {"VV_TEST_JOB_VAR": "from the job's runtime_env"}}}},
+    })  # fmt: skip
+    runs: list = []
+    if not in_driver:  # stock behaviour: verl starts the actor
+        with pytest.raises(AssertionError, match="a TaskRunner actor was started"):
+            main_ppo.run_ppo(config, _ActorClass(runs))
+        assert runs == []
+        return
+    main_ppo.run_ppo(config, _ActorClass(runs))
+    assert runs == [("threads", 1), (os.getpid(), "from the job's runtime_env", torch.get_num_threads())]
+
+
+def test_verl_variance_ppo_runs_verls_main_through_the_driver_module():
+    command = main_ppo_command(["trainer.total_training_steps=1"], cpu=True)
+    assert command[1:3] == ["-m", DRIVER_MODULE] and command[-1] == "trainer.total_training_steps=1"
+    source = importlib.util.find_spec(DRIVER_MODULE).loader.get_source(DRIVER_MODULE)
+    assert 'if __name__ == "__main__":\n    from verl.trainer.main_ppo import main\n\n    main()' in source

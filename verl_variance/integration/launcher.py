@@ -1,6 +1,9 @@
 """``verl-variance ppo``: verl's own ``main_ppo`` with the CPU preset when there is no GPU.
 
-It only picks the Hydra config and the platform; training is ``python -m verl.trainer.main_ppo``.
+It only picks the Hydra config and the platform; training is ``verl.trainer.main_ppo.main``, run by
+``python -m verl_variance.integration.launcher``: the same function ``python -m verl.trainer.main_ppo`` runs,
+imported as a module, so that verl-variance's driver patches reach it (``ray_kwargs.task_runner_in_driver``:
+a patch cannot reach a module run as ``__main__``).
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from pathlib import Path
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 CPU_PRESET = "ppo_trainer_cpu"
+DRIVER_MODULE = "verl_variance.integration.launcher"
+"""``python -m`` this: verl's ``main_ppo`` driver (Hydra overrides as arguments)."""
 
 
 def main_ppo_command(overrides: list[str], cpu: bool) -> list[str]:
     """The ``main_ppo`` command line: the CPU preset on a CPU machine, verl's stock config otherwise."""
-    command = [sys.executable, "-m", "verl.trainer.main_ppo"]
+    command = [sys.executable, "-m", DRIVER_MODULE]
     if cpu:
         command += [f"--config-path={CONFIG_DIR}", f"--config-name={CPU_PRESET}"]
     return command + list(overrides)
@@ -38,3 +43,9 @@ def run_ppo(overrides: list[str], device: str = "auto", env: dict[str, str] | No
         env.setdefault("VERL_PLATFORM", "cpu")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return subprocess.call(main_ppo_command(overrides, cpu), env=env)
+
+
+if __name__ == "__main__":
+    from verl.trainer.main_ppo import main
+
+    main()

@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import sys
 import threading
+from types import SimpleNamespace
 
 from packaging.specifiers import SpecifierSet
 
@@ -163,9 +164,12 @@ def _patch_gpt2_monkey_patch(module) -> None:
 # 6. Driver-side config checks (before Ray starts) and trainer.device=cpu selecting the CPU platform.
 # ---------------------------------------------------------------------------------------------
 def _running_main_ppo() -> bool:
-    """This process is ``python -m verl.trainer.main_ppo`` (whose Hydra wrapper would print a traceback)."""
+    """This process is verl's ``main_ppo`` driver (whose Hydra wrapper would print a traceback): ``python -m
+    verl.trainer.main_ppo``, or ``verl-variance ppo``'s ``python -m verl_variance.integration.launcher``."""
+    from verl_variance.integration.launcher import DRIVER_MODULE
+
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec is not None and spec.name == "verl.trainer.main_ppo"
+    return spec is not None and spec.name in ("verl.trainer.main_ppo", DRIVER_MODULE)
 
 
 def _patch_validate_config(module) -> None:
@@ -560,6 +564,54 @@ def _patch_compute_advantage(module) -> None:
     patch(module, "compute_advantage", requires=["config", "norm_adv_by_std_in_grpo"])(wrap_compute_advantage)
 
 
+# ---------------------------------------------------------------------------------------------
+# 13. The TaskRunner in the driver process (ray_kwargs.task_runner_in_driver, the CPU preset's choice).
+# ---------------------------------------------------------------------------------------------
+class InDriverTaskRunner:
+    """Stands in for verl's ``@ray.remote`` TaskRunner class in ``run_ppo``: ``.remote()`` builds the plain class
+    in this process, whose ``.run.remote(config)`` trains here and returns a ready ``ObjectRef`` for ``ray.get``.
+
+    The driver has imported torch and verl already: a TaskRunner actor would be one more process importing them
+    (~5 s and ~0.55 GB on a 2-core CPU machine) only to wait on the workers. It gets what Ray would have given
+    the actor: the job's environment variables and one torch thread (``num_cpus=1``)."""
+
+    def __init__(self, actor_class, config) -> None:
+        self.cls, self.config = actor_class.__ray_actor_class__, config
+
+    def remote(self) -> SimpleNamespace:
+        """A handle like Ray's: ``handle.run.remote(config)`` runs ``TaskRunner.run`` here, then returns a ready ref."""
+        import os
+
+        import ray
+        import torch
+        from omegaconf import OmegaConf
+        from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+        runtime_env = OmegaConf.select(self.config, "ray_kwargs.ray_init.runtime_env.env_vars", default={}) or {}
+        for key, value in {**get_ppo_ray_runtime_env(self.config)["env_vars"], **runtime_env}.items():
+            os.environ[key] = str(value)
+        torch.set_num_threads(1)
+        instance = self.cls()
+
+        def run(config):
+            instance.run(config)
+            return ray.put(None)
+
+        return SimpleNamespace(run=SimpleNamespace(remote=run))
+
+
+def _patch_task_runner_in_driver(module) -> None:
+    @patch(module, "run_ppo")
+    def _(original):
+        @functools.wraps(original)
+        def run_ppo(config, task_runner_class) -> None:
+            if config.get("ray_kwargs", {}).get("task_runner_in_driver", False):
+                task_runner_class = InDriverTaskRunner(task_runner_class, config)
+            return original(config, task_runner_class)
+
+        return run_ppo
+
+
 def install() -> None:
     """Register every patch; each runs when its target module is imported."""
     when_imported("verl.utils.distributed", "distributed_backend", _patch_distributed)
@@ -589,3 +641,5 @@ def install() -> None:
                   _register_ensemble_manager)  # fmt: skip
     when_imported("verl.experimental.reward_loop.reward_loop", "ensemble_reward_all_logits", _patch_disrm_all_logits)
     when_imported("verl.trainer.distillation.losses", "variance_kl_loss_distillation", _patch_ppo_loss)
+    when_imported("verl.trainer.main_ppo", "task_runner_in_driver", _patch_task_runner_in_driver)  # not as __main__
+
