@@ -79,3 +79,81 @@ def test_the_sampler_holds_the_policy_in_the_rollout_dtype(tiny_models):
         config = SimpleNamespace(dtype=name, seed=0, prompt_length=8, engine_kwargs={})
         sampler = SeededSampler(config, model_config, replica_rank=0)
         assert {p.dtype for p in sampler.model.parameters()} == {dtype}
+
+
+SHARED_MODULE_PROBE = """
+import json, os
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_PORT"], RANK="0", WORLD_SIZE="1")
+from types import SimpleNamespace
+import torch, torch.distributed as dist
+from omegaconf import OmegaConf
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+from transformers import AutoModelForCausalLM
+from verl_variance.integration import hf_rollout
+from verl_variance.integration.hf_sampling import SamplingSettings
+
+dist.init_process_group("gloo")
+path = os.environ["MODEL"]
+copy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+actor = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+for layer in actor.model.layers:
+    fully_shard(layer, reshard_after_forward=False)
+fully_shard(actor, reshard_after_forward=False)
+actor.train()
+rollout_config = SimpleNamespace(dtype="float32", seed=0, prompt_length=8, engine_kwargs={})
+model_config = SimpleNamespace(local_path=path, local_tokenizer_path=None)
+adapter = object.__new__(hf_rollout.HFServerAdapter)
+adapter.config, adapter.model_config, adapter.replica_rank = rollout_config, model_config, 0
+adapter.engine = hf_rollout.HFEngineSettings()
+
+def can_share(**changes):
+    config = {"rollout": {"checkpoint_engine": {"backend": "naive"}, "dtype": "float32"},
+              "actor": {"fsdp_config": {"reshard_after_forward": False, "mixed_precision": {"param_dtype": "fp32"}}}}
+    module, offload = changes.pop("module", actor), changes.pop("offload", False)
+    engine = SimpleNamespace(module=module, is_param_offload_enabled=offload)
+    for key, value in changes.items():
+        OmegaConf.update(config := OmegaConf.create(config), key, value)
+    worker = SimpleNamespace(rollout=adapter, config=OmegaConf.create(config), actor=SimpleNamespace(engine=engine))
+    return hf_rollout.can_share_actor_module(worker, "auto")
+
+sharing = {"preset": can_share(), "plain module": can_share(module=copy), "offload": can_share(offload=True),
+           "reshard": can_share(**{"actor.fsdp_config.reshard_after_forward": True}),
+           "dtype": can_share(**{"rollout.dtype": "bfloat16"}),
+           "bf16 both": can_share(**{"rollout.dtype": "bfloat16",
+                                     "actor.fsdp_config.mixed_precision.param_dtype": "bf16"}),
+           "nccl backend": can_share(**{"rollout.checkpoint_engine.backend": "nccl"})}
+adapter.share_actor_module(actor, global_steps=3)
+sampler = hf_rollout._WORKER_SAMPLERS[0]
+unsharded = not any(isinstance(p, DTensor) for p in actor.parameters())
+items = [hf_rollout.RequestItem([5, 6, 7, 8], SamplingSettings(max_tokens=6)) for _ in range(3)]
+shared, steps = sampler.sample(items)
+reference = hf_rollout.SeededSampler(rollout_config, model_config, 0, model=copy)
+reference.set_global_steps(3)
+copied, _ = reference.sample(items)
+print(json.dumps({
+    "sharing": sharing, "same_module": sampler.model is actor, "unsharded_after_sync": unsharded,
+    "still_unsharded": not any(isinstance(p, DTensor) for p in actor.parameters()), "train_mode_kept": actor.training,
+    "steps": steps, "tokens": [r.token_ids for r in shared], "copied_tokens": [r.token_ids for r in copied],
+    "log_prob_diff": max(abs(a - b) for r, c in zip(shared, copied) for a, b in zip(r.log_probs, c.log_probs)),
+}))
+"""
+
+
+def test_the_colocated_sampler_samples_on_the_actors_own_fsdp2_module(tiny_models):
+    """The weight sync gathers the actor's FSDP2 weights in place and the sampler uses that very module (no copy):
+    its samples are those of a plain copy of the same weights, the weights stay gathered for the actor's
+    log-prob pass, the module's train mode is kept; sharing applies only where it can (``can_share_actor_module``)."""
+    import json
+
+    from tests.conftest import free_port, run_python
+
+    result = run_python(SHARED_MODULE_PROBE, env={"MODEL": str(tiny_models["llama"]), "TEST_PORT": str(free_port())})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["sharing"] == {"preset": True, "plain module": False, "offload": False, "reshard": False,
+                                 "dtype": False, "bf16 both": True, "nccl backend": False}  # fmt: skip
+    assert report["same_module"] and report["unsharded_after_sync"] and report["still_unsharded"]
+    assert report["train_mode_kept"] and report["steps"] == 3
+    assert report["tokens"] == report["copied_tokens"] and len(report["tokens"]) == 3
+    assert report["log_prob_diff"] < 1e-5

@@ -42,6 +42,7 @@ EXPECTED_PATCHES = {
     "ensemble_reward_manager",
     "ensemble_reward_all_logits",
     "task_runner_in_driver",
+    "hf_rollout_shared_weights",
 }
 
 PROBE = textwrap.dedent(
@@ -191,7 +192,7 @@ def test_patch_replaces_records_and_is_idempotent(monkeypatch):
     compat.patch(owner, "step")(_passthrough)  # a second install keeps the first: not patched twice
     assert owner().step(1, 2) == ("patched", 1, 2, "x")
     assert compat.STATUS.patched_attributes == ["verl.fake.Owner.step"]
-    assert getattr(owner.step, compat.PATCHED_MARK) is Target.step
+    assert compat.ORIGINALS[getattr(owner.step, compat.PATCHED_MARK)] is Target.step
 
 
 @pytest.mark.parametrize(
@@ -303,3 +304,23 @@ def test_verl_variance_ppo_runs_verls_main_through_the_driver_module():
     assert command[1:3] == ["-m", DRIVER_MODULE] and command[-1] == "trainer.total_training_steps=1"
     source = importlib.util.find_spec(DRIVER_MODULE).loader.get_source(DRIVER_MODULE)
     assert 'if __name__ == "__main__":\n    from verl.trainer.main_ppo import main\n\n    main()' in source
+
+
+def test_verls_colocated_worker_class_still_pickles_with_every_patch():
+    """Ray pickles verl's WorkerDict class by value, Ray's tracing wrapper of each method with it (a copy of the
+    method's attributes): nothing a patch attaches to a worker method may pull an unpicklable object in."""
+    code = textwrap.dedent(
+        """
+        import ray, ray.cloudpickle as cloudpickle
+        import verl.workers.engine_workers as engine_workers
+        from verl.single_controller.ray.base import RayClassWithInitArgs, create_colocated_worker_cls
+        from verl_variance.integration import compat
+        assert "verl.workers.engine_workers.ActorRolloutRefWorker.update_weights" in compat.STATUS.patched_attributes
+        worker = RayClassWithInitArgs(cls=ray.remote(engine_workers.ActorRolloutRefWorker), config=None, role="actor")
+        cloudpickle.dumps(create_colocated_worker_cls({"actor": worker}).cls.__ray_metadata__.modified_class)
+        print("pickled")
+        """
+    )
+    result = run_python(code, env={"VERL_PLATFORM": "cpu"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == "pickled"

@@ -177,7 +177,8 @@ def patch(
             return original
         replacement = make(original)
         _check_replacement(original, replacement, requires, where)
-        setattr(replacement, PATCHED_MARK, original)
+        setattr(replacement, PATCHED_MARK, where)
+        ORIGINALS[where] = original
         setattr(owner, name, replacement)
         if where not in STATUS.patched_attributes:
             STATUS.patched_attributes.append(where)
@@ -198,7 +199,12 @@ def register_entry(owner: Any, name: str, key: Any, value: Any) -> None:
 
 
 PATCHED_MARK = "__verl_variance_original__"
-"""Attribute of every replacement made by ``patch``: the object it replaced."""
+"""Attribute of every replacement made by ``patch``: where it is (``ORIGINALS``' key). A name, not the original
+itself: wrappers copy a function's attributes (``functools.wraps``; Ray's tracing wrapper of every actor method),
+and a copied original would be pickled by value with the actor class (its globals need not pickle)."""
+
+ORIGINALS: dict[str, Callable] = {}
+"""``module.Qualname.name`` -> the object ``patch`` replaced there."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,12 @@ three pieces verl's server rollouts have, so the rest of verl (agent loop, load 
 sync with ``checkpoint_engine.backend=naive``) is untouched. Two ways to run (``rollout.engine_kwargs.hf``):
 
 - **colocated** (default; verl's hybrid-engine idea on the CPU): sampling runs inside verl's actor
-  worker process, on a plain transformers copy of the policy that the worker refreshes in place
-  after each update (``HFServerAdapter.update_weights``: a memory copy, nothing crosses processes).
+  worker process, on the actor's own FSDP2 module: the weight sync after each update gathers the
+  actor's weights in place and the sampler uses them (``HFServerAdapter.share_actor_module``; no
+  second copy of the policy, nothing copied or shipped). Where that cannot apply
+  (``can_share_actor_module``: e.g. ``reshard_after_forward=true``, or a ``rollout.dtype`` other
+  than the actor's compute dtype) the sampler holds a copy refreshed in place after each update
+  (``HFServerAdapter.update_weights``: a memory copy, nothing crosses processes).
   ``HFWorkerServer``, a small Ray actor per replica, is the address verl's load balancer talks to:
   it batches requests and runs them in the worker (``__ray_call__``, as verl's vLLM replica reaches
   its workers).
@@ -92,16 +96,19 @@ class SeededSampler:
     prompt; validation and training at one step).
     """
 
-    def __init__(self, config, model_config, replica_rank: int) -> None:
-        """The model is loaded in ``rollout.dtype``: the actor's compute dtype keeps the rollout's log-probs
-        equal to the actor's (fp32: ~1e-5; bf16 rounds differently in decoding and in the actor's forward)."""
+    def __init__(self, config, model_config, replica_rank: int, model: torch.nn.Module | None = None) -> None:
+        """``model``: the actor's own module (colocated, ``share_actor_module``); else a copy is loaded in
+        ``rollout.dtype``: the actor's compute dtype keeps the rollout's log-probs equal to the actor's (fp32:
+        ~1e-5; bf16 rounds differently in decoding and in the actor's forward)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from verl.utils.torch_dtypes import PrecisionType
 
         path = model_config.local_path
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=PrecisionType.to_dtype(config.dtype))
-        self.model = self.model.to(device).eval()
+        if model is None:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=PrecisionType.to_dtype(config.dtype))
+            model = model.to(device).eval()
+        self.model = model
         self.replica_rank = replica_rank
         tokenizer = AutoTokenizer.from_pretrained(model_config.local_tokenizer_path or path)
         eos = self.model.generation_config.eos_token_id
@@ -127,14 +134,19 @@ class SeededSampler:
             self._seen[key] = occurrence + 1
             seed = request_seed(self.seed, self.global_steps, self.replica_rank, key, occurrence)
             requests.append(SampleRequest(item.prompt_ids, item.settings, seed))
-        results = sample_requests(
-            self.model,
-            requests,
-            eos_token_ids=self.eos_token_ids,
-            pad_token_id=self.pad_token_id,
-            max_prompt_length=self.max_prompt_length,
-            batch_rows=self.batch_rows,
-        )
+        was_training = self.model.training
+        self.model.eval()  # the actor's own module is in train mode between its updates
+        try:
+            results = sample_requests(
+                self.model,
+                requests,
+                eos_token_ids=self.eos_token_ids,
+                pad_token_id=self.pad_token_id,
+                max_prompt_length=self.max_prompt_length,
+                batch_rows=self.batch_rows,
+            )
+        finally:
+            self.model.train(was_training)
         return results, self.global_steps
 
     def load_weights(self, weights, global_steps: int | None = None) -> None:
@@ -278,8 +290,47 @@ _WORKER_SAMPLERS: dict[int, SeededSampler] = {}
 
 
 def _sample_in_worker(worker: Any, replica_rank: int, items: list[RequestItem]) -> tuple[list[SampleResult], Any]:
-    """Runs in verl's actor worker process (through ``__ray_call__``): sample on the worker's policy copy."""
+    """Runs in verl's actor worker process (through ``__ray_call__``): sample on the worker's policy."""
+    if replica_rank not in _WORKER_SAMPLERS:
+        raise RuntimeError(
+            f"hf rollout replica {replica_rank}: asked to sample before verl synced the actor's weights to it "
+            "(checkpoint_manager.update_weights runs before the first rollout in both verl trainers)"
+        )
     return _WORKER_SAMPLERS[replica_rank].sample(items)
+
+
+def actor_param_dtype(fsdp_config) -> torch.dtype:
+    """The dtype the actor computes in: FSDP mixed precision's ``param_dtype`` (verl's default: bf16)."""
+    from verl.utils.torch_dtypes import PrecisionType
+
+    mixed_precision = fsdp_config.get("mixed_precision") or {}
+    return PrecisionType.to_dtype(mixed_precision.get("param_dtype", "bf16"))
+
+
+def can_share_actor_module(worker: Any, mode: str) -> bool:
+    """Whether the colocated sampler of verl's ``ActorRolloutRefWorker`` ``worker`` can sample on the actor's own
+    FSDP2 module instead of a copy: an in-process weight sync (``naive``), an FSDP2 actor that keeps its gathered
+    weights after a forward (``reshard_after_forward=false``: else every decoding step would gather them again,
+    a collective each rank would run a different number of times), no parameter offload, no LoRA adapter, and
+    the rollout's dtype the actor's compute dtype (the copy is made in ``rollout.dtype``)."""
+    from torch.distributed.fsdp import FSDPModule
+    from verl.utils.torch_dtypes import PrecisionType
+
+    rollout, config = getattr(worker, "rollout", None), worker.config
+    if not isinstance(rollout, HFServerAdapter) or rollout.engine.separate_server:
+        return False
+    if (mode if mode != "auto" else config.rollout.checkpoint_engine.backend) != "naive":
+        return False
+    engine = worker.actor.engine
+    module = getattr(engine, "module", None)
+    fsdp_config = config.actor.fsdp_config
+    return (
+        isinstance(module, FSDPModule)
+        and not fsdp_config.get("reshard_after_forward", True)
+        and not engine.is_param_offload_enabled
+        and getattr(module, "peft_config", None) is None
+        and PrecisionType.to_dtype(config.rollout.dtype) == actor_param_dtype(fsdp_config)
+    )
 
 
 @ray.remote
@@ -303,8 +354,9 @@ class HFWorkerServer(_ServerBase):
 class HFServerAdapter(BaseRollout):
     """The rollout half of verl's hybrid actor worker: receives the weights after each update.
 
-    Colocated: copies them into this process's sampler (``_WORKER_SAMPLERS``). Separate server: ships
-    them to the replica's ``HFRolloutServer``.
+    Colocated: this process's sampler (``_WORKER_SAMPLERS``) samples on the actor's module
+    (``share_actor_module``), or on a copy the weights are copied into. Separate server: ships them to the
+    replica's ``HFRolloutServer``.
     """
 
     def __init__(self, config, model_config, device_mesh, replica_rank: int = -1, **kwargs) -> None:
@@ -323,8 +375,26 @@ class HFServerAdapter(BaseRollout):
         self.replica_rank = rank if replica_rank == -1 else replica_rank
         self.engine = HFEngineSettings.from_config(self.config)
         self._server = None
-        if not self.engine.separate_server:
-            _WORKER_SAMPLERS[self.replica_rank] = SeededSampler(self.config, self.model_config, self.replica_rank)
+
+    def _worker_sampler(self, model: torch.nn.Module | None = None) -> SeededSampler:
+        """This replica's sampler in this worker process: on ``model`` (the actor's module), else on a copy."""
+        sampler = _WORKER_SAMPLERS.get(self.replica_rank)
+        if sampler is None or (model is not None and sampler.model is not model):
+            sampler = SeededSampler(self.config, self.model_config, self.replica_rank, model=model)
+            _WORKER_SAMPLERS[self.replica_rank] = sampler
+        return sampler
+
+    def share_actor_module(self, module: torch.nn.Module, global_steps: int | None = None) -> None:
+        """Colocated, instead of a weight copy: gather the actor's FSDP2 weights now (every rank calls this, as it
+        calls ``update_weights``) and sample on the actor's own module. The gathered weights stay until the
+        actor's next backward (``reshard_after_forward=false``), so the actor's log-prob pass reuses them and no
+        second copy of the policy exists (``can_share_actor_module`` says when this applies)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for submodule in module.modules():
+            if isinstance(submodule, FSDPModule):
+                submodule.unshard()
+        self._worker_sampler(module).set_global_steps(global_steps)
 
     def _server_handle(self):
         if self._server is None:
@@ -344,7 +414,7 @@ class HFServerAdapter(BaseRollout):
             raise NotImplementedError("rollout.name=hf does not serve LoRA adapters; set lora.merge=True")
         global_steps = kwargs.get("global_steps")
         if not self.engine.separate_server:
-            _WORKER_SAMPLERS[self.replica_rank].load_weights(weights, global_steps)
+            self._worker_sampler().load_weights(weights, global_steps)
             return
         state_dict = {name: tensor.detach().to("cpu", copy=True) for name, tensor in weights}
         await self._server_handle().update_weights.remote(state_dict, global_steps)

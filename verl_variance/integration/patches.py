@@ -235,6 +235,24 @@ def _register_rollout_replica(module) -> None:
     module.RolloutReplicaRegistry.register(ROLLOUT_NAME, load_hf_replica)
 
 
+def _patch_hf_weight_sync(module) -> None:
+    """The colocated ``hf`` rollout samples on the actor's own FSDP2 module: the weight sync gathers the actor's
+    weights in place instead of exporting and copying them (``hf_rollout.can_share_actor_module`` says when)."""
+
+    @patch(module.ActorRolloutRefWorker, "update_weights")
+    def _(original):
+        @functools.wraps(original)
+        async def update_weights(self, global_steps: int = None, mode: str = "auto"):
+            from verl_variance.integration.hf_rollout import can_share_actor_module
+
+            if not can_share_actor_module(self, mode):
+                return await original(self, global_steps, mode)
+            self.rollout.share_actor_module(self.actor.engine.module, global_steps)
+            return None
+
+        return update_weights
+
+
 # ---------------------------------------------------------------------------------------------
 # 8. V1 trainer: the replay buffer polls the TransferQueue every 2 s (a constructor default that no
 #    config key reaches), which dominates a CPU step of a tiny model. Poll every 50 ms on the CPU.
@@ -637,6 +655,7 @@ def install() -> None:
     when_imported("verl.trainer.ppo.ray_trainer", "rvpo_gdpo_advantage", _patch_compute_advantage)
     when_imported("verl.trainer.ppo.v1.utils", "rvpo_gdpo_advantage_v1", _patch_compute_advantage)
     when_imported("verl.workers.engine_workers", "variance_kl_loss", _patch_ppo_loss)
+    when_imported("verl.workers.engine_workers", "hf_rollout_shared_weights", _patch_hf_weight_sync)
     when_imported("verl.experimental.reward_loop.reward_manager.registry", "ensemble_reward_manager",
                   _register_ensemble_manager)  # fmt: skip
     when_imported("verl.experimental.reward_loop.reward_loop", "ensemble_reward_all_logits", _patch_disrm_all_logits)
