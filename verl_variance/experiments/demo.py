@@ -318,9 +318,9 @@ def cpu_precision(precision: str) -> str:
 
 def precision_overrides(precision: str) -> list[str]:
     """verl overrides of the CPU preset (fp32) for ``bf16``: the actor and the reference compute in bf16 (FSDP
-    mixed precision, master weights and optimizer in fp32, as verl does on GPUs) and the colocated sampler holds a
-    bf16 copy. The rollout's log-probs then differ from the actor's by bf16 rounding (max ~0.05 on SmolLM2-135M);
-    in fp32 they agree to ~1e-5."""
+    mixed precision, master weights and optimizer in fp32, as verl does on GPUs) and the colocated sampler decodes on
+    the actor's bf16 weights (``rollout.dtype``). The rollout's log-probs then differ from the actor's by bf16
+    rounding (max ~0.05 on SmolLM2-135M); in fp32 they agree to ~1e-5."""
     if precision == "fp32":
         return []
     mixed = "{param_dtype:bf16,reduce_dtype:fp32,buffer_dtype:fp32}"
