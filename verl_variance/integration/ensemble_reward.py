@@ -3,8 +3,9 @@
 Two ways to serve a K-head reward model (``AutoModelForSequenceClassification``, ``num_labels=K``):
 
 - ``reward.reward_manager.name=ensemble`` (CPU, or any machine without a reward server): a reward
-  manager registered in verl's registry that scores in-process with transformers, batching the
-  concurrent per-sample requests of verl's reward loop into one no-grad forward pass;
+  manager registered in verl's registry that scores in-process with transformers, gathering the
+  concurrent per-sample requests of verl's reward loop into no-grad forward passes of a fixed shape
+  (a score is then bit-identical whatever arrived with it);
 - ``reward.reward_model.enable=True`` with ``rollout.name=vllm`` (GPU): verl's own vLLM reward server.
   verl's reward loop keeps only the last ``/classify`` logit; the patch in ``patches.py`` reads all K
   when ``reward.reward_manager.name=ensemble``.
