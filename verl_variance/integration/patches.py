@@ -216,7 +216,7 @@ def _patch_auto_set_device(module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. The hf rollout backend in verl's two rollout registries.
+# 7. The hf rollout backend in verl's two rollout registries, and its colocated weight sync.
 # ---------------------------------------------------------------------------------------------
 def _register_rollout_adapter(module) -> None:
     from verl_variance.integration.hf_rollout_names import ADAPTER_FQN, ROLLOUT_NAME
@@ -661,4 +661,3 @@ def install() -> None:
     when_imported("verl.experimental.reward_loop.reward_loop", "ensemble_reward_all_logits", _patch_disrm_all_logits)
     when_imported("verl.trainer.distillation.losses", "variance_kl_loss_distillation", _patch_ppo_loss)
     when_imported("verl.trainer.main_ppo", "task_runner_in_driver", _patch_task_runner_in_driver)  # not as __main__
-
