@@ -73,11 +73,12 @@ def _check_shapes(input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_s
 
 def _batches(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Consecutive batches padded to their longest. Yields (the indices of the batch's sequences, ids, mask)."""
     _check_shapes(input_ids, attention_mask, batch_size)
     for start in range(0, input_ids.shape[0], batch_size):
         ids, mask = trim_padding(input_ids[start : start + batch_size], attention_mask[start : start + batch_size])
-        yield ids.to(device), mask.to(device)
+        yield list(range(start, start + ids.shape[0])), ids.to(device), mask.to(device)
 
 
 def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +114,7 @@ def last_token_features(
     model.eval()
     out = []
     try:
-        for ids, mask in _batches(input_ids, attention_mask, batch_size, _device(model)):
+        for _, ids, mask in _batches(input_ids, attention_mask, batch_size, _device(model)):
             last = last_token_index(mask)
             if body is not model:
                 _check_pooling(model, ids, last)
@@ -191,9 +192,7 @@ def head_rewards(
         pad_id = getattr(model.config, "pad_token_id", None)  # None: _check_pooling says what to set
         chunks = _fixed_shape_chunks(input_ids, attention_mask, batch_size, pad_id or 0, fixed_max_length)
     else:
-        starts = range(0, input_ids.shape[0], max(batch_size, 1))
-        batches = _batches(input_ids, attention_mask, batch_size, device)
-        chunks = ((list(range(s, s + len(ids))), ids, mask) for s, (ids, mask) in zip(starts, batches, strict=True))
+        chunks = _batches(input_ids, attention_mask, batch_size, device)
     out = torch.zeros(input_ids.shape[0], model.config.num_labels)
     try:
         for index, ids, mask in chunks:
