@@ -65,6 +65,7 @@ SETUPS = {
         "actor_rollout_ref.ref.fsdp_config.reshard_after_forward=True",
         "critic.fsdp.reshard_after_forward=True",
         "ray_kwargs.task_runner_in_driver=False",  # verl's TaskRunner as a Ray actor of its own
+        "ray_kwargs.services_in_agent_loop=False",  # load balancer and reward-loop worker: Ray actors of their own
     ],
     "colocated": [],
 }

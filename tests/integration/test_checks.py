@@ -5,7 +5,12 @@ import sys
 
 import pytest
 
-from verl_variance.integration.checks import ConfigError, check_cpu_rollout, check_model_path
+from verl_variance.integration.checks import (
+    ConfigError,
+    check_cpu_rollout,
+    check_in_process_services,
+    check_model_path,
+)
 
 
 def test_gpu_rollout_on_cpu_is_rejected():
@@ -26,6 +31,27 @@ def test_missing_local_model_path_is_rejected(tmp_path):
     check_model_path("Qwen/Qwen2.5-0.5B-Instruct", "actor_rollout_ref.model.path")  # a hub id is verl's business
 
 
+@pytest.mark.parametrize("mode", ["colocate_async", "separate_async"])
+def test_in_process_services_need_the_sync_trainer(mode):
+    def config(mode: str, services: bool, server: bool, rollout: str = "hf") -> dict:
+        engine_kwargs = {"hf": {"server_in_agent_loop": server}}
+        return {
+            "actor_rollout_ref": {"rollout": {"name": rollout, "engine_kwargs": engine_kwargs}},
+            "ray_kwargs": {"services_in_agent_loop": services},
+            "trainer": {"v1": {"trainer_mode": mode}},
+        }
+
+    with pytest.raises(ConfigError, match=rf"trainer_mode={mode} .* set ray_kwargs.services_in_agent_loop=false and "
+                       r"actor_rollout_ref.rollout.engine_kwargs.hf.server_in_agent_loop=false$"):  # fmt: skip
+        check_in_process_services(config(mode, True, True))
+    only_server = r": set actor_rollout_ref.rollout.engine_kwargs.hf.server_in_agent_loop=false$"
+    with pytest.raises(ConfigError, match=only_server):
+        check_in_process_services(config(mode, False, True))
+    check_in_process_services(config("sync", True, True))
+    check_in_process_services(config(mode, False, False))
+    check_in_process_services(config(mode, False, True, rollout="vllm"))  # the hf key means nothing to vllm
+
+
 def _main_ppo(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", "cpu", *overrides],
@@ -41,6 +67,7 @@ def _main_ppo(*overrides: str) -> subprocess.CompletedProcess:
         ("vllm_on_cpu", "actor_rollout_ref.rollout.name=vllm needs a GPU"),
         ("missing_model", "actor_rollout_ref.model.path='/nonexistent/model' does not exist"),
         ("one_head_ensemble", "has 1 reward head: an ensemble of one head has no variance"),
+        ("async_trainer", "trainer.v1.trainer_mode=colocate_async aborts and re-routes rollout requests"),
     ],
 )
 def test_main_ppo_fails_before_ray_starts_with_the_message_alone(tiny_models, tmp_path, case, message):
@@ -51,6 +78,8 @@ def test_main_ppo_fails_before_ray_starts_with_the_message_alone(tiny_models, tm
     overrides = [f"actor_rollout_ref.model.path={model}", f"critic.model.path={tiny_models['qwen2']}"]
     if case == "vllm_on_cpu":
         overrides.append("actor_rollout_ref.rollout.name=vllm")
+    if case == "async_trainer":  # the CPU preset builds the load balancer and rollout server in the agent loop
+        overrides.append("trainer.v1.trainer_mode=colocate_async")
     if case == "one_head_ensemble":
         one_head = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=1))
         overrides += ["reward.reward_manager.name=ensemble", f"ensemble_reward.model_path={one_head}",

@@ -3,9 +3,12 @@
 import asyncio
 from types import SimpleNamespace
 
+import pytest
+
 from verl_variance.integration import hf_rollout
 from verl_variance.integration.hf_rollout import _ServerBase
 from verl_variance.integration.hf_sampling import SampleResult
+from verl_variance.integration.in_process import InProcessActor
 
 
 class RecordingServer(_ServerBase):
@@ -157,3 +160,45 @@ def test_the_colocated_sampler_samples_on_the_actors_own_fsdp2_module(tiny_model
     assert report["train_mode_kept"] and report["steps"] == 3
     assert report["tokens"] == report["copied_tokens"] and len(report["tokens"]) == 3
     assert report["log_prob_diff"] < 1e-5
+
+
+class _ActorWorker:
+    """verl's actor worker as the colocated server reaches it: ``__ray_call__.remote(fn, replica, items)``."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+        async def run(fn, replica_rank, items):
+            self.calls.append((fn, replica_rank, [item.prompt_ids for item in items]))
+            return [SampleResult([9, len(item.prompt_ids)], [0.0, 0.0], "length") for item in items], 4
+
+        self.__ray_call__ = SimpleNamespace(remote=run)
+
+
+def test_the_colocated_server_runs_in_the_agent_loop_when_the_config_says_so():
+    worker = _ActorWorker()
+    replica = hf_rollout.HFReplica.__new__(hf_rollout.HFReplica)  # as verl's LLMServerManager builds it
+    replica.config = SimpleNamespace(response_length=4, prompt_length=8, ignore_eos=False,
+                                     engine_kwargs={"hf": {"batch_rows": 2, "server_in_agent_loop": True}})  # fmt: skip
+    replica.replica_rank, replica.name_suffix, replica.is_reward_model, replica.workers = 3, "", False, [worker]
+    asyncio.run(replica.launch_servers())
+    server = replica.server_handle
+    assert isinstance(server, InProcessActor) and server.cls is hf_rollout.HFWorkerServer  # no Ray actor
+    assert replica.server_address == "hf-rollout://hf_rollout_server_3"
+
+    async def generate():  # what verl's LLMServerClient does from the agent-loop worker
+        calls = [server.generate.remote(prompt_ids=[1] * n, sampling_params={}, request_id=f"r{n}") for n in (1, 2)]
+        return await asyncio.gather(*calls)
+
+    outputs = asyncio.run(generate())
+    assert [o.token_ids for o in outputs] == [[9, 1], [9, 2]]
+    assert outputs[0].extra_fields["global_steps"] == 4
+    assert worker.calls == [(hf_rollout._sample_in_worker, 3, [[1], [1, 1]])]  # one chunk, in the worker
+
+
+def test_hf_engine_settings_name_every_key():
+    config = SimpleNamespace(engine_kwargs={"hf": {"server_in_agent_loop": True}})
+    settings = hf_rollout.HFEngineSettings.from_config(config)
+    assert settings == hf_rollout.HFEngineSettings(separate_server=False, batch_rows=8, server_in_agent_loop=True)
+    with pytest.raises(ValueError, match=r"unknown keys \['rows'\]; valid: separate_server .* server_in_agent_loop"):
+        hf_rollout.HFEngineSettings.from_config(SimpleNamespace(engine_kwargs={"hf": {"rows": 2}}))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import free_port, run_python
-from verl_variance.integration import compat
+from verl_variance.integration import compat, prestart
 from verl_variance.integration.doctor import run_probe
 from verl_variance.integration.launcher import CONFIG_DIR, CPU_PRESET, DRIVER_MODULE, main_ppo_command
 from verl_variance.integration.patches import content_order, dedupe_backend
@@ -43,6 +43,11 @@ EXPECTED_PATCHES = {
     "ensemble_reward_all_logits",
     "task_runner_in_driver",
     "hf_rollout_shared_weights",
+    "tq_init_in_background",
+    "agent_loop_workers_prestarted",
+    "load_balancer_in_agent_loop",
+    "reward_workers_in_agent_loop",
+    "transformers_without_sklearn",
 }
 
 PROBE = textwrap.dedent(
@@ -269,6 +274,20 @@ class _ActorClass:
         raise AssertionError("a TaskRunner actor was started")
 
 
+class _ActorStarter:
+    """What ``ray.remote(cls)`` makes in ``prestart``: ``.options(name=...).remote()`` records the start."""
+
+    def __init__(self, cls: type, started: list) -> None:
+        self.cls, self.started = cls, started
+
+    def options(self, name: str) -> types.SimpleNamespace:
+        def remote():
+            self.started.append((self.cls, name))
+            return ("started", name)
+
+        return types.SimpleNamespace(remote=remote)
+
+
 @pytest.mark.parametrize("in_driver", [True, False])
 def test_the_task_runner_runs_in_the_driver_when_the_config_says_so(monkeypatch, in_driver):
     import verl.trainer.main_ppo as main_ppo
@@ -281,8 +300,10 @@ def test_the_task_runner_runs_in_the_driver_when_the_config_says_so(monkeypatch,
     os.environ["VV_TEST_JOB_VAR"] = "unset"
     monkeypatch.setattr(torch, "set_num_threads", lambda n: runs.append(("threads", n)))
     assert OmegaConf.load(CONFIG_DIR / f"{CPU_PRESET}.yaml").ray_kwargs.task_runner_in_driver  # the preset's choice
+    started: list = []
+    monkeypatch.setattr(prestart.ray, "remote", lambda cls: _ActorStarter(cls, started))
     config = OmegaConf.create({  # what run_ppo reads
-        "actor_rollout_ref": {"rollout": {"full_determinism": False}},
+        "actor_rollout_ref": {"rollout": {"full_determinism": False, "agent": {"num_workers": 2}}},
         "reward": {"reward_model": {"enable": False, "rollout": {"full_determinism": False}}},
         "trainer": {"logger": ["console"]},
         "global_profiler": {"tool": None},
@@ -297,6 +318,13 @@ def test_the_task_runner_runs_in_the_driver_when_the_config_says_so(monkeypatch,
         return
     main_ppo.run_ppo(config, _ActorClass(runs))
     assert runs == [("threads", 1), (os.getpid(), "from the job's runtime_env", torch.get_num_threads())]
+    # the run's agent-loop workers were started first (of verl's class for this runner: not V1 -> AgentLoopWorker)
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    assert [(cls.__name__, issubclass(cls, AgentLoopWorker)) for cls, _ in started] == [("AgentLoopWorker", True)] * 2
+    assert [name.rsplit("_", 1)[0] for _, name in started] == ["agent_loop_worker_0", "agent_loop_worker_1"]
+    assert prestart.take(AgentLoopWorker, 2) == [("started", name) for _, name in started]
+    assert not prestart.TQ_INIT.requested  # only the V1 runner calls tq.init
 
 
 def test_verl_variance_ppo_runs_verls_main_through_the_driver_module():

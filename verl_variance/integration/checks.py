@@ -132,6 +132,28 @@ def check_ensemble_reward(config) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def check_in_process_services(config) -> None:
+    """``ray_kwargs.services_in_agent_loop`` and ``rollout.engine_kwargs.hf.server_in_agent_loop`` build verl's load
+    balancer and rollout server in each agent-loop worker (``in_process.py``): fine for the sync trainer, but the
+    async ones abort in-flight requests and move servers from the driver, which needs them as Ray actors."""
+    rollout = config.get("actor_rollout_ref", {}).get("rollout", {})
+    hf = ((rollout.get("engine_kwargs") or {}).get("hf") or {}) if rollout.get("name") == "hf" else {}
+    keys = [
+        key
+        for key, value in (
+            ("ray_kwargs.services_in_agent_loop", (config.get("ray_kwargs") or {}).get("services_in_agent_loop")),
+            ("actor_rollout_ref.rollout.engine_kwargs.hf.server_in_agent_loop", hf.get("server_in_agent_loop")),
+        )
+        if value
+    ]
+    mode = ((config.get("trainer") or {}).get("v1") or {}).get("trainer_mode", "sync")
+    if keys and mode != "sync":
+        raise ConfigError(
+            f"trainer.v1.trainer_mode={mode} aborts and re-routes rollout requests from the driver, which needs the "
+            f"load balancer and rollout servers as Ray actors: set {'=false and '.join(keys)}=false"
+        )
+
+
 def check_trainer_config(config) -> None:
     """All early checks on a full ``ppo_trainer`` config (an OmegaConf DictConfig)."""
     check_kl_config(config)
@@ -139,6 +161,7 @@ def check_trainer_config(config) -> None:
     check_ensemble_reward(config)
     device = config.trainer.get("device", "cuda")
     check_cpu_rollout(device, config.actor_rollout_ref.rollout.name)
+    check_in_process_services(config)
     check_model_path(config.actor_rollout_ref.model.get("path"), "actor_rollout_ref.model.path")
     critic = config.get("critic")
     if critic is not None and critic.get("enable", None) is not False and config.algorithm.adv_estimator == "gae":

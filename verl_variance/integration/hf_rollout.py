@@ -13,7 +13,9 @@ sync with ``checkpoint_engine.backend=naive``) is untouched. Two ways to run (``
   (``HFServerAdapter.update_weights``: a memory copy, nothing crosses processes).
   ``HFWorkerServer``, a small Ray actor per replica, is the address verl's load balancer talks to:
   it batches requests and runs them in the worker (``__ray_call__``, as verl's vLLM replica reaches
-  its workers).
+  its workers). With ``server_in_agent_loop: true`` (sync trainers; the CPU preset's choice) it is no
+  process of its own: each agent-loop worker batches its own requests (``in_process.InProcessActor``);
+  the async trainers' abort of in-flight requests needs the actor.
 - **separate server** (``separate_server: true``, and any standalone rollout): ``HFRolloutServer``
   holds its own copy of the model; after each update the worker ships the weights to it.
 
@@ -45,6 +47,7 @@ from verl_variance.integration.hf_sampling import (
     request_seed,
     sample_requests,
 )
+from verl_variance.integration.in_process import InProcessActor
 
 BATCH_WAIT_SECONDS = 0.02
 """A partial chunk of requests runs once no new request has come for this long (whole chunks run at once):
@@ -60,14 +63,16 @@ class HFEngineSettings:
 
     separate_server: bool = False
     batch_rows: int = 8
+    server_in_agent_loop: bool = False
 
     @classmethod
     def from_config(cls, config) -> HFEngineSettings:
         values = dict((getattr(config, "engine_kwargs", None) or {}).get(ENGINE_KEY) or {})
-        unknown = sorted(set(values) - {"separate_server", "batch_rows"})
+        unknown = sorted(set(values) - {"separate_server", "batch_rows", "server_in_agent_loop"})
         if unknown:
             raise ValueError(
-                f"rollout.engine_kwargs.hf: unknown keys {unknown}; valid: separate_server (bool), batch_rows (int)"
+                f"rollout.engine_kwargs.hf: unknown keys {unknown}; valid: separate_server (bool), batch_rows (int), "
+                "server_in_agent_loop (bool)"
             )
         settings = cls(**values)
         if int(settings.batch_rows) < 1:
@@ -256,7 +261,6 @@ class _ServerBase:
     async def stop_profile(self) -> None: ...
 
 
-@ray.remote
 class HFRolloutServer(_ServerBase):
     """Separate-server mode: one replica's generation server with its own copy of the policy."""
 
@@ -333,16 +337,12 @@ def can_share_actor_module(worker: Any, mode: str) -> bool:
     )
 
 
-@ray.remote
 class HFWorkerServer(_ServerBase):
     """Colocated mode: the replica's address; batches run in the replica's actor worker process."""
 
-    def __init__(self, config, workers: list) -> None:
+    def __init__(self, config, workers: list, replica_rank: int) -> None:
         self._init_server(config)
         self.workers = workers
-        self.replica_rank: int | None = None
-
-    def set_replica_rank(self, replica_rank: int) -> None:
         self.replica_rank = replica_rank
 
     async def _run(self, items: list[RequestItem]) -> tuple[list[SampleResult], int | None]:
@@ -422,26 +422,25 @@ class HFServerAdapter(BaseRollout):
 
 class HFReplica(RolloutReplica):
     """Launches one rollout server per replica: ``HFWorkerServer`` in front of the replica's actor worker
-    (hybrid mode, default), else an ``HFRolloutServer`` with its own model."""
+    (hybrid mode, default; with ``server_in_agent_loop`` inside each agent-loop worker, not a Ray actor of its
+    own), else an ``HFRolloutServer`` with its own model."""
 
     def rollout_worker_use_gpu(self) -> bool:
         return False
 
     async def launch_servers(self) -> None:
         name = server_actor_name(self.replica_rank, self.name_suffix, self.is_reward_model)
-        colocated = bool(self.workers) and not HFEngineSettings.from_config(self.config).separate_server
+        settings = HFEngineSettings.from_config(self.config)
+        colocated = bool(self.workers) and not settings.separate_server
         if colocated:
-            server = HFWorkerServer.options(name=name, num_cpus=0, max_concurrency=self.max_concurrency).remote(
-                config=self.config, workers=self.workers
-            )
-            await server.set_replica_rank.remote(self.replica_rank)
+            cls, args = HFWorkerServer, (self.config, self.workers, self.replica_rank)
         else:
-            server = HFRolloutServer.options(name=name, num_cpus=0, max_concurrency=self.max_concurrency).remote(
-                config=self.config,
-                model_config=self.model_config,
-                replica_rank=self.replica_rank,
-                is_reward_model=self.is_reward_model,
-            )
+            cls, args = HFRolloutServer, (self.config, self.model_config, self.replica_rank, self.is_reward_model)
+        if colocated and settings.server_in_agent_loop:  # the agent-loop worker batches its own requests
+            server = InProcessActor(name, cls, *args)
+        else:
+            options = {"name": name, "num_cpus": 0, "max_concurrency": self.max_concurrency}
+            server = ray.remote(cls).options(**options).remote(*args)
         # RolloutReplica's contract for subclasses: launch_servers sets these two (verl's vLLM replica does too)
         self.servers = [server]
         self._server_handle = server

@@ -583,7 +583,8 @@ def _patch_compute_advantage(module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 13. The TaskRunner in the driver process (ray_kwargs.task_runner_in_driver, the CPU preset's choice).
+# 13. The TaskRunner in the driver process (ray_kwargs.task_runner_in_driver, the CPU preset's choice),
+#     with the agent-loop workers started early and TransferQueue's init in a thread (prestart.py).
 # ---------------------------------------------------------------------------------------------
 class InDriverTaskRunner:
     """Stands in for verl's ``@ray.remote`` TaskRunner class in ``run_ppo``: ``.remote()`` builds the plain class
@@ -591,10 +592,12 @@ class InDriverTaskRunner:
 
     The driver has imported torch and verl already: a TaskRunner actor would be one more process importing them
     (~5 s and ~0.55 GB on a 2-core CPU machine) only to wait on the workers. It gets what Ray would have given
-    the actor: the job's environment variables and one torch thread (``num_cpus=1``)."""
+    the actor: the job's environment variables and one torch thread (``num_cpus=1``). It also starts the run's
+    agent-loop workers at once and has the V1 runner's ``tq.init`` run in a thread (``prestart``), so that their
+    processes' imports overlap the trainer's set-up."""
 
-    def __init__(self, actor_class, config) -> None:
-        self.cls, self.config = actor_class.__ray_actor_class__, config
+    def __init__(self, actor_class, config, v1: bool) -> None:
+        self.cls, self.config, self.v1 = actor_class.__ray_actor_class__, config, v1
 
     def remote(self) -> SimpleNamespace:
         """A handle like Ray's: ``handle.run.remote(config)`` runs ``TaskRunner.run`` here, then returns a ready ref."""
@@ -605,10 +608,14 @@ class InDriverTaskRunner:
         from omegaconf import OmegaConf
         from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
 
+        from verl_variance.integration.prestart import TQ_INIT, start_agent_loop_workers
+
         runtime_env = OmegaConf.select(self.config, "ray_kwargs.ray_init.runtime_env.env_vars", default={}) or {}
         for key, value in {**get_ppo_ray_runtime_env(self.config)["env_vars"], **runtime_env}.items():
             os.environ[key] = str(value)
         torch.set_num_threads(1)
+        start_agent_loop_workers(self.config, self.v1)  # their imports overlap the trainer's set-up
+        TQ_INIT.requested = self.v1  # the V1 runner's tq.init: in a thread (prestart.py)
         instance = self.cls()
 
         def run(config):
@@ -624,10 +631,138 @@ def _patch_task_runner_in_driver(module) -> None:
         @functools.wraps(original)
         def run_ppo(config, task_runner_class) -> None:
             if config.get("ray_kwargs", {}).get("task_runner_in_driver", False):
-                task_runner_class = InDriverTaskRunner(task_runner_class, config)
+                v1 = task_runner_class is module.TaskRunnerV1
+                task_runner_class = InDriverTaskRunner(task_runner_class, config, v1)
             return original(config, task_runner_class)
 
         return run_ppo
+
+
+def _patch_prestarted_agent_loop_workers(module) -> None:
+    from verl_variance.integration.prestart import take
+
+    @patch(module.AgentLoopManager, "_init_agent_loop_workers")
+    def _(original):
+        @functools.wraps(original)
+        async def _init_agent_loop_workers(self) -> None:
+            import asyncio
+
+            workers = take(self.agent_loop_workers_class.__ray_actor_class__, self.rollout_config.agent.num_workers)
+            if workers is None:
+                return await original(self)
+            args = (self.config, self.llm_client, self.teacher_client, self.reward_loop_worker_handles)
+            await asyncio.gather(*[worker.deferred_init.remote(*args) for worker in workers])
+            self.agent_loop_workers = workers
+
+        return _init_agent_loop_workers
+
+
+SUPPORTED_TRANSFER_QUEUE = SpecifierSet(">=0.1.10,<0.2")
+
+
+def _patch_tq_init_in_background(package) -> None:
+    from transfer_queue import interface
+
+    from verl_variance.integration.prestart import TQ_INIT, background_tq_init, wait_for_tq_init
+
+    versions = ("TransferQueue", SUPPORTED_TRANSFER_QUEUE)
+
+    @patch(package, "init", versions=versions)
+    def _(original):
+        @functools.wraps(original)
+        def init(conf=None):
+            if not TQ_INIT.requested:
+                return original(conf)
+            background_tq_init(original, conf)  # verl's TaskRunner ignores what init returns
+
+        return init
+
+    @patch(interface, "_maybe_create_tq_client", versions=versions)
+    def _(original):
+        @functools.wraps(original)
+        def _maybe_create_tq_client(conf=None):
+            if conf is None:  # every TransferQueue call but init's own: wait for the background init
+                wait_for_tq_init()
+            return original(conf)
+
+        return _maybe_create_tq_client
+
+    @patch(package, "close", versions=versions)
+    def _(original):
+        @functools.wraps(original)
+        def close():
+            wait_for_tq_init(reraise=False)  # closes what it started; a failed run reports its own error
+            return original()
+
+        return close
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. verl's load balancer and reward-loop workers inside the agent-loop worker
+#     (ray_kwargs.services_in_agent_loop, the CPU preset's choice; see in_process.py).
+# ---------------------------------------------------------------------------------------------
+def services_in_agent_loop(config) -> bool:
+    return bool((config.get("ray_kwargs") or {}).get("services_in_agent_loop", False))
+
+
+def _patch_load_balancer_in_agent_loop(module) -> None:
+    from verl.workers.rollout.router import DEFAULT_ROUTING_CACHE_SIZE, GlobalRequestLoadBalancer
+
+    from verl_variance.integration.in_process import InProcessActor
+
+    @patch(module.LLMServerManager, "_init_global_load_balancer")
+    def _(original):
+        @functools.wraps(original)
+        async def _init_global_load_balancer(self) -> None:
+            custom = getattr(self.rollout_config, "router_config_path", None) or self._load_balancer_cls
+            if not services_in_agent_loop(self.config) or custom:
+                return await original(self)
+            self.global_load_balancer = InProcessActor(  # verl's router, built in each agent-loop worker
+                "global_load_balancer", GlobalRequestLoadBalancer,
+                servers=dict(zip(self.server_addresses, self.server_handles, strict=True)),
+                max_cache_size=DEFAULT_ROUTING_CACHE_SIZE,
+                full_determinism=getattr(self.rollout_config, "full_determinism", False),
+            )  # fmt: skip
+
+        return _init_global_load_balancer
+
+
+def _patch_reward_workers_in_agent_loop(module) -> None:
+    from verl_variance.integration.in_process import InProcessActor
+
+    @patch(module.RewardLoopManager, "_init_reward_loop_workers")
+    def _(original):
+        @functools.wraps(original)
+        def _init_reward_loop_workers(self) -> None:
+            self.reward_loop_workers = []
+            # the handles go to the agent loop only when it scores (no reward model on the trainer's resources);
+            # otherwise the trainer scores with ray.get, which needs actors
+            if not services_in_agent_loop(self.config) or self.reward_loop_worker_handles is None:
+                return original(self)
+            self.reward_loop_workers = [  # one per agent-loop worker: it scores its own samples
+                InProcessActor("reward_loop_worker", module.RewardLoopWorker, self.config, self.reward_router_address)
+            ]
+
+        return _init_reward_loop_workers
+
+
+# ---------------------------------------------------------------------------------------------
+# 15. CPU start-up: transformers does not import scikit-learn in verl's processes.
+# ---------------------------------------------------------------------------------------------
+def _patch_sklearn_probe(module) -> None:
+    """On the CPU platform transformers is told scikit-learn is absent: it then skips importing ``sklearn.metrics``
+    (~0.85 s in every verl process) for assisted generation's confidence heuristic, which verl never uses."""
+    import transformers.utils
+
+    for owner in (module, transformers.utils):  # candidate_generator imports the name from transformers.utils
+
+        @patch(owner, "is_sklearn_available", versions=("transformers", SUPPORTED_TRANSFORMERS))
+        def _(original):
+            @functools.wraps(original)
+            def is_sklearn_available() -> bool:
+                return False if _on_cpu_platform() else original()
+
+            return is_sklearn_available
 
 
 def install() -> None:
@@ -636,6 +771,7 @@ def install() -> None:
     when_imported("verl.workers.engine.fsdp.transformer_impl", "cpu_engines", _register_cpu_engines)
     when_imported("verl.workers.engine.fsdp.transformer_impl", "fsdp2_offload_pin_memory", _patch_offload_policy)
     when_imported("transformers.modeling_utils", "sdpa_fallback", _patch_transformers_attn)
+    when_imported("transformers.utils.import_utils", "transformers_without_sklearn", _patch_sklearn_probe)
     when_imported("verl.utils.model", "valuehead_sdpa", _patch_valuehead_loading)
     when_imported("verl.utils.model", "gpt2_lm_head_class", _register_lm_head_architectures)
     when_imported("verl.models.transformers.monkey_patch", "gpt2_kv_heads", _patch_gpt2_monkey_patch)
@@ -661,3 +797,9 @@ def install() -> None:
     when_imported("verl.experimental.reward_loop.reward_loop", "ensemble_reward_all_logits", _patch_disrm_all_logits)
     when_imported("verl.trainer.distillation.losses", "variance_kl_loss_distillation", _patch_ppo_loss)
     when_imported("verl.trainer.main_ppo", "task_runner_in_driver", _patch_task_runner_in_driver)  # not as __main__
+    when_imported("transfer_queue", "tq_init_in_background", _patch_tq_init_in_background)
+    when_imported("verl.experimental.agent_loop.agent_loop", "agent_loop_workers_prestarted",
+                  _patch_prestarted_agent_loop_workers)  # fmt: skip
+    when_imported("verl.workers.rollout.llm_server", "load_balancer_in_agent_loop", _patch_load_balancer_in_agent_loop)
+    when_imported("verl.experimental.reward_loop.reward_loop", "reward_workers_in_agent_loop",
+                  _patch_reward_workers_in_agent_loop)  # fmt: skip
