@@ -64,6 +64,11 @@ def _demo(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.precision:
         overrides["precision"] = args.precision
+    if args.first_seed is not None:
+        if args.study == "rvpo":
+            print("verl-variance demo: --first-seed is for --study variance_kl", file=sys.stderr)
+            return 2
+        overrides["first_seed"] = args.first_seed
     workdir = args.workdir or ("runs/rvpo" if args.study == "rvpo" else "runs/demo")
     try:
         if args.study == "rvpo":
@@ -85,12 +90,21 @@ _SIMULATE_FIELDS = (
 """``simulate`` flags that map one to one to ``SimulationConfig`` fields (unset: the config's default)."""
 
 
+def _integer_at_least(text: str, minimum: int) -> int:
+    value = int(text)
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type of counts (steps, policies, batch sizes): an integer >= 1, else argparse's one-line error."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+    return _integer_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of seeds: an integer >= 0, else argparse's one-line error."""
+    return _integer_at_least(text, 0)
 
 
 _TRAIN_RM_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
@@ -298,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--assets-dir", default=None, help="asset cache (default $VERL_VARIANCE_ASSETS or ~/.cache)")
     demo.add_argument("--policies", type=positive_int, help="policies (rvpo: seeds) per method (default: the scale's)")
     demo.add_argument("--steps", type=positive_int, help="PPO steps per policy (default: the scale's)")
+    demo.add_argument("--first-seed", type=non_negative_int,
+                      help="policy seeds start here (default 0): the same study with other samples")  # fmt: skip
     demo.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="auto: the scale's")
     demo.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                       help="CPU compute of actor, reference and sampler (default: the scale's; default scale: auto, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,6 +82,22 @@ def test_precision_flag_reaches_the_scale(tmp_path, monkeypatch):
     seen.clear()
     assert cli_main(["demo", "--workdir", str(tmp_path)]) == 0
     assert seen == {}  # the scale's own (default: auto)
+
+
+def test_first_seed_moves_every_policy_to_other_seeds(tmp_path, monkeypatch, capsys):
+    scale = demo.SCALES["default"]  # K = 4 heads, 8 policies per method
+    assert demo.demo_grid(scale) == [(h, s) for s in (0, 1) for h in range(4)]
+    moved = demo.demo_grid(replace(scale, first_seed=5, policies_per_method=6))
+    assert moved == [(0, 5), (1, 5), (2, 5), (3, 5), (0, 6), (1, 6)]  # the pilot (first entry) moves too
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda scale, workdir, assets, **overrides: seen.update(overrides))
+    assert cli_main(["demo", "--first-seed", "3", "--workdir", str(tmp_path)]) == 0
+    assert seen == {"first_seed": 3}
+    assert cli_main(["demo", "--study", "rvpo", "--first-seed", "3", "--workdir", str(tmp_path)]) == 2
+    assert "--first-seed is for --study variance_kl" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--first-seed", "-1"])
+    assert "expected an integer >= 0, got -1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ class DemoScale:
     name: str
     policy: str  # "tiny" (built locally), "smollm2" (offline asset) or a Hugging Face name/path
     num_heads: int  # K, reward heads of the ensemble
-    policies_per_method: int  # head i = policy % K, seed = policy // K
+    policies_per_method: int  # head i = policy % K, seed = first_seed + policy // K
     steps: int  # PPO steps per policy
     train_batch_size: int  # prompts per step
     train_prompts: int  # prompts the policies train on
@@ -60,6 +60,13 @@ class DemoScale:
     eval_samples: int = 4  # samples per held-out prompt in every validation (the reference's give the noise floor)
     sampling_rows: int = 16  # rows per sampling chunk on the CPU (hf batch_rows): validation in fewer, fuller chunks
     precision: str = "fp32"  # CPU compute of actor, reference and sampler: "fp32", "bf16" or "auto" (see cpu_precision)
+    first_seed: int = 0  # policy seeds first_seed, first_seed + 1, ...: the same protocol with other samples
+
+
+def demo_grid(scale: DemoScale) -> list[tuple[int, int]]:
+    """(head, seed) of each method's policies: policy ``i`` has head ``i % K`` and seed ``first_seed + i // K``."""
+    seeds = range(scale.first_seed, scale.first_seed - (-scale.policies_per_method // scale.num_heads))
+    return study.policy_grid(range(scale.num_heads), seeds)[: scale.policies_per_method]
 
 
 SCALES: dict[str, DemoScale] = {
@@ -404,11 +411,11 @@ def run_demo(scale_name: str, workdir: str | os.PathLike, assets_dir: str | None
     study.log(f"reward model ready in {meter.stages['reward_model']['seconds']:.0f} s: {reward_model}")
     critic = reward_backbone(assets["policy"], scale.rm_layers, workdir / "models" / "reward_backbone")
     paths = {"policy": assets["policy"], "data_dir": assets["data_dir"], "reward_model": reward_model, "critic": critic}
-    grid = study.policy_grid(range(scale.num_heads), range(-(-scale.policies_per_method // scale.num_heads)))
+    grid = demo_grid(scale)
     betas = {method: scale.beta for method in study.METHODS}
     reference_run = study.PolicySpec(study.METHODS[0], *grid[0])  # the first run trained
     launcher = demo_launcher(scale, paths, reference_run)
-    runs, calibration = study.train_policies(grid[: scale.policies_per_method], launcher, workdir, betas, scale.steps,
+    runs, calibration = study.train_policies(grid, launcher, workdir, betas, scale.steps,
                                              stage=meter.stage, parallel=scale.parallel_runs)  # fmt: skip
     with meter.stage("report"):
         runs = study.evaluate_runs(runs, workdir, judge, reference_dir=reference_run.run_dir(workdir))

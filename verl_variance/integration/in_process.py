@@ -60,13 +60,14 @@ class _Method:
                 "async callers only (turn off ray_kwargs.services_in_agent_loop / "
                 "rollout.engine_kwargs.hf.server_in_agent_loop for this use)"
             ) from None
-        future = loop.create_future()
         try:
             result = getattr(self.actor.instance(), self.name)(*args, **kwargs)
-        except Exception as exc:
+        except Exception as exc:  # raised where the result is awaited, as Ray does
+            future = loop.create_future()
             future.set_exception(exc)
             return future
         if inspect.isawaitable(result):
             return asyncio.ensure_future(result)
+        future = loop.create_future()
         future.set_result(result)
         return future
