@@ -72,7 +72,7 @@ def test_calling_outside_an_event_loop_says_what_to_turn_off():
         InProcessActor("counter", Counter, 0).bump.remote()
 
 
-def _rollout_config(services: bool) -> OmegaConf:
+def _trainer_config(services: bool) -> OmegaConf:
     return OmegaConf.create({"ray_kwargs": {"services_in_agent_loop": services}})
 
 
@@ -83,7 +83,7 @@ def test_verls_load_balancer_is_built_in_the_agent_loop_when_the_config_says_so(
     init = LLMServerManager._init_global_load_balancer
     assert "verl.workers.rollout.llm_server.LLMServerManager._init_global_load_balancer" in ORIGINALS
     manager = types.SimpleNamespace(
-        config=_rollout_config(True),
+        config=_trainer_config(True),
         rollout_config=types.SimpleNamespace(router_config_path=None, full_determinism=False),
         _load_balancer_cls=None,
         server_addresses=["hf-rollout://a", "hf-rollout://b"],
@@ -105,7 +105,7 @@ def test_verls_load_balancer_is_built_in_the_agent_loop_when_the_config_says_so(
     # off (or a custom router): verl's own actor
     made = []
     monkeypatch.setattr(router, "get_router_handle", lambda **kwargs: made.append(kwargs) or "ray actor")
-    for config, custom in ((_rollout_config(False), None), (_rollout_config(True), router.GlobalRequestLoadBalancer)):
+    for config, custom in ((_trainer_config(False), None), (_trainer_config(True), router.GlobalRequestLoadBalancer)):
         manager.config, manager._load_balancer_cls = config, custom
         asyncio.run(init(manager))
         assert manager.global_load_balancer == "ray actor"

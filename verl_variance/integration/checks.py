@@ -132,6 +132,11 @@ def check_ensemble_reward(config) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def services_in_agent_loop(config) -> bool:
+    """``ray_kwargs.services_in_agent_loop``: verl's load balancer and reward-loop worker inside the agent loop."""
+    return bool((config.get("ray_kwargs") or {}).get("services_in_agent_loop", False))
+
+
 def check_in_process_services(config) -> None:
     """``ray_kwargs.services_in_agent_loop`` and ``rollout.engine_kwargs.hf.server_in_agent_loop`` build verl's load
     balancer and rollout server in each agent-loop worker (``in_process.py``): fine for the sync trainer, but the
@@ -141,7 +146,7 @@ def check_in_process_services(config) -> None:
     keys = [
         key
         for key, value in (
-            ("ray_kwargs.services_in_agent_loop", (config.get("ray_kwargs") or {}).get("services_in_agent_loop")),
+            ("ray_kwargs.services_in_agent_loop", services_in_agent_loop(config)),
             ("actor_rollout_ref.rollout.engine_kwargs.hf.server_in_agent_loop", hf.get("server_in_agent_loop")),
         )
         if value

@@ -701,13 +701,10 @@ def _patch_tq_init_in_background(package) -> None:
 # 14. verl's load balancer and reward-loop workers inside the agent-loop worker
 #     (ray_kwargs.services_in_agent_loop, the CPU preset's choice; see in_process.py).
 # ---------------------------------------------------------------------------------------------
-def services_in_agent_loop(config) -> bool:
-    return bool((config.get("ray_kwargs") or {}).get("services_in_agent_loop", False))
-
-
 def _patch_load_balancer_in_agent_loop(module) -> None:
     from verl.workers.rollout.router import DEFAULT_ROUTING_CACHE_SIZE, GlobalRequestLoadBalancer
 
+    from verl_variance.integration.checks import services_in_agent_loop
     from verl_variance.integration.in_process import InProcessActor
 
     @patch(module.LLMServerManager, "_init_global_load_balancer")
@@ -728,6 +725,7 @@ def _patch_load_balancer_in_agent_loop(module) -> None:
 
 
 def _patch_reward_workers_in_agent_loop(module) -> None:
+    from verl_variance.integration.checks import services_in_agent_loop
     from verl_variance.integration.in_process import InProcessActor
 
     @patch(module.RewardLoopManager, "_init_reward_loop_workers")
