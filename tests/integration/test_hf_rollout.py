@@ -12,17 +12,19 @@ from verl_variance.integration.in_process import InProcessActor
 
 
 class RecordingServer(_ServerBase):
-    """The server without a model: records the size of every batch it runs."""
+    """The server without a model: records the size of every batch it runs (and how many requests validate)."""
 
-    def __init__(self, batch_rows: int) -> None:
-        config = SimpleNamespace(response_length=4, prompt_length=8, ignore_eos=False,
-                                 engine_kwargs={"hf": {"batch_rows": batch_rows}})  # fmt: skip
+    def __init__(self, batch_rows: int, val_batch_rows: int | None = None) -> None:
+        rows = {"batch_rows": batch_rows, "val_batch_rows": val_batch_rows}
+        config = SimpleNamespace(response_length=4, prompt_length=8, ignore_eos=False, engine_kwargs={"hf": rows})
         self._init_server(config)
         self.batches: list[int] = []
+        self.validating: list[int] = []
         self.ran = asyncio.Event()  # set once a batch has run
 
     async def _run(self, items):
         self.batches.append(len(items))
+        self.validating.append(sum(item.validate for item in items))
         self.ran.set()
         await asyncio.sleep(0)
         return [SampleResult([7], [0.0], "length") for _ in items], 3
@@ -57,6 +59,60 @@ def test_a_partial_chunk_runs_once_requests_stop_coming(monkeypatch):
     server = RecordingServer(batch_rows=8)
     assert len(asyncio.run(scenario(server))) == 5
     assert server.batches == [3, 2]
+
+
+def test_validation_requests_wait_for_a_chunk_of_their_own_size(monkeypatch):
+    """Marked requests (the agent loop's validation: VALIDATE_PARAM) fill chunks of val_batch_rows, the rest of
+    batch_rows: 2 training + 2 validation requests are 4 rows (two whole chunks of 2), but the validation chunk of 4
+    is half full, so the server waits for the next two."""
+    monkeypatch.setattr(hf_rollout, "BATCH_WAIT_SECONDS", 0.2)
+
+    async def scenario(server):
+        validate = {hf_rollout.VALIDATE_PARAM: True}
+        tasks = [asyncio.create_task(server.generate([1], {}, f"t{i}")) for i in range(2)]
+        tasks += [asyncio.create_task(server.generate([1], validate, f"v{i}")) for i in range(2)]
+        await asyncio.sleep(0)
+        tasks += [asyncio.create_task(server.generate([1], validate, f"v{i}")) for i in range(2, 4)]
+        return await asyncio.gather(*tasks)
+
+    server = RecordingServer(batch_rows=2, val_batch_rows=4)
+    assert len(asyncio.run(scenario(server))) == 6
+    assert server.batches == [6] and server.validating == [4]  # [4, 2] if validation rows were training's
+    plain = RecordingServer(batch_rows=2)
+    assert len(asyncio.run(scenario(plain))) == 6 and plain.batches == [4, 2]  # no val_batch_rows: chunks of 2
+
+
+def test_the_sampler_samples_validation_requests_in_their_own_chunks(tiny_models, monkeypatch):
+    """Each kind of request runs in chunks of its own row count; every result is what sampling the request in
+    such chunks gives on its own (the fixed-shape guarantee), and the results keep the requests' order."""
+    from verl_variance.integration import hf_sampling
+    from verl_variance.integration.hf_rollout import RequestItem, SeededSampler
+
+    model_config = SimpleNamespace(local_path=str(tiny_models["llama"]), local_tokenizer_path=None)
+    config = SimpleNamespace(dtype="float32", seed=0, prompt_length=8,
+                             engine_kwargs={"hf": {"batch_rows": 2, "val_batch_rows": 4}})  # fmt: skip
+    settings = hf_sampling.SamplingSettings(max_tokens=5)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16]]
+    kinds = [True, False, True, False, True]
+    items = [RequestItem(p, settings, validate=v) for p, v in zip(prompts, kinds, strict=True)]
+    calls = []
+    sample_requests = hf_sampling.sample_requests
+
+    def recording(model, requests, **kwargs):
+        calls.append((len(requests), kwargs["batch_rows"]))
+        return sample_requests(model, requests, **kwargs)
+
+    monkeypatch.setattr(hf_rollout, "sample_requests", recording)
+    sampler = SeededSampler(config, model_config, replica_rank=0)
+    sampler.set_global_steps(2)
+    results, steps = sampler.sample(items)
+    assert steps == 2 and sorted(calls) == [(2, 2), (3, 4)]
+    for item, result in zip(items, results, strict=True):
+        seed = hf_rollout.request_seed(0, 2, 0, tuple(item.prompt_ids), 0)
+        (alone,) = sample_requests(sampler.model, [hf_sampling.SampleRequest(item.prompt_ids, settings, seed)],
+                                   eos_token_ids=sampler.eos_token_ids, pad_token_id=sampler.pad_token_id,
+                                   max_prompt_length=8, batch_rows=4 if item.validate else 2)  # fmt: skip
+        assert (result.token_ids, result.log_probs) == (alone.token_ids, alone.log_probs)
 
 
 def test_aborted_while_waiting_answers_aborted_and_runs_nothing():
@@ -199,6 +255,47 @@ def test_the_colocated_server_runs_in_the_agent_loop_when_the_config_says_so():
 def test_hf_engine_settings_name_every_key():
     config = SimpleNamespace(engine_kwargs={"hf": {"server_in_agent_loop": True}})
     settings = hf_rollout.HFEngineSettings.from_config(config)
-    assert settings == hf_rollout.HFEngineSettings(separate_server=False, batch_rows=8, server_in_agent_loop=True)
-    with pytest.raises(ValueError, match=r"unknown keys \['rows'\]; valid: separate_server .* server_in_agent_loop"):
+    assert settings == hf_rollout.HFEngineSettings(separate_server=False, batch_rows=8, val_batch_rows=None,
+                                                   server_in_agent_loop=True)  # fmt: skip
+    assert (settings.rows(False), settings.rows(True)) == (8, 8)
+    rows = hf_rollout.HFEngineSettings.from_config(SimpleNamespace(engine_kwargs={"hf": {"val_batch_rows": 48}}))
+    assert (rows.rows(False), rows.rows(True)) == (8, 48)
+    with pytest.raises(ValueError, match=r"unknown keys \['rows'\]; valid: separate_server .* val_batch_rows"):
         hf_rollout.HFEngineSettings.from_config(SimpleNamespace(engine_kwargs={"hf": {"rows": 2}}))
+    with pytest.raises(ValueError, match=r"hf.val_batch_rows=0: expected at least 1"):
+        hf_rollout.HFEngineSettings.from_config(SimpleNamespace(engine_kwargs={"hf": {"val_batch_rows": 0}}))
+
+
+class ProbeAgentLoop:
+    """An agent loop that answers with the sampling parameters verl's agent-loop worker gave it."""
+
+    def __init__(self, **kwargs) -> None: ...
+
+    async def run(self, sampling_params, **kwargs):
+        return dict(sampling_params)
+
+
+def test_verls_agent_loop_marks_validation_requests_for_the_hf_rollout_only(monkeypatch):
+    """verl's own ``AgentLoopWorker._run_agent_loop`` (both trainers': V1's worker subclasses it) hands the agent
+    loop sampling parameters with VALIDATE_PARAM for a validation trajectory when the rollout is hf, and leaves
+    training requests and other rollouts (vllm would reject the key) as they were."""
+    from omegaconf import OmegaConf
+    from verl.experimental.agent_loop import agent_loop
+    from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopWorkerTQ
+
+    assert AgentLoopWorkerTQ.__ray_actor_class__._run_agent_loop is agent_loop.AgentLoopWorker._run_agent_loop
+    monkeypatch.setitem(agent_loop._agent_loop_registry, "probe", {"_target_": f"{__name__}.ProbeAgentLoop"})
+
+    async def postprocess(output, validate, **kwargs):
+        return output
+
+    def params(rollout: str, validate: bool) -> dict:
+        worker = SimpleNamespace(rollout_config=SimpleNamespace(name=rollout), config=OmegaConf.create({"data": {}}),
+                                 llm_client=None, tokenizer=None, processor=None, hf_model_type=None,
+                                 dataset_cls=None, tools=[], _agent_loop_postprocess=postprocess)  # fmt: skip
+        trajectory = {"step": 1, "sample_index": 0, "rollout_n": 0, "validate": validate}
+        run = agent_loop.AgentLoopWorker._run_agent_loop(worker, {"temperature": 1.0}, trajectory, agent_name="probe")
+        return asyncio.run(run)
+
+    assert params("hf", True) == {"temperature": 1.0, hf_rollout.VALIDATE_PARAM: True}
+    assert params("hf", False) == params("vllm", True) == {"temperature": 1.0}

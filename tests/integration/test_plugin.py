@@ -45,6 +45,7 @@ EXPECTED_PATCHES = {
     "hf_rollout_shared_weights",
     "tq_init_in_background",
     "agent_loop_workers_prestarted",
+    "hf_validation_requests_marked",
     "load_balancer_in_agent_loop",
     "reward_workers_in_agent_loop",
     "transformers_without_sklearn",

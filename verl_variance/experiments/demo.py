@@ -58,7 +58,8 @@ class DemoScale:
     device: str = "auto"  # "cpu", "gpu", or "auto": a GPU (and verl's vLLM rollout) when torch sees one
     parallel_runs: int = 1  # policy runs at once (each verl run keeps about one core busy on the CPU)
     eval_samples: int = 4  # samples per held-out prompt in every validation (the reference's give the noise floor)
-    sampling_rows: int = 16  # rows per sampling chunk on the CPU (hf batch_rows): validation in fewer, fuller chunks
+    sampling_rows: int = 16  # rows per sampling chunk on the CPU (hf batch_rows) of training requests
+    val_sampling_rows: int | None = None  # ... of validation requests (hf val_batch_rows; None: sampling_rows)
     precision: str = "fp32"  # CPU compute of actor, reference and sampler: "fp32", "bf16" or "auto" (see cpu_precision)
     first_seed: int = 0  # policy seeds first_seed, first_seed + 1, ...: the same protocol with other samples
 
@@ -106,8 +107,9 @@ SCALES: dict[str, DemoScale] = {
         beta=0.05,
         actor_lr=2e-4,  # 8 steps instead of the paper's 192: a larger step so the policies move
         parallel_runs=2,
-        eval_samples=16,  # 48 x 10 samples: noise floor 0.08 and 0.13 of vanilla's between-policy variance (two seed sets)
-        sampling_rows=48,  # 48 x 16 samples in 16 chunks: 54 s vs 81 s in 16-row chunks; a training step's sampling +0.4 s
+        eval_samples=16,  # 48 x 10: noise floor 0.08 and 0.13 of vanilla's between-policy variance (two seed sets)
+        sampling_rows=8,  # a step's 8 requests: one chunk, no padding rows
+        val_sampling_rows=48,  # 48 x 16 samples in 16 chunks: 54 s (one run alone); 81 s in chunks of 16, 63 s of 64
         precision="auto",  # bf16 where the CPU computes it natively: a PPO step in 0.65x the time of fp32
     ),
     "paper": DemoScale(
@@ -296,6 +298,8 @@ def policy_overrides(
         ]
     else:
         overrides.append(f"actor_rollout_ref.rollout.engine_kwargs.hf.batch_rows={scale.sampling_rows}")
+        if scale.val_sampling_rows is not None:
+            overrides.append(f"actor_rollout_ref.rollout.engine_kwargs.hf.val_batch_rows={scale.val_sampling_rows}")
         overrides += precision_overrides(cpu_precision(scale.precision))
     if method == "variance_aware":
         overrides += ["algorithm.kl_penalty=variance_aware", "++variance_kl.weighting=std"]

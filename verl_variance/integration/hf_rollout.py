@@ -40,6 +40,7 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
+from verl_variance.integration.hf_rollout_names import VALIDATE_PARAM
 from verl_variance.integration.hf_sampling import (
     SampleRequest,
     SampleResult,
@@ -54,30 +55,38 @@ BATCH_WAIT_SECONDS = 0.02
 the requests of one verl batch arrive over some milliseconds, and a partial chunk costs a whole one."""
 
 ENGINE_KEY = "hf"
-"""``rollout.engine_kwargs.hf``: ``{separate_server: bool, batch_rows: int}``."""
+"""``rollout.engine_kwargs.hf``: ``HFEngineSettings``' fields."""
 
 
 @dataclass(frozen=True)
 class HFEngineSettings:
-    """``rollout.engine_kwargs.hf``: where sampling runs and the fixed number of rows per chunk."""
+    """``rollout.engine_kwargs.hf``: where sampling runs and the fixed number of rows per chunk, for training
+    requests (``batch_rows``) and validation requests (``val_batch_rows``; None: ``batch_rows``)."""
 
     separate_server: bool = False
     batch_rows: int = 8
+    val_batch_rows: int | None = None
     server_in_agent_loop: bool = False
 
     @classmethod
     def from_config(cls, config) -> HFEngineSettings:
         values = dict((getattr(config, "engine_kwargs", None) or {}).get(ENGINE_KEY) or {})
-        unknown = sorted(set(values) - {"separate_server", "batch_rows", "server_in_agent_loop"})
+        unknown = sorted(set(values) - {"separate_server", "batch_rows", "val_batch_rows", "server_in_agent_loop"})
         if unknown:
             raise ValueError(
                 f"rollout.engine_kwargs.hf: unknown keys {unknown}; valid: separate_server (bool), batch_rows (int), "
-                "server_in_agent_loop (bool)"
+                "val_batch_rows (int or null), server_in_agent_loop (bool)"
             )
         settings = cls(**values)
-        if int(settings.batch_rows) < 1:
-            raise ValueError(f"rollout.engine_kwargs.hf.batch_rows={settings.batch_rows}: expected at least 1")
+        for key in ("batch_rows", "val_batch_rows"):
+            value = getattr(settings, key)
+            if value is not None and int(value) < 1:
+                raise ValueError(f"rollout.engine_kwargs.hf.{key}={value}: expected at least 1")
         return settings
+
+    def rows(self, validate: bool) -> int:
+        """Rows per sampling chunk of training (``validate`` False) or validation requests."""
+        return int(self.val_batch_rows if validate and self.val_batch_rows is not None else self.batch_rows)
 
 
 def server_actor_name(replica_rank: int, name_suffix: str = "", is_reward_model: bool = False) -> str:
@@ -91,6 +100,7 @@ class RequestItem:
 
     prompt_ids: list[int]
     settings: SamplingSettings
+    validate: bool = False  # a validation request: sampled in chunks of ``HFEngineSettings.rows(True)``
 
 
 class SeededSampler:
@@ -122,7 +132,7 @@ class SeededSampler:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
         self.seed = int(config.seed)
         self.max_prompt_length = int(config.prompt_length)
-        self.batch_rows = int(HFEngineSettings.from_config(config).batch_rows)
+        self.engine_settings = HFEngineSettings.from_config(config)
         self.global_steps: int | None = None
         self._seen: dict[tuple, int] = {}
 
@@ -132,6 +142,7 @@ class SeededSampler:
             self._seen.clear()
 
     def sample(self, items: list[RequestItem]) -> tuple[list[SampleResult], int | None]:
+        """Sample ``items`` (training and validation requests each in chunks of their own row count)."""
         requests = []
         for item in items:
             key = tuple(item.prompt_ids)
@@ -139,20 +150,27 @@ class SeededSampler:
             self._seen[key] = occurrence + 1
             seed = request_seed(self.seed, self.global_steps, self.replica_rank, key, occurrence)
             requests.append(SampleRequest(item.prompt_ids, item.settings, seed))
+        by_rows: dict[int, list[int]] = {}
+        for index, item in enumerate(items):
+            by_rows.setdefault(self.engine_settings.rows(item.validate), []).append(index)
+        results: list[SampleResult | None] = [None] * len(items)
         was_training = self.model.training
         self.model.eval()  # the actor's own module is in train mode between its updates
         try:
-            results = sample_requests(
-                self.model,
-                requests,
-                eos_token_ids=self.eos_token_ids,
-                pad_token_id=self.pad_token_id,
-                max_prompt_length=self.max_prompt_length,
-                batch_rows=self.batch_rows,
-            )
+            for rows, indices in by_rows.items():
+                sampled = sample_requests(
+                    self.model,
+                    [requests[i] for i in indices],
+                    eos_token_ids=self.eos_token_ids,
+                    pad_token_id=self.pad_token_id,
+                    max_prompt_length=self.max_prompt_length,
+                    batch_rows=rows,
+                )
+                for index, result in zip(indices, sampled, strict=True):
+                    results[index] = result
         finally:
             self.model.train(was_training)
-        return results, self.global_steps
+        return results, self.global_steps  # type: ignore[return-value]
 
     def load_weights(self, weights, global_steps: int | None = None) -> None:
         """Copy named tensors into the model in place (verl's export names; GPT-2 drops ``transformer.``)."""
@@ -200,7 +218,8 @@ class _ServerBase:
         if self._aborted:
             return TokenOutput(token_ids=[], log_probs=[], stop_reason="aborted")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((RequestItem(list(prompt_ids), settings), future))
+        item = RequestItem(list(prompt_ids), settings, validate=bool(sampling_params.get(VALIDATE_PARAM)))
+        self._pending.append((item, future))
         if self._batch_task is None or self._batch_task.done():
             self._batch_task = asyncio.create_task(self._run_batches())
         result, global_steps = await future
@@ -213,11 +232,16 @@ class _ServerBase:
             extra_fields={"global_steps": global_steps},
         )
 
+    def _partial_chunk(self) -> bool:
+        """Whether the waiting training or validation requests fill their chunks only in part."""
+        validating = sum(item.validate for item, _ in self._pending)
+        training = len(self._pending) - validating
+        return bool(training % self.engine_settings.rows(False) or validating % self.engine_settings.rows(True))
+
     async def _run_batches(self) -> None:
-        rows = self.engine_settings.batch_rows
         while self._pending:
             waiting = -1
-            while len(self._pending) % rows and len(self._pending) != waiting:  # a partial chunk: wait while more come
+            while self._partial_chunk() and len(self._pending) != waiting:  # a partial chunk: wait while more come
                 waiting = len(self._pending)
                 await asyncio.sleep(BATCH_WAIT_SECONDS)
             if not self._pending:  # aborted while waiting

@@ -216,7 +216,8 @@ def _patch_auto_set_device(module) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. The hf rollout backend in verl's two rollout registries, and its colocated weight sync.
+# 7. The hf rollout backend in verl's two rollout registries, its colocated weight sync, and the
+#    agent loop telling it which requests validate.
 # ---------------------------------------------------------------------------------------------
 def _register_rollout_adapter(module) -> None:
     from verl_variance.integration.hf_rollout_names import ADAPTER_FQN, ROLLOUT_NAME
@@ -251,6 +252,23 @@ def _patch_hf_weight_sync(module) -> None:
             return None
 
         return update_weights
+
+
+def _patch_validation_marker(module) -> None:
+    """With ``rollout.name=hf`` a validation request's sampling parameters carry ``VALIDATE_PARAM``: verl's agent
+    loop knows which requests validate, its rollout servers are not told, and the hf server samples them in chunks
+    of ``engine_kwargs.hf.val_batch_rows`` rows (many samples per prompt: fewer, fuller chunks)."""
+    from verl_variance.integration.hf_rollout_names import ROLLOUT_NAME, VALIDATE_PARAM
+
+    @patch(module.AgentLoopWorker, "_run_agent_loop")  # both trainers' agent-loop workers (V1's subclasses it)
+    def _(original):
+        @functools.wraps(original)
+        async def _run_agent_loop(self, sampling_params, trajectory, **kwargs):
+            if trajectory.get("validate") and self.rollout_config.name == ROLLOUT_NAME:
+                sampling_params = {**sampling_params, VALIDATE_PARAM: True}
+            return await original(self, sampling_params, trajectory, **kwargs)
+
+        return _run_agent_loop
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,6 +816,7 @@ def install() -> None:
     when_imported("transfer_queue", "tq_init_in_background", _patch_tq_init_in_background)
     when_imported("verl.experimental.agent_loop.agent_loop", "agent_loop_workers_prestarted",
                   _patch_prestarted_agent_loop_workers)  # fmt: skip
+    when_imported("verl.experimental.agent_loop.agent_loop", "hf_validation_requests_marked", _patch_validation_marker)
     when_imported("verl.workers.rollout.llm_server", "load_balancer_in_agent_loop", _patch_load_balancer_in_agent_loop)
     when_imported("verl.experimental.reward_loop.reward_loop", "reward_workers_in_agent_loop",
                   _patch_reward_workers_in_agent_loop)  # fmt: skip
