@@ -12,8 +12,8 @@ the ensemble reward, KL in the reward) on the assets of an earlier ``verl-varian
 - ``colocated``: today's defaults: sampling inside the actor worker on its own weights, the demo's
   precision (``auto``: bf16 compute and a bf16 sampler on a CPU with native bf16, else fp32), fused
   AdamW, no gradient checkpointing, weights kept gathered from forward to backward (one rank), prompts
-  padded to their bound of 8, 16-row chunks, the reference validated once per study (not here), the
-  TaskRunner in the driver process.
+  padded to their bound of 8, 8-row chunks for a step's requests and 48-row chunks for validation's, the
+  reference validated once per study (not here), the TaskRunner in the driver process.
 
 Both score rewards in fixed-shape chunks of 8 rows (bit-identical whatever arrives together; the earlier
 pad-to-the-longest batching cannot be selected any more: measured on the scorer alone, it took ~0.03 s
