@@ -1,5 +1,6 @@
 """Bad input fails early (in the driver, before Ray starts) with a message naming the fix."""
 
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 from verl_variance.integration.checks import (
     ConfigError,
     check_cpu_rollout,
+    check_hf_engine,
     check_in_process_services,
     check_model_path,
 )
@@ -52,6 +54,21 @@ def test_in_process_services_need_the_sync_trainer(mode):
     check_in_process_services(config(mode, False, True, rollout="vllm"))  # the hf key means nothing to vllm
 
 
+def test_hf_engine_settings_are_checked_for_the_hf_rollout_only():
+    def config(rollout: str, **hf) -> dict:
+        return {"actor_rollout_ref": {"rollout": {"name": rollout, "engine_kwargs": {"hf": hf}}}}
+
+    for key, value in (("batch_rows", 0), ("val_batch_rows", -1), ("val_batch_rows", True), ("batch_rows", "8")):
+        message = f"actor_rollout_ref.rollout.engine_kwargs.hf.{key}={value!r}: expected an integer >= 1"
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            check_hf_engine(config("hf", **{key: value}))
+    with pytest.raises(ConfigError, match=r"unknown keys \['rows'\]"):
+        check_hf_engine(config("hf", rows=2))
+    check_hf_engine(config("hf", batch_rows=8, val_batch_rows=48))
+    check_hf_engine(config("hf", val_batch_rows=None))
+    check_hf_engine(config("vllm", batch_rows=0))  # the hf keys mean nothing to vllm
+
+
 def _main_ppo(*overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "verl_variance.cli", "ppo", "--device", "cpu", *overrides],
@@ -68,6 +85,7 @@ def _main_ppo(*overrides: str) -> subprocess.CompletedProcess:
         ("missing_model", "actor_rollout_ref.model.path='/nonexistent/model' does not exist"),
         ("one_head_ensemble", "has 1 reward head: an ensemble of one head has no variance"),
         ("async_trainer", "trainer.v1.trainer_mode=colocate_async aborts and re-routes rollout requests"),
+        ("bad_val_rows", "actor_rollout_ref.rollout.engine_kwargs.hf.val_batch_rows='abc': expected an integer >= 1"),
     ],
 )
 def test_main_ppo_fails_before_ray_starts_with_the_message_alone(tiny_models, tmp_path, case, message):
@@ -80,6 +98,8 @@ def test_main_ppo_fails_before_ray_starts_with_the_message_alone(tiny_models, tm
         overrides.append("actor_rollout_ref.rollout.name=vllm")
     if case == "async_trainer":  # the CPU preset builds the load balancer and rollout server in the agent loop
         overrides.append("trainer.v1.trainer_mode=colocate_async")
+    if case == "bad_val_rows":
+        overrides.append("actor_rollout_ref.rollout.engine_kwargs.hf.val_batch_rows=abc")
     if case == "one_head_ensemble":
         one_head = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=1))
         overrides += ["reward.reward_manager.name=ensemble", f"ensemble_reward.model_path={one_head}",

@@ -262,7 +262,7 @@ def test_hf_engine_settings_name_every_key():
     assert (rows.rows(False), rows.rows(True)) == (8, 48)
     with pytest.raises(ValueError, match=r"unknown keys \['rows'\]; valid: separate_server .* val_batch_rows"):
         hf_rollout.HFEngineSettings.from_config(SimpleNamespace(engine_kwargs={"hf": {"rows": 2}}))
-    with pytest.raises(ValueError, match=r"hf.val_batch_rows=0: expected at least 1"):
+    with pytest.raises(ValueError, match=r"hf.val_batch_rows=0: expected an integer >= 1"):
         hf_rollout.HFEngineSettings.from_config(SimpleNamespace(engine_kwargs={"hf": {"val_batch_rows": 0}}))
 
 

@@ -159,6 +159,19 @@ def check_in_process_services(config) -> None:
         )
 
 
+def check_hf_engine(config) -> None:
+    """``rollout.engine_kwargs.hf`` of the hf rollout: known keys, row counts that are integers >= 1."""
+    from verl_variance.integration.hf_rollout_names import ROLLOUT_NAME, HFEngineSettings
+
+    rollout = config.get("actor_rollout_ref", {}).get("rollout", {})
+    if rollout.get("name") != ROLLOUT_NAME:
+        return
+    try:
+        HFEngineSettings.from_config(rollout)
+    except ValueError as exc:
+        raise ConfigError(f"actor_rollout_ref.{exc}") from exc
+
+
 def check_trainer_config(config) -> None:
     """All early checks on a full ``ppo_trainer`` config (an OmegaConf DictConfig)."""
     check_kl_config(config)
@@ -167,6 +180,7 @@ def check_trainer_config(config) -> None:
     device = config.trainer.get("device", "cuda")
     check_cpu_rollout(device, config.actor_rollout_ref.rollout.name)
     check_in_process_services(config)
+    check_hf_engine(config)
     check_model_path(config.actor_rollout_ref.model.get("path"), "actor_rollout_ref.model.path")
     critic = config.get("critic")
     if critic is not None and critic.get("enable", None) is not False and config.algorithm.adv_estimator == "gae":

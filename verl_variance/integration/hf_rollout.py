@@ -40,7 +40,7 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from verl_variance.integration.hf_rollout_names import VALIDATE_PARAM
+from verl_variance.integration.hf_rollout_names import VALIDATE_PARAM, HFEngineSettings
 from verl_variance.integration.hf_sampling import (
     SampleRequest,
     SampleResult,
@@ -53,41 +53,6 @@ from verl_variance.integration.in_process import InProcessActor
 BATCH_WAIT_SECONDS = 0.02
 """A partial chunk of requests runs once no new request has come for this long (whole chunks run at once):
 the requests of one verl batch arrive over some milliseconds, and a partial chunk costs a whole one."""
-
-ENGINE_KEY = "hf"
-"""``rollout.engine_kwargs.hf``: ``HFEngineSettings``' fields."""
-
-
-@dataclass(frozen=True)
-class HFEngineSettings:
-    """``rollout.engine_kwargs.hf``: where sampling runs and the fixed number of rows per chunk, for training
-    requests (``batch_rows``) and validation requests (``val_batch_rows``; None: ``batch_rows``)."""
-
-    separate_server: bool = False
-    batch_rows: int = 8
-    val_batch_rows: int | None = None
-    server_in_agent_loop: bool = False
-
-    @classmethod
-    def from_config(cls, config) -> HFEngineSettings:
-        values = dict((getattr(config, "engine_kwargs", None) or {}).get(ENGINE_KEY) or {})
-        unknown = sorted(set(values) - {"separate_server", "batch_rows", "val_batch_rows", "server_in_agent_loop"})
-        if unknown:
-            raise ValueError(
-                f"rollout.engine_kwargs.hf: unknown keys {unknown}; valid: separate_server (bool), batch_rows (int), "
-                "val_batch_rows (int or null), server_in_agent_loop (bool)"
-            )
-        settings = cls(**values)
-        for key in ("batch_rows", "val_batch_rows"):
-            value = getattr(settings, key)
-            if value is not None and int(value) < 1:
-                raise ValueError(f"rollout.engine_kwargs.hf.{key}={value}: expected at least 1")
-        return settings
-
-    def rows(self, validate: bool) -> int:
-        """Rows per sampling chunk of training (``validate`` False) or validation requests."""
-        return int(self.val_batch_rows if validate and self.val_batch_rows is not None else self.batch_rows)
-
 
 def server_actor_name(replica_rank: int, name_suffix: str = "", is_reward_model: bool = False) -> str:
     kind = "reward_" if is_reward_model else ""
