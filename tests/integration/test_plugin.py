@@ -49,6 +49,7 @@ EXPECTED_PATCHES = {
     "load_balancer_in_agent_loop",
     "reward_workers_in_agent_loop",
     "transformers_without_sklearn",
+    "validation_bootstrap_vectorised",
 }
 
 PROBE = textwrap.dedent(

@@ -781,6 +781,45 @@ def _patch_sklearn_probe(module) -> None:
             return is_sklearn_available
 
 
+
+# ---------------------------------------------------------------------------------------------
+# 16. Validation metrics on the CPU: verl's best@n / worst@n bootstrap reduces each of its 1000
+#     subsets per prompt, reward key and n in Python (10.7 s for 48 prompts x 18 samples x 8 reward
+#     keys, in the driver after every validation). The same subsets reduced in one numpy call.
+# ---------------------------------------------------------------------------------------------
+def bootstrap_extremes(
+    data: list, subset_size: int, reduce_fns: list, n_bootstrap: int, seed: int
+) -> list[tuple[float, float]] | None:
+    """verl's ``bootstrap_metric`` for ``reduce_fns`` among ``np.max``/``np.min`` over finite numbers, vectorised:
+    the same global-seed draw of (n_bootstrap, subset_size) indices, so the same (mean, std) per function, bit for
+    bit (max and min pick an element, and float64 holds each as verl's object array does). None for anything else
+    (verl's own loop then runs)."""
+    import numpy as np
+
+    if not reduce_fns or any(fn is not np.max and fn is not np.min for fn in reduce_fns):
+        return None
+    try:
+        values = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if values.ndim != 1 or not np.isfinite(values).all():
+        return None
+    np.random.seed(seed)
+    subsets = values[np.random.choice(len(values), size=(n_bootstrap, subset_size), replace=True)]
+    return [(float(np.mean(reduced)), float(np.std(reduced))) for reduced in (fn(subsets, axis=1) for fn in reduce_fns)]
+
+
+def _patch_bootstrap_metric(module) -> None:
+    @patch(module, "bootstrap_metric")
+    def _(original):
+        @functools.wraps(original)
+        def bootstrap_metric(data, subset_size, reduce_fns, n_bootstrap=1000, seed=42):
+            fast = bootstrap_extremes(data, subset_size, reduce_fns, n_bootstrap, seed) if _on_cpu_platform() else None
+            return original(data, subset_size, reduce_fns, n_bootstrap, seed) if fast is None else fast
+
+        return bootstrap_metric
+
+
 def install() -> None:
     """Register every patch; each runs when its target module is imported."""
     when_imported("verl.utils.distributed", "distributed_backend", _patch_distributed)
@@ -820,3 +859,4 @@ def install() -> None:
     when_imported("verl.workers.rollout.llm_server", "load_balancer_in_agent_loop", _patch_load_balancer_in_agent_loop)
     when_imported("verl.experimental.reward_loop.reward_loop", "reward_workers_in_agent_loop",
                   _patch_reward_workers_in_agent_loop)  # fmt: skip
+    when_imported("verl.trainer.ppo.metric_utils", "validation_bootstrap_vectorised", _patch_bootstrap_metric)
