@@ -190,6 +190,33 @@ def test_validation_dumps_keep_responses_with_unicode_line_separators(tmp_path):
     assert last[1]["output"] == f"{odd}2" and own
 
 
+def test_judge_means_do_not_depend_on_the_order_verl_dumped_the_samples_in(tmp_path):
+    """verl dumps validation samples in their order of arrival, which varies run to run: the judge's per-prompt
+    means must be bit-identical whatever the order (float sums depend on it)."""
+    rng = np.random.default_rng(0)
+    rows = [{"input": f"p{i % 3}", "output": f"r{j}", "score": 0.0} for i in range(3) for j in range(7)]
+    values = {row["output"]: float(rng.normal()) for row in rows}
+
+    class Judge:
+        name = "table"
+
+        def score_responses(self, prompts, responses):
+            return np.array([values[r] for r in responses]) * 1e3 + 1e-3  # sums whose rounding depends on order
+
+    results = []
+    for seed in range(4):
+        run_dir = tmp_path / f"run{seed}"
+        (run_dir / "validation").mkdir(parents=True)
+        shuffled = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+        for step in (0, 4):
+            (run_dir / "validation" / f"{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shuffled))
+        scored = study.judge_run(run_dir, Judge())
+        results.append((scored["judge_final"], scored["reference_repeats"]))
+    assert all(result == results[0] for result in results)
+    first, _, _ = study.validation_dumps(tmp_path / "run1")
+    assert [(r["input"], r["output"]) for r in first] == sorted((r["input"], r["output"]) for r in rows)
+
+
 def test_a_run_without_its_own_reference_uses_the_study_reference(tmp_path):
     """Only the study's first run validates before training; the others take its step-0 samples as the reference
     and have no proxy scores of them (their reward head may differ)."""

@@ -316,9 +316,10 @@ class Judge(Protocol):
 def validation_dumps(
     run_dir: Path, reference_dir: Path | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
-    """verl's validation samples of the reference policy and of the trained policy, each sorted by prompt so
-    every run lists the same prompts in the same order. Rows: ``input`` (the prompt), ``output`` (the
-    response), ``score`` (the run's reward).
+    """verl's validation samples of the reference policy and of the trained policy, each sorted by prompt and
+    response: every run lists the same prompts in the same order, and a run's judge means sum the same samples
+    in the same order whatever order verl dumped them in (their order of arrival, which varies run to run).
+    Rows: ``input`` (the prompt), ``output`` (the response), ``score`` (the run's reward).
 
     The trained policy is the run's last dump. The reference is the run's own first dump (step 0) when it
     validated before training, else the first dump of ``reference_dir`` (the study's run that did).
@@ -336,7 +337,7 @@ def validation_dumps(
             f"{run_dir / 'validation'} holds {len(dumps)} validation dumps; expected step 0 and the last step: run "
             "with trainer.val_before_train=True, trainer.test_freq=<steps> and trainer.validation_data_dir set"
         )
-    reference, final = (sorted(read_jsonl(dump), key=lambda r: r["input"]) for dump in (first, last))
+    reference, final = (sorted(read_jsonl(dump), key=lambda r: (r["input"], r["output"])) for dump in (first, last))
     return reference, final, len(dumps) >= 2
 
 
