@@ -29,6 +29,7 @@ EXPECTED_PATCHES = {
     "hf_rollout_replica",
     "v1_cpu_poll_interval",
     "v1_cpu_batch_order",
+    "v1_cpu_validation_order",
     "worker_errors_recorded",
     "worker_errors_surfaced",
     "worker_errors_polled",

@@ -1,7 +1,10 @@
 """verl's validation metrics on the CPU platform: the vectorised best@n / worst@n bootstrap gives verl's numbers."""
 
+import types
+
 import numpy as np
 import pytest
+import torch
 
 from verl_variance.integration import patches
 from verl_variance.integration.compat import ORIGINALS
@@ -86,3 +89,41 @@ def test_a_call_like_verls_own_is_vectorised(metric_utils, monkeypatch):
                                                seed=1)  # fmt: skip
         assert (result == [(0.0, 0.0)]) is on_cpu
     assert calls == [([1.0, 2.0], 2, [np.max], 4, 1)]
+
+
+class FakeTransferQueue:
+    """The two TransferQueue calls the replay buffer's batch hand-over makes, over fixed sample contents."""
+
+    def __init__(self, contents: dict[str, tuple[list[int], list[int]]]) -> None:
+        self.contents = contents
+
+    def kv_clear(self, partition_id, keys):
+        pass
+
+    def kv_batch_get(self, keys, partition_id, select_fields):
+        prompts, responses = zip(*(self.contents[key] for key in keys), strict=True)
+        columns = {"prompts": prompts, "responses": responses}
+        return {field: types.SimpleNamespace(unbind=lambda rows=columns[field]: [torch.tensor(r) for r in rows])
+                for field in select_fields}  # fmt: skip
+
+
+@pytest.mark.parametrize(("partition", "on_cpu", "content_ordered"), [("val", True, True), ("val", False, False),
+                                                                      ("train", True, False)])  # fmt: skip
+def test_validation_batches_come_in_content_order_on_the_cpu_platform(monkeypatch, partition, on_cpu, content_ordered):
+    """V1's replay buffer hands a validation batch over in its samples' order of arrival (the snapshot's), which
+    varies run to run; on the CPU platform it comes sorted by (prompt, response), whatever the arrival."""
+    from verl.trainer.ppo.v1 import replay_buffer
+
+    contents = {"a_0_0": ([5, 1], [2]), "a_1_0": ([5, 1], [1, 4]), "b_0_0": ([3], [7, 7]), "b_1_0": ([3], [0])}
+    monkeypatch.setattr(replay_buffer, "tq", FakeTransferQueue(contents))
+    monkeypatch.setattr(patches, "_on_cpu_platform", lambda: on_cpu)
+    buffer = object.__new__(replay_buffer.ReplayBuffer)
+    orders = []
+    for arrival in (["a_0_0", "b_0_0", "a_1_0", "b_1_0"], ["b_1_0", "a_1_0", "b_0_0", "a_0_0"]):
+        snapshot = {key: {"status": "finish", "index": i} for i, key in enumerate(arrival)}
+        batch = buffer._materialize_batch(partition, ["a", "b"], snapshot)
+        assert [tag["index"] for tag in batch.tags] == [arrival.index(key) for key in batch.keys]  # tags follow keys
+        orders.append(batch.keys)
+        if not content_ordered:
+            assert batch.keys == arrival
+    assert (orders[0] == orders[1] == ["b_1_0", "b_0_0", "a_1_0", "a_0_0"]) is content_ordered

@@ -316,6 +316,27 @@ def _patch_v1_batch_order(module) -> None:
         return _balance_batch
 
 
+def _patch_v1_validation_order(module) -> None:
+    """V1 trainer on the CPU: a validation batch also comes in its samples' order of arrival, and verl's validation
+    metrics depend on that order (best@n/worst@n bootstrap subsets index the samples, means sum them in order).
+    Hand it over in content order, as training batches are, so the same seed gives the same validation metrics."""
+
+    @patch(module.ReplayBuffer, "_materialize_batch")
+    def _(original):
+        @functools.wraps(original)
+        def _materialize_batch(self, partition_id, selected_prompt_uids, partition_snapshot):
+            batch = original(self, partition_id, selected_prompt_uids, partition_snapshot)
+            if partition_id == "val" and batch.keys and _on_cpu_platform():
+                data = module.tq.kv_batch_get(
+                    keys=batch.keys, partition_id=partition_id, select_fields=["prompts", "responses"]
+                )
+                prompts, responses = (data[field].unbind() for field in ("prompts", "responses"))
+                batch.reorder(content_order([p.tolist() for p in prompts], [r.tolist() for r in responses]))
+            return batch
+
+        return _materialize_batch
+
+
 def _patch_agent_loop_errors(module) -> None:
     """V1's agent loop: each failed session's error, when it is ours, is written for the trainer to raise."""
     from verl_variance.integration import worker_errors
@@ -836,6 +857,7 @@ def install() -> None:
     when_imported("verl.workers.rollout.replica", "hf_rollout_replica", _register_rollout_replica)
     when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll)
     when_imported("verl.trainer.ppo.v1.trainer_base", "v1_cpu_batch_order", _patch_v1_batch_order)
+    when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_validation_order", _patch_v1_validation_order)
     when_imported("verl.trainer.ppo.v1.agent_loop_tq", "worker_errors_recorded", _patch_agent_loop_errors)
     when_imported("verl.trainer.ppo.v1.trainer_base", "worker_errors_surfaced", _patch_fit_errors)
     when_imported("verl.trainer.ppo.v1.replay_buffer", "worker_errors_polled", _patch_replay_buffer_errors)
