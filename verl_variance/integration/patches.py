@@ -296,6 +296,13 @@ def content_order(prompts: list[list[int]], responses: list[list[int]]) -> list[
     return sorted(range(len(rows)), key=rows.__getitem__)
 
 
+def reorder_by_content(tq, batch) -> None:
+    """Reorder a TransferQueue batch (``KVBatchMeta``) in place by its samples' (prompt ids, response ids)."""
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses"])
+    prompts, responses = (data[field].unbind() for field in ("prompts", "responses"))
+    batch.reorder(content_order([p.tolist() for p in prompts], [r.tolist() for r in responses]))
+
+
 def _patch_v1_batch_order(module) -> None:
     """V1 trainer on the CPU: the replay buffer hands over a batch in the order its samples arrived, which
     varies run to run and moves float sums (critic grad norm by ~1e-4). Sort it by content before verl's
@@ -306,11 +313,7 @@ def _patch_v1_batch_order(module) -> None:
         @functools.wraps(original)
         def _balance_batch(self, batch, metrics, logging_prefix="global_seqlen", keep_minibatch=False):
             if _on_cpu_platform():
-                data = module.tq.kv_batch_get(
-                    keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses"]
-                )
-                prompts, responses = (data[field].unbind() for field in ("prompts", "responses"))
-                batch.reorder(content_order([p.tolist() for p in prompts], [r.tolist() for r in responses]))
+                reorder_by_content(module.tq, batch)
             return original(self, batch, metrics, logging_prefix, keep_minibatch)
 
         return _balance_batch
@@ -327,11 +330,7 @@ def _patch_v1_validation_order(module) -> None:
         def _materialize_batch(self, partition_id, selected_prompt_uids, partition_snapshot):
             batch = original(self, partition_id, selected_prompt_uids, partition_snapshot)
             if partition_id == "val" and batch.keys and _on_cpu_platform():
-                data = module.tq.kv_batch_get(
-                    keys=batch.keys, partition_id=partition_id, select_fields=["prompts", "responses"]
-                )
-                prompts, responses = (data[field].unbind() for field in ("prompts", "responses"))
-                batch.reorder(content_order([p.tolist() for p in prompts], [r.tolist() for r in responses]))
+                reorder_by_content(module.tq, batch)
             return batch
 
         return _materialize_batch
@@ -800,7 +799,6 @@ def _patch_sklearn_probe(module) -> None:
                 return False if _on_cpu_platform() else original()
 
             return is_sklearn_available
-
 
 
 # ---------------------------------------------------------------------------------------------
