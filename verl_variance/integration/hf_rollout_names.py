@@ -4,7 +4,7 @@ torch (the driver's early config checks read them)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 ROLLOUT_NAME = "hf"
 ADAPTER_FQN = "verl_variance.integration.hf_rollout.HFServerAdapter"
@@ -36,7 +36,7 @@ class HFEngineSettings:
         Ray)."""
         kwargs = config.get("engine_kwargs") if isinstance(config, Mapping) else getattr(config, "engine_kwargs", None)
         values = dict((kwargs or {}).get(ENGINE_KEY) or {})
-        unknown = sorted(set(values) - {"separate_server", "batch_rows", "val_batch_rows", "server_in_agent_loop"})
+        unknown = sorted(set(values) - {field.name for field in fields(cls)})
         if unknown:
             raise ValueError(
                 f"rollout.engine_kwargs.hf: unknown keys {unknown}; valid: separate_server (bool), batch_rows (int), "
