@@ -51,6 +51,7 @@ EXPECTED_PATCHES = {
     "reward_workers_in_agent_loop",
     "transformers_without_sklearn",
     "validation_bootstrap_vectorised",
+    "text_only_processor_skipped",
 }
 
 PROBE = textwrap.dedent(

@@ -839,6 +839,56 @@ def _patch_bootstrap_metric(module) -> None:
         return bootstrap_metric
 
 
+# ---------------------------------------------------------------------------------------------
+# 17. CPU start-up: verl's HFModelConfig asks AutoProcessor for a multimodal processor of every model it
+#     builds (actor, reference, critic; in the driver and in each worker). For a text-only model folder
+#     AutoProcessor loads the tokenizer a second time (~0.3 s) and verl throws it away (None).
+# ---------------------------------------------------------------------------------------------
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
+def text_only_folder(path: str, kwargs: dict) -> bool:
+    """Whether transformers' ``AutoProcessor.from_pretrained(path, **kwargs)`` can only fall back to the tokenizer:
+    a local folder without processor files, whose ``tokenizer_config.json`` and ``config.json`` name no processor
+    class (nor an ``AutoProcessor`` in ``auto_map``) and whose ``model_type`` has none in transformers' mapping.
+    verl's ``hf_processor`` returns None for such a fallback (a tokenizer is not a multimodal processor)."""
+    import json
+    import os
+
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    if set(kwargs) - {"trust_remote_code"} or not isinstance(path, str) or not os.path.isdir(path):
+        return False
+    if any(os.path.exists(os.path.join(path, name)) for name in _PROCESSOR_FILES):
+        return False
+    documents = {}
+    for name in ("tokenizer_config.json", "config.json"):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as file:
+                documents[name] = json.load(file)
+        except (OSError, ValueError):
+            documents[name] = None
+    if not isinstance(documents["config.json"], dict) or not isinstance(documents["tokenizer_config.json"], dict):
+        return False
+    for document in documents.values():
+        if document.get("processor_class") or "AutoProcessor" in (document.get("auto_map") or {}):
+            return False
+    model_type = documents["config.json"].get("model_type")  # without one AutoConfig guesses from the path
+    return isinstance(model_type, str) and model_type not in PROCESSOR_MAPPING_NAMES
+
+
+def _patch_text_only_processor(module) -> None:
+    @patch(module, "hf_processor", versions=("transformers", SUPPORTED_TRANSFORMERS))
+    def _(original):
+        @functools.wraps(original)
+        def hf_processor(name_or_path, **kwargs):
+            if _on_cpu_platform() and text_only_folder(name_or_path, kwargs):
+                return None
+            return original(name_or_path, **kwargs)
+
+        return hf_processor
+
+
 def install() -> None:
     """Register every patch; each runs when its target module is imported."""
     when_imported("verl.utils.distributed", "distributed_backend", _patch_distributed)
@@ -880,3 +930,4 @@ def install() -> None:
     when_imported("verl.experimental.reward_loop.reward_loop", "reward_workers_in_agent_loop",
                   _patch_reward_workers_in_agent_loop)  # fmt: skip
     when_imported("verl.trainer.ppo.metric_utils", "validation_bootstrap_vectorised", _patch_bootstrap_metric)
+    when_imported("verl.workers.config.model", "text_only_processor_skipped", _patch_text_only_processor)
