@@ -356,3 +356,34 @@ def test_verls_colocated_worker_class_still_pickles_with_every_patch():
     result = run_python(code, env={"VERL_PLATFORM": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-1] == "pickled"
+
+
+def test_cpu_runs_give_transfer_queue_its_own_capped_thread_count(monkeypatch, caplog):
+    """On the CPU platform ``verl-variance ppo`` sets TQ_NUM_THREADS to what TransferQueue would cap its default
+    8 at (the physical cores): the same threads, without TransferQueue's warning on every put and get. A user's
+    own value is kept; a GPU run's environment is left alone."""
+    import logging
+
+    import psutil
+    import torch
+    from transfer_queue.utils.common import limit_pytorch_auto_parallel_threads
+
+    from verl_variance.integration import launcher
+
+    envs = []
+    monkeypatch.setattr(launcher.subprocess, "call", lambda command, env: envs.append(env) or 0)
+    launcher.run_ppo([], device="cpu", env={})
+    launcher.run_ppo([], device="cpu", env={"TQ_NUM_THREADS": "3"})
+    launcher.run_ppo([], device="gpu", env={})
+    threads = int(envs[0]["TQ_NUM_THREADS"])
+    assert threads == min(8, psutil.cpu_count(logical=False))
+    assert envs[1]["TQ_NUM_THREADS"] == "3" and "TQ_NUM_THREADS" not in envs[2]
+    seen = {}
+    for target in (8, threads):
+        with caplog.at_level(logging.WARNING, logger="transfer_queue.utils.common"):
+            caplog.clear()
+            with limit_pytorch_auto_parallel_threads(target):
+                seen[target] = torch.get_num_threads()
+            warned = any("should not exceed" in record.getMessage() for record in caplog.records)
+        assert warned is (target > psutil.cpu_count(logical=False))
+    assert seen[8] == seen[threads] == threads

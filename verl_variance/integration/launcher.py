@@ -35,6 +35,15 @@ def use_cpu_preset(device: str) -> bool:
     return device == "cpu"
 
 
+def transfer_queue_threads() -> int:
+    """The torch threads TransferQueue uses per put/get: its default (``TQ_NUM_THREADS``, 8) capped at the
+    physical cores, as TransferQueue caps it itself, but without its warning on every call (~1,000 lines per
+    demo policy run on a 2-core machine, which buried the tail of each run's log)."""
+    import psutil
+
+    return min(8, psutil.cpu_count(logical=False) or 8)
+
+
 def run_ppo(overrides: list[str], device: str = "auto", env: dict[str, str] | None = None) -> int:
     """Run verl's PPO trainer in a child process; returns its exit code."""
     cpu = use_cpu_preset(device)
@@ -42,6 +51,7 @@ def run_ppo(overrides: list[str], device: str = "auto", env: dict[str, str] | No
     if cpu:
         env.setdefault("VERL_PLATFORM", "cpu")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env.setdefault("TQ_NUM_THREADS", str(transfer_queue_threads()))
     return subprocess.call(main_ppo_command(overrides, cpu), env=env)
 
 
