@@ -87,3 +87,11 @@ def test_hf_model_config_skips_autoprocessor_on_the_cpu_platform_only(
     assert config.processor is None
     assert config.tokenizer.pad_token_id is not None
     assert bool(asked) is asks_autoprocessor
+
+
+def test_an_autoprocessor_without_the_names_mirrored_here_is_asked(folder, monkeypatch):
+    """An older transformers whose AutoProcessor does not look at video processor files: not mirrored, asked."""
+    from transformers.models.auto import processing_auto
+
+    monkeypatch.delattr(processing_auto, "VIDEO_PROCESSOR_NAME")
+    assert not text_only_folder(str(folder), {})

@@ -844,37 +844,42 @@ def _patch_bootstrap_metric(module) -> None:
 #     builds (actor, reference, critic; in the driver and in each worker). For a text-only model folder
 #     AutoProcessor loads the tokenizer a second time (~0.3 s) and verl throws it away (None).
 # ---------------------------------------------------------------------------------------------
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
-
-
 def text_only_folder(path: str, kwargs: dict) -> bool:
     """Whether transformers' ``AutoProcessor.from_pretrained(path, **kwargs)`` can only fall back to the tokenizer:
     a local folder without processor files, whose ``tokenizer_config.json`` and ``config.json`` name no processor
-    class (nor an ``AutoProcessor`` in ``auto_map``) and whose ``model_type`` has none in transformers' mapping.
-    verl's ``hf_processor`` returns None for such a fallback (a tokenizer is not a multimodal processor)."""
+    class (nor an ``AutoProcessor`` in ``auto_map``) and whose ``model_type`` has none in transformers' mapping
+    (the files and names AutoProcessor looks at, in its own constants). verl's ``hf_processor`` returns None for
+    such a fallback (a tokenizer is not a multimodal processor)."""
     import json
     import os
 
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto import processing_auto as auto
 
+    looked_at = ("PROCESSOR_NAME", "FEATURE_EXTRACTOR_NAME", "VIDEO_PROCESSOR_NAME", "TOKENIZER_CONFIG_FILE")
+    if not all(hasattr(auto, name) for name in looked_at):  # another AutoProcessor than the one mirrored here
+        return False
     if set(kwargs) - {"trust_remote_code"} or not isinstance(path, str) or not os.path.isdir(path):
         return False
-    if any(os.path.exists(os.path.join(path, name)) for name in _PROCESSOR_FILES):
+    processor_files = (auto.PROCESSOR_NAME, auto.FEATURE_EXTRACTOR_NAME, auto.VIDEO_PROCESSOR_NAME)
+    if any(os.path.exists(os.path.join(path, name)) for name in processor_files):
         return False
-    documents = {}
-    for name in ("tokenizer_config.json", "config.json"):
+
+    def read(name: str) -> dict | None:
         try:
             with open(os.path.join(path, name), encoding="utf-8") as file:
-                documents[name] = json.load(file)
+                document = json.load(file)
         except (OSError, ValueError):
-            documents[name] = None
-    if not isinstance(documents["config.json"], dict) or not isinstance(documents["tokenizer_config.json"], dict):
+            return None
+        return document if isinstance(document, dict) else None
+
+    tokenizer_config, config = read(auto.TOKENIZER_CONFIG_FILE), read("config.json")
+    if tokenizer_config is None or config is None:
         return False
-    for document in documents.values():
+    for document in (tokenizer_config, config):
         if document.get("processor_class") or "AutoProcessor" in (document.get("auto_map") or {}):
             return False
-    model_type = documents["config.json"].get("model_type")  # without one AutoConfig guesses from the path
-    return isinstance(model_type, str) and model_type not in PROCESSOR_MAPPING_NAMES
+    model_type = config.get("model_type")  # without one AutoConfig guesses from the path
+    return isinstance(model_type, str) and model_type not in auto.PROCESSOR_MAPPING_NAMES
 
 
 def _patch_text_only_processor(module) -> None:
