@@ -237,9 +237,13 @@ def _recipe_check(args: argparse.Namespace) -> int:
     models = dict(item.split("=", 1) for item in args.model)
     numbers = dict(item.split("=", 1) for item in args.number)
     try:
-        preflight(args.device, args.backend, args.data_dir, models, args.reward_model, numbers)
+        attention, note = preflight(args.device, args.backend, args.data_dir, models, args.reward_model, numbers,
+                                    (args.infer_backend, args.rm_server), args.attention)  # fmt: skip
     except RecipeError as error:
         return _fail("recipe-check", error)
+    if note:
+        print(f"verl-variance: {note}", file=sys.stderr)
+    print(attention)  # the recipe reads the attention implementation from stdout
     return 0
 
 
@@ -393,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--reward-model", help="REWARD_MODEL_PATH: the K-head ensemble folder")
     check.add_argument("--number", action="append", default=[], metavar="VARIABLE=VALUE",
                        help="a numeric variable to check: HEAD, TRAIN_BATCH_SIZE, ... (RECIPE_NUMBERS)")  # fmt: skip
+    check.add_argument("--infer-backend", default="vllm", help="INFER_BACKEND: vllm or hf")
+    check.add_argument("--rm-server", default="vllm", help="RM_SERVER: vllm, hf or none")
+    check.add_argument("--attention", default="auto",
+                       help="ATTENTION: auto, flash_attention_2, sdpa or eager; prints the one to use")  # fmt: skip
     check.set_defaults(run=_recipe_check)
 
     study = commands.add_parser("study", help="the IMDB study through the recipes (run_study.sh, evaluate.sh)")

@@ -11,10 +11,22 @@
 BACKEND=${BACKEND:-fsdp}
 
 ########################### device, checks, dry run ###########################
-CHECK=(--device "$DEVICE" --backend "$BACKEND")
+CONFIG=()
+if [ "$DEVICE" = cpu ]; then
+    CONFIG=(--config-path="$(python3 -c 'from verl_variance.integration.launcher import CONFIG_DIR; print(CONFIG_DIR)')"
+            --config-name=ppo_trainer_cpu)
+    INFER_BACKEND=${INFER_BACKEND:-hf}
+    RM_SERVER=${RM_SERVER:-hf}
+    export VERL_PLATFORM=cpu TOKENIZERS_PARALLELISM=false
+fi
+INFER_BACKEND=${INFER_BACKEND:-vllm}
+RM_SERVER=${RM_SERVER:-vllm}
+
+CHECK=(--device "$DEVICE" --backend "$BACKEND" --infer-backend "$INFER_BACKEND" --rm-server "$RM_SERVER"
+       --attention "$ATTENTION")
 for name in TRAIN_BATCH_SIZE PPO_MINI_BATCH_SIZE PPO_EPOCHS MICRO_BATCH_SIZE TRAIN_STEPS MAX_PROMPT_LENGTH \
         MAX_RESPONSE_LENGTH ROLLOUT_TP ACTOR_TP ACTOR_PP CRITIC_TP CRITIC_PP NNODES GPUS_PER_NODE HEAD SEED \
-        SAVE_FREQ ACTOR_LR CRITIC_LR KL_COEF ROLLOUT_GPU_MEM_UTIL RM_GPU_MEM_UTIL; do
+        SAVE_FREQ ACTOR_LR CRITIC_LR KL_COEF ROLLOUT_GPU_MEM_UTIL RM_GPU_MEM_UTIL RM_MAX_LENGTH; do
     if [ -n "${!name+set}" ]; then CHECK+=(--number "$name=${!name}"); fi
 done
 DRY_RUN_ARGS=()
@@ -24,16 +36,8 @@ else
     CHECK+=(--data-dir "$DATA_DIR" --reward-model "$REWARD_MODEL_PATH"
             --model "MODEL_PATH=$MODEL_PATH" --model "CRITIC_MODEL_PATH=$CRITIC_MODEL_PATH")
 fi
-python3 -m verl_variance.cli recipe-check "${CHECK[@]}"
-
-CONFIG=()
-if [ "$DEVICE" = cpu ]; then
-    CONFIG=(--config-path="$(python3 -c 'from verl_variance.integration.launcher import CONFIG_DIR; print(CONFIG_DIR)')"
-            --config-name=ppo_trainer_cpu)
-    INFER_BACKEND=${INFER_BACKEND:-hf}
-    export VERL_PLATFORM=cpu TOKENIZERS_PARALLELISM=false
-fi
-INFER_BACKEND=${INFER_BACKEND:-vllm}
+# prints the attention implementation to use (flash-attn absent: sdpa, said in one line); exits on bad input
+ATTN_IMPLEMENTATION=$(python3 -m verl_variance.cli recipe-check "${CHECK[@]}")
 if [ "${DRY_RUN:-0}" != 1 ]; then
     mkdir -p "$OUTPUT_DIR"
     export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-$OUTPUT_DIR/metrics.jsonl}
@@ -57,6 +61,9 @@ MODEL=(
     actor_rollout_ref.model.path="$MODEL_PATH"
     actor_rollout_ref.model.custom_chat_template="'{% for message in messages %}{{ message.content }}{% endfor %}'"
 )
+if [ "$BACKEND" = fsdp ]; then  # verl's default is flash_attention_2, which fails to load without flash-attn
+    MODEL+=(++actor_rollout_ref.model.override_config.attn_implementation="$ATTN_IMPLEMENTATION")
+fi
 
 # The paper's PPO ran on TRL: its IMDB example's mini-batch (= the batch) and 4 PPO epochs per batch.
 ACTOR=(
@@ -88,9 +95,13 @@ CRITIC=(
     critic.ppo_micro_batch_size_per_gpu="$MICRO_BATCH_SIZE"
     critic.cliprange_value=0.2
 )
+if [ "$BACKEND" = fsdp ]; then
+    CRITIC+=(++critic.model.override_config.attn_implementation="$ATTN_IMPLEMENTATION")
+fi
 
 # Policy i trains on head i of the K-head ensemble; sigma^2 across the heads goes to the KL penalty.
-# vLLM: verl serves the reward model (the plugin reads all K logits); hf: scored in verl's reward worker.
+# verl serves the reward model (RM_SERVER: vLLM on GPUs, hf on CPUs; the plugin reads all K logits of its
+# /classify), or RM_SERVER=none scores it in verl's reward-loop worker: both read the same last RM_MAX_LENGTH tokens.
 REWARD=(
     reward.custom_reward_function.path=null
     reward.reward_manager.name=ensemble
@@ -98,12 +109,13 @@ REWARD=(
     ++ensemble_reward.aggregator=member
     ++ensemble_reward.aggregator_params.index="$HEAD"
     ++ensemble_reward.prompt_format="$RM_PROMPT_FORMAT"
+    ++ensemble_reward.max_length="$RM_MAX_LENGTH"
 )
-if [ "$INFER_BACKEND" = vllm ]; then
+if [ "$RM_SERVER" != none ]; then
     REWARD+=(
         reward.reward_model.enable=True
         reward.reward_model.model_path="$REWARD_MODEL_PATH"
-        reward.reward_model.rollout.name=vllm
+        reward.reward_model.rollout.name="$RM_SERVER"
         reward.reward_model.rollout.tensor_model_parallel_size=1
         reward.reward_model.rollout.gpu_memory_utilization="$RM_GPU_MEM_UTIL"
     )

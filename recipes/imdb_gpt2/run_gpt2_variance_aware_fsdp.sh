@@ -40,10 +40,13 @@ SEED=${SEED:-0}
 MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-16}
 MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-10}
 INFER_BACKEND=${INFER_BACKEND:-}
+RM_SERVER=${RM_SERVER:-}
 ROLLOUT_TP=${ROLLOUT_TP:-1}
 ROLLOUT_GPU_MEM_UTIL=${ROLLOUT_GPU_MEM_UTIL:-0.3}
 RM_GPU_MEM_UTIL=${RM_GPU_MEM_UTIL:-0.3}
 RM_PROMPT_FORMAT=${RM_PROMPT_FORMAT:-chat}
+RM_MAX_LENGTH=${RM_MAX_LENGTH:-512}
+ATTENTION=${ATTENTION:-auto}
 
 SAVE_FREQ=${SAVE_FREQ:-50}
 LOGGER=${LOGGER:-'["console","file"]'}
@@ -52,7 +55,10 @@ EXPERIMENT_NAME=${EXPERIMENT_NAME:-gpt2_variance_aware_head${HEAD}_seed${SEED}}
 OUTPUT_DIR=${OUTPUT_DIR:-$HOME/verl_variance/imdb_gpt2/$EXPERIMENT_NAME}
 # ---- end user-adjustable ----
 # DEVICE: gpu | cpu. INFER_BACKEND: vllm (DEVICE=gpu default) | hf (DEVICE=cpu default; also on a GPU
-# without vLLM). TRL's IMDB example (the paper's PPO code) takes 4 PPO epochs over mini-batches of 128.
+# without vLLM). RM_SERVER: the engine verl serves the reward model with, vllm | hf (the DEVICE=cpu default) |
+# none (scored in verl's reward-loop worker instead); RM_MAX_LENGTH: the tokens it reads, the last ones.
+# ATTENTION: auto (flash-attn where installed, else sdpa, said in one line) | flash_attention_2 | sdpa | eager.
+# TRL's IMDB example (the paper's PPO code) takes 4 PPO epochs over mini-batches of 128.
 
 # ---- no user adjustment needed below ----
 # shellcheck source=recipes/imdb_gpt2/common.sh

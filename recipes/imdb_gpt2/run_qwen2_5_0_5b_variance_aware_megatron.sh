@@ -46,10 +46,13 @@ CRITIC_PP=${CRITIC_PP:-1}
 MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-16}
 MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-10}
 INFER_BACKEND=${INFER_BACKEND:-vllm}
+RM_SERVER=${RM_SERVER:-}
 ROLLOUT_TP=${ROLLOUT_TP:-1}
 ROLLOUT_GPU_MEM_UTIL=${ROLLOUT_GPU_MEM_UTIL:-0.3}
 RM_GPU_MEM_UTIL=${RM_GPU_MEM_UTIL:-0.3}
 RM_PROMPT_FORMAT=${RM_PROMPT_FORMAT:-chat}
+RM_MAX_LENGTH=${RM_MAX_LENGTH:-512}
+ATTENTION=${ATTENTION:-auto}
 
 SAVE_FREQ=${SAVE_FREQ:-50}
 LOGGER=${LOGGER:-'["console","file"]'}
@@ -58,6 +61,8 @@ EXPERIMENT_NAME=${EXPERIMENT_NAME:-qwen2_5_0_5b_variance_aware_megatron_head${HE
 OUTPUT_DIR=${OUTPUT_DIR:-$HOME/verl_variance/imdb_gpt2/$EXPERIMENT_NAME}
 # ---- end user-adjustable ----
 # A 0.5B model fits one GPU per rank: tensor and pipeline parallel 1 (raise them for larger models).
+# RM_SERVER, RM_MAX_LENGTH: as in run_gpt2_variance_aware_fsdp.sh (Megatron brings its own attention: ATTENTION
+# is checked only).
 
 # ---- no user adjustment needed below ----
 BACKEND=megatron

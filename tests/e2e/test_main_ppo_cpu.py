@@ -11,14 +11,12 @@ import json
 import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
 from verl_variance.experiments.quickstart import build_prompt_files, quickstart_overrides
 
@@ -139,8 +137,8 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, tiny_models)
     assert math.isfinite(second[3]["actor/pg_loss"])
 
 
-# the legacy trainer's in-reward path is covered by test_ensemble_reward_manager_drives_variance_aware_ppo; V1 with
-# GAE and the ensemble manager's sigma^2 by tests/recipes (the study's variance-aware runs log every sample)
+# the legacy trainer's in-reward path and V1's with GAE and the ensemble manager's sigma^2 are covered by
+# tests/e2e/test_served_reward_model_cpu.py (every reward path, both trainers) and tests/recipes
 @pytest.mark.parametrize(("trainer", "estimator"), [("v1", "grpo_variance_kl")])
 def test_variance_aware_kl_in_reward(tmp_path, tiny_models, trainer, estimator):
     """algorithm.kl_penalty=variance_aware end to end: sigma^2 from a custom reward reaches each sample's KL."""
@@ -217,54 +215,6 @@ def test_variance_weighted_kl_loss(tmp_path, tiny_models, trainer, architecture,
         second["variance_kl/kl_unweighted"], rel=1e-2, abs=1e-9
     )
     assert second["actor/kl_loss"] != pytest.approx(second["actor/variance_kl/kl_loss_unweighted"], rel=5e-2)
-
-
-def test_ensemble_reward_manager_drives_variance_aware_ppo(tmp_path, tiny_models):
-    """reward.reward_manager.name=ensemble: each rollout's reward is the aggregate of the K heads of a
-    local reward model, and its sigma^2 reaches variance-aware KL (legacy trainer, whose rollout dump
-    holds the reward extra info; V1 carries the same dicts, see tests/recipes)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
-
-    reward_model = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=4))
-    train, val = build_prompt_files(tmp_path / "data")
-    dump = tmp_path / "rollouts"
-    overrides = quickstart_overrides(tmp_path, tiny_models["qwen2"], train, val, steps=2)
-    overrides += [
-        "reward.custom_reward_function.path=null",
-        "reward.reward_manager.name=ensemble",
-        f"ensemble_reward.model_path={reward_model}",
-        "ensemble_reward.aggregator=lcb",
-        "+ensemble_reward.aggregator_params.k=0.5",
-        "algorithm.kl_penalty=variance_aware",
-        f"trainer.rollout_data_dir={dump}",
-        "trainer.use_v1=False",
-    ]
-    steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
-    assert_healthy(steps, ["variance_kl/reward_variance/mean", "critic/score/mean"])
-    records = [json.loads(line) for path in sorted(dump.glob("*.jsonl")) for line in path.read_text().splitlines()]
-    assert len(records) == 16  # 8 prompts x 2 steps
-    model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(reward_model)
-    for record in records:
-        heads = [record[f"reward_head_{k}"] for k in range(4)]
-        mean, variance = sum(heads) / 4, statistics.variance(heads)
-        assert record["reward_variance"] == pytest.approx(variance, rel=1e-5, abs=1e-9)
-        assert record["score"] == pytest.approx(max(mean - 0.5 * math.sqrt(variance), min(heads)), rel=1e-5)
-    for step in (1, 2):  # the variances the KL was weighted with are the manager's
-        logged = [r["reward_variance"] for r in records if r["step"] == step]
-        assert steps[step]["variance_kl/reward_variance/mean"] == pytest.approx(statistics.mean(logged), rel=1e-5)
-    # the head scores are the reward model's own outputs for the dumped text (scored independently)
-    record = records[-1]
-    prompt = record["input"].removeprefix("user\n").removesuffix("\nassistant\n")  # the decoded chat prompt
-    messages = [{"role": "user", "content": prompt}]
-    messages.append({"role": "assistant", "content": record["output"]})
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-    with torch.no_grad():
-        expected = model(**ids).logits[0].tolist()
-    assert [record[f"reward_head_{k}"] for k in range(4)] == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
 @pytest.mark.parametrize("trainer", ["v1", "legacy"])

@@ -159,36 +159,46 @@ def test_a_served_reward_model_is_not_loaded_again_in_the_reward_worker(tmp_path
 
 
 class FakeRewardLoopWorker:
-    """verl's RewardLoopWorker with the vLLM server replaced by a canned /classify answer."""
+    """verl's RewardLoopWorker with the reward server replaced by a canned /classify answer."""
 
-    def __init__(self, logits, engine="vllm"):
+    def __init__(self, logits, engine="vllm", tokenizer=None, **ensemble):
         self.config = OmegaConf.create(
             {
                 "reward": {
                     "reward_manager": {"name": "ensemble"},
                     "reward_model": {"model_path": "rm", "rollout": {"name": engine}},
                 },
-                "ensemble_reward": {"aggregator": "mean"},
+                "ensemble_reward": {"aggregator": "mean", **ensemble},
             }
         )
+        self.input_tokenizer = self.reward_model_tokenizer = tokenizer
         self.logits, self.payloads = logits, []
 
     async def _preprocess_reward_inputs(self, data):
-        return "<chat>"
+        return "<verl's chat text>"
 
     async def _post_request(self, payload, endpoint):
         self.payloads.append((endpoint, payload))
         return {"data": [{"probs": self.logits}]}
 
 
-def test_vllm_reward_path_reads_all_k_logits():
-    worker = FakeRewardLoopWorker([1.0, 2.0, 6.0])
-    output = asyncio.run(reward_loop.RewardLoopWorker.compute_score_disrm(worker, None))
-    assert worker.payloads == [("classify", {"model": "rm", "input": "<chat>", "use_activation": False})]
+@pytest.mark.parametrize("engine", ["vllm", "hf"])
+def test_served_reward_path_reads_all_k_logits_of_the_text_the_manager_reads(reward_models, engine):
+    tokenizer = AutoTokenizer.from_pretrained(reward_models[3])
+    worker = FakeRewardLoopWorker([1.0, 2.0, 6.0], engine, tokenizer, max_length=64)
+    output = asyncio.run(reward_loop.RewardLoopWorker.compute_score_disrm(worker, rollout(tokenizer, "a", "b c")))
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"}]
+    expected = {"model": "rm", "input": tokenizer.apply_chat_template(messages, tokenize=False),
+                "add_special_tokens": False, "truncate_prompt_tokens": 64, "use_activation": False}  # fmt: skip
+    assert worker.payloads == [("classify", expected)]  # the chat template's special tokens are in the text
     assert output["reward_score"] == pytest.approx(3.0)  # the mean, not the last logit (6.0)
     assert output["reward_extra_info"]["reward_variance"] == pytest.approx(np.var([1.0, 2.0, 6.0], ddof=1))
+    text = FakeRewardLoopWorker([1.0, 2.0], engine, tokenizer, prompt_format="text")
+    asyncio.run(reward_loop.RewardLoopWorker.compute_score_disrm(text, rollout(tokenizer, "a", "b c")))
+    assert text.payloads[0][1]["input"] == "ab c" and text.payloads[0][1]["add_special_tokens"] is True
     with pytest.raises(ValueError, match="an ensemble of one head"):
-        asyncio.run(reward_loop.RewardLoopWorker.compute_score_disrm(FakeRewardLoopWorker([1.0]), None))
+        one_head = FakeRewardLoopWorker([1.0], engine, tokenizer)
+        asyncio.run(reward_loop.RewardLoopWorker.compute_score_disrm(one_head, rollout(tokenizer, "a", "b")))
     with pytest.raises(NotImplementedError, match="rollout.name=sglang returns one score"):
         asyncio.run(reward_loop.RewardLoopWorker.compute_score_disrm(FakeRewardLoopWorker([1.0, 2.0], "sglang"), None))
 

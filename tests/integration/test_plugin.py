@@ -52,6 +52,7 @@ EXPECTED_PATCHES = {
     "transformers_without_sklearn",
     "validation_bootstrap_vectorised",
     "text_only_processor_skipped",
+    "v1_served_reward_extras",
 }
 
 PROBE = textwrap.dedent(
@@ -78,6 +79,7 @@ PROBE = textwrap.dedent(
         "patches": compat.STATUS.patches_applied,
         "errors": compat.STATUS.errors,
         "registered": compat.STATUS.registered,
+        "scopes": compat.STATUS.patch_scopes,
     }))
     """
 )
@@ -94,6 +96,14 @@ def test_entry_point_registers_everything_in_a_fresh_process():
     assert report["cpu_engines"] == ["cpu"]
     assert set(report["patches"]) == EXPECTED_PATCHES
     assert len(report["patches"]) == len(set(report["patches"])), "a patch was applied twice"
+    # each patch says when it acts, and none acts on a GPU run that opts into nothing (doctor lists them)
+    from verl_variance.integration.doctor import scope_lines
+    from verl_variance.integration.patches import SCOPES
+
+    assert set(report["scopes"]) == EXPECTED_PATCHES
+    assert {scope.split(":")[0] for scope in report["scopes"].values()} <= set(SCOPES)
+    assert scope_lines(report["scopes"])[-1] == "  acting on every GPU run: none"
+    assert scope_lines({**report["scopes"], "a_new_patch": ""})[-1] == "  acting on every GPU run: a_new_patch"
     assert report["registered"] == {
         "platforms": ["cpu"],
         "rollouts": ["hf"],

@@ -60,3 +60,44 @@ def test_a_ray_task_error_carrying_ours_is_ours():
     assert worker_errors.is_ours(RemoteError(compat.VerlVarianceError("x")))
     assert not worker_errors.is_ours(RemoteError(ValueError("x")))
     assert worker_errors.describe(RemoteError(compat.VerlVarianceError("x"))) == "VerlVarianceError: x"
+
+
+def test_a_stock_failure_through_our_agent_loop_wrapper_is_verls(monkeypatch, tmp_path):
+    """Every agent-loop session of verl runs through our wrapper of ``AgentLoopWorker._run_agent_loop`` (the hf
+    validation marker): an error verl's own code raises there has our file in its traceback, yet is verl's, so it is
+    not recorded and verl's own handling of a failed session stays as without the plugin."""
+    import traceback
+    from types import SimpleNamespace
+
+    from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
+
+    wrapper = AgentLoopWorker._run_agent_loop
+    assert hasattr(wrapper, compat.PATCHED_MARK)
+    stock_worker = SimpleNamespace(rollout_config=SimpleNamespace(name="vllm"))  # no opt-in: not the hf rollout
+
+    async def session():  # verl's own body fails: no such agent loop is registered
+        trajectory = {"step": 0, "sample_index": 0, "rollout_n": 0, "validate": False}
+        await wrapper(stock_worker, {}, trajectory, agent_name="no_such_agent_loop")
+
+    monkeypatch.setenv(worker_errors.ENV, str(tmp_path))
+    [error] = settle(session)
+    assert worker_errors.OUR_FILES in "".join(traceback.format_exception(error))  # our wrapper is in its traceback
+    assert isinstance(error, AssertionError) and "no_such_agent_loop" in str(error)  # raised in verl's body
+    assert worker_errors.raising_file(error).endswith("agent_loop.py") and not worker_errors.is_ours(error)
+    assert worker_errors.recorded() == []
+    worker_errors.surface(RuntimeError("verl's symptom"))  # nothing to raise: verl's own error stands
+
+
+def test_the_raising_frame_decides_for_remote_errors_too():
+    class RemoteError(Exception):  # ray.exceptions.RayTaskError: the remote traceback as text, the cause
+        def __init__(self, cause, traceback_str):
+            super().__init__("remote")
+            self.cause, self.traceback_str = cause, traceback_str
+
+    ours_last = 'Traceback:\n  File "/x/verl/a.py", line 3, in f\n  File "/y/verl_variance/integration/hf_rollout.py"' \
+                ', line 9, in g\nRuntimeError: boom'  # fmt: skip
+    verls_last = 'Traceback:\n  File "/y/verl_variance/integration/patches.py", line 3, in f\n  File "/x/verl/b.py",' \
+                 ' line 9, in g\nValueError: boom'  # fmt: skip
+    assert worker_errors.is_ours(RemoteError(RuntimeError("boom"), ours_last))
+    assert not worker_errors.is_ours(RemoteError(ValueError("boom"), verls_last))
+    assert worker_errors.is_ours(RemoteError(compat.VerlVarianceError("boom"), verls_last))  # our type, anywhere

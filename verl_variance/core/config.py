@@ -138,7 +138,10 @@ class EnsembleRewardConfig:
     batch_size: int = field(
         default=32, metadata={"help": "Rows of every forward pass (fixed: unused rows are padding)."}
     )
-    max_length: int = field(default=1024, metadata={"help": "Tokens per scored sequence; longer are truncated."})
+    max_length: int = field(
+        default=1024,
+        metadata={"help": "Tokens per scored sequence: a longer one is scored on its last max_length tokens."},
+    )
     batch_wait_ms: float = field(default=5.0, metadata={"help": "How long to gather concurrent requests."})
     variance_key: str = field(
         default="reward_variance", metadata={"help": "Reward extra-info key for sigma^2 (variance_kl reads it)."}

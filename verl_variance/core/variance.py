@@ -59,3 +59,22 @@ def check_reward_variance(reward_variance: torch.Tensor, key: str = "reward_vari
         f"{key} is 0 for every sample in the batch: there is no uncertainty signal, so variance-aware KL "
         f"would remove the KL penalty entirely. {fix} (an ensemble of one head, or identical heads, gives 0)"
     )
+
+
+SOFTMAX_TOLERANCE = 1e-5
+"""|Σ_k p_k − 1| below which a row of K scores reads as a probability vector (fp32 softmax sums to 1 ± ~1e-7)."""
+
+
+def looks_softmaxed(member_rewards: torch.Tensor, tolerance: float = SOFTMAX_TOLERANCE) -> bool:
+    """Whether K ≥ 2 scores per sample are class probabilities, not K rewards: every sample's scores lie in
+    [0, 1] and sum to 1. A served classifier answers so when asked for its activation (vLLM's ``/classify``
+    without ``"use_activation": false``); σ² across such scores measures nothing about the reward.
+
+    Args:
+        member_rewards: (bs, K) scores of every head for each sample of a batch.
+    """
+    if member_rewards.dim() != 2 or member_rewards.shape[1] < 2 or not member_rewards.numel():
+        return False
+    scores = member_rewards.double()
+    in_unit_interval = bool(((scores >= 0) & (scores <= 1)).all())
+    return in_unit_interval and bool(((scores.sum(dim=1) - 1).abs() <= tolerance).all())

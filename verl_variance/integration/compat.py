@@ -78,6 +78,8 @@ class PluginStatus:
     patches_pending: list[str] = field(default_factory=list)
     patch_targets: dict[str, str] = field(default_factory=dict)
     """patch name -> the module whose import applies it (every registered patch)."""
+    patch_scopes: dict[str, str] = field(default_factory=dict)
+    """patch name -> when it acts (``patches.SCOPES``): a run that selects none of it runs verl's own code."""
     patched_attributes: list[str] = field(default_factory=list)
     """Every verl/transformers attribute replaced (``patch``) or registry entry added (``register_entry``)."""
     errors: list[str] = field(default_factory=list)
@@ -262,8 +264,9 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 _FINDER = _PostImportFinder()
 
 
-def when_imported(module_name: str, patch_name: str, hook: Callable) -> None:
-    """Run ``hook(module)`` once ``module_name`` is imported (now, if it already is).
+def when_imported(module_name: str, patch_name: str, hook: Callable, scope: str = "") -> None:
+    """Run ``hook(module)`` once ``module_name`` is imported (now, if it already is). ``scope``: when the patch acts
+    (listed by ``doctor``).
 
     Idempotent per ``patch_name``: registering the same patch twice does nothing.
     """
@@ -272,6 +275,7 @@ def when_imported(module_name: str, patch_name: str, hook: Callable) -> None:
             return
         STATUS.patches_pending.append(patch_name)
         STATUS.patch_targets[patch_name] = module_name
+        STATUS.patch_scopes[patch_name] = scope
         _hooks.setdefault(module_name, []).append((patch_name, hook))
         if _FINDER not in sys.meta_path:
             sys.meta_path.insert(0, _FINDER)

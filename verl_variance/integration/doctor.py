@@ -76,6 +76,7 @@ def probe() -> dict[str, Any]:
             "patches_applied": STATUS.patches_applied,
             "patches_pending": STATUS.patches_pending,
             "patched_attributes": STATUS.patched_attributes,
+            "patch_scopes": STATUS.patch_scopes,
             "errors": STATUS.errors,
         }
     return report
@@ -137,6 +138,23 @@ def problems(report: dict[str, Any]) -> list[str]:
     return found
 
 
+def scope_lines(scopes: dict[str, str]) -> list[str]:
+    """The patches grouped by when they act (``patches.SCOPES``), and which act on a GPU run that opts into
+    nothing (the goal: none; a fallback acts only where verl itself would fail)."""
+    from verl_variance.integration.patches import SCOPES
+
+    lines = ["when verl-variance's patches act (a GPU run with no opt-in key runs verl's own code):"]
+    for kind, meaning in SCOPES.items():
+        names = [f"{name}: {scope.split(': ', 1)[1]}" if ": " in scope else name
+                 for name, scope in scopes.items() if scope.split(":", 1)[0] == kind]  # fmt: skip
+        if names:
+            lines.append(f"  {kind} - {meaning}:")
+            lines.extend(f"      {name}" for name in names)
+    always = sorted(name for name, scope in scopes.items() if scope.split(":", 1)[0] not in SCOPES)
+    lines.append(f"  acting on every GPU run: {', '.join(always) if always else 'none'}")
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     lines = ["verl-variance doctor", ""]
     for name in ("python", "verl", "torch", "transformers", "ray", "verl-variance"):
@@ -158,6 +176,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {'patches applied':<22} {', '.join(ours['patches_applied']) or '-'}")
         if ours["patches_pending"]:
             lines.append(f"  {'patches not reached':<22} {', '.join(ours['patches_pending'])}")
+        lines.extend(["", *scope_lines(ours.get("patch_scopes", {}))])
         lines.append("")
         lines.append("verl/transformers attributes changed by verl-variance:")
         lines.extend(f"  {where}" for where in ours["patched_attributes"])

@@ -6,9 +6,10 @@ Two ways to serve a K-head reward model (``AutoModelForSequenceClassification``,
   manager registered in verl's registry that scores in-process with transformers, gathering the
   concurrent per-sample requests of verl's reward loop into no-grad forward passes of a fixed shape
   (a score is then bit-identical whatever arrived with it);
-- ``reward.reward_model.enable=True`` with ``rollout.name=vllm`` (GPU): verl's own vLLM reward server.
-  verl's reward loop keeps only the last ``/classify`` logit; the patch in ``patches.py`` reads all K
-  when ``reward.reward_manager.name=ensemble``.
+- ``reward.reward_model.enable=True`` (verl serves the model: ``rollout.name=vllm`` on GPUs, ``hf`` anywhere,
+  ``hf_reward_server``). verl's reward loop keeps only the last ``/classify`` logit; the patch in
+  ``patches.py`` reads all K when ``reward.reward_manager.name=ensemble``, from the same text the in-process
+  scorer reads (``ensemble_reward.prompt_format``, the last ``max_length`` tokens).
 
 Both emit the same output: ``reward_score`` = the configured aggregate of the K rewards
 (``ensemble_reward.aggregator``) and reward extra info ``reward_variance`` (σ², unbiased, what
@@ -26,10 +27,41 @@ import torch
 
 from verl_variance.core.aggregators import aggregate
 from verl_variance.core.config import ENSEMBLE_HEAD_PREFIX, EnsembleRewardConfig
-from verl_variance.core.variance import ensemble_reward_variance
+from verl_variance.core.variance import ensemble_reward_variance, looks_softmaxed
+from verl_variance.integration.compat import VerlVarianceError
 
 MANAGER_NAME = "ensemble"
 """``reward.reward_manager.name`` of the ensemble reward manager."""
+SERVED_ENGINES = ("vllm", "hf")
+"""``reward.reward_model.rollout.name`` values whose ``/classify`` answers all K logits (vLLM's contract)."""
+
+
+class SoftmaxedRewardModelError(VerlVarianceError):
+    """The served reward model answered class probabilities instead of its K raw logits."""
+
+
+def served_ensemble(config: Mapping[str, Any]) -> bool:
+    """The ensemble manager with a reward model verl serves (``reward.reward_model.enable``)."""
+    reward = config.get("reward") or {}
+    manager = (reward.get("reward_manager") or {}).get("name")
+    return manager == MANAGER_NAME and bool((reward.get("reward_model") or {}).get("enable", False))
+
+
+def check_served_heads(columns: Mapping[str, Sequence[Any]]) -> None:
+    """Refuse a batch whose K head scores (``reward_head_<k>`` columns, one value per sample) are probabilities for
+    every sample: the served reward model softmaxed its logits, so σ² across them is no reward uncertainty."""
+    heads = sorted((int(key[len(ENSEMBLE_HEAD_PREFIX):]), key) for key in columns
+                   if key.startswith(ENSEMBLE_HEAD_PREFIX) and key[len(ENSEMBLE_HEAD_PREFIX):].isdigit())  # fmt: skip
+    if len(heads) < 2:
+        return
+    scores = torch.tensor([[float(value) for value in columns[key]] for _, key in heads], dtype=torch.float64).T
+    if looks_softmaxed(scores):
+        raise SoftmaxedRewardModelError(
+            f"the served reward model's {len(heads)} scores sum to 1 for every sample of the batch: it answers class "
+            "probabilities, not its K raw reward logits, so their variance is no reward uncertainty. Fix: serve it "
+            "with a /classify that honours \"use_activation\": false (vLLM >= 0.11, or rollout.name=hf), and no "
+            "softmax in the model's pooler config"
+        )
 
 
 def ensemble_reward_output(member_rewards: torch.Tensor, settings: EnsembleRewardConfig) -> list[dict[str, Any]]:
@@ -120,16 +152,16 @@ class EnsembleScorer:
 
     @torch.no_grad()
     def score(self, items: Sequence[tuple[Any, str]]) -> torch.Tensor:
-        """(N, K) rewards of N (prompt, response) items (prompt: chat messages, or "" for a plain text).
+        """(N, K) rewards of N (prompt, response) items (prompt: chat messages, or "" for a plain text): of their
+        last ``max_length`` tokens, as a served reward model scores them (``ensemble_disrm_score``).
 
         Fixed-shape chunks of ``batch_size`` rows: an item's rewards do not depend on which requests arrived
         with it (verl's reward loop sends them one by one, at times that vary run to run)."""
         from verl_variance.reward_model.scoring import member_rewards
 
         settings = self.settings
-        return member_rewards(
-            self.model, self.tokenizer, list(items), settings.batch_size, settings.max_length, fixed_shape=True
-        )
+        return member_rewards(self.model, self.tokenizer, list(items), settings.batch_size, settings.max_length,
+                              fixed_shape=True, keep="end")  # fmt: skip
 
 
 _SCORERS: dict[tuple[str, str], EnsembleScorer] = {}
@@ -172,6 +204,25 @@ class RequestBatcher:
                 future.set_result(result)
 
 
+def reward_item(item, tokenizer, prompt_format: str) -> tuple[Any, str]:
+    """What the reward model reads of one rollout (a ``DataProto`` item), on every path: ``(chat messages,
+    response)`` for ``prompt_format=chat`` (the reward model's chat template renders them), ``("", prompt +
+    response)`` as one plain text for ``text`` (or a rollout without ``raw_prompt``). The response is decoded by
+    the policy's ``tokenizer`` without special tokens."""
+    response_ids = item.batch["responses"]
+    length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+    response = tokenizer.decode(response_ids[:length], skip_special_tokens=True)
+    messages = item.non_tensor_batch.get("raw_prompt")
+    if prompt_format == "text" or messages is None:  # one plain text: prompt + response
+        if messages is None:
+            prompt_ids = item.batch["prompts"]
+            prompt = tokenizer.decode(prompt_ids[prompt_ids != tokenizer.pad_token_id], True)
+        else:
+            prompt = "".join(str(message["content"]) for message in messages)
+        return "", prompt + response
+    return [dict(message) for message in messages], response
+
+
 def _reward_manager_base():
     from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
@@ -203,19 +254,8 @@ def build_manager_class():
             return ensemble_reward_output(self.scorer.score(items), self.settings)
 
         async def run_single(self, data) -> dict:
-            item = data[-1]  # multi-sequence outputs: the last sequence is the response
-            response_ids = item.batch["responses"]
-            length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
-            response = self.tokenizer.decode(response_ids[:length], skip_special_tokens=True)
-            messages = item.non_tensor_batch.get("raw_prompt")
-            if self.settings.prompt_format == "text" or messages is None:  # one plain text: prompt + response
-                if messages is None:
-                    prompt_ids = item.batch["prompts"]
-                    prompt = self.tokenizer.decode(prompt_ids[prompt_ids != self.tokenizer.pad_token_id], True)
-                else:
-                    prompt = "".join(str(message["content"]) for message in messages)
-                return await self.batcher.submit(("", prompt + response))
-            return await self.batcher.submit(([dict(message) for message in messages], response))
+            # multi-sequence outputs: the last sequence is the response
+            return await self.batcher.submit(reward_item(data[-1], self.tokenizer, self.settings.prompt_format))
 
     return EnsembleRewardManager
 
@@ -227,18 +267,31 @@ def register_manager(registry_module) -> None:
 
 
 async def ensemble_disrm_score(worker, data, settings: EnsembleRewardConfig) -> dict:
-    """All K ``/classify`` logits from verl's vLLM reward server, aggregated (replaces the last-logit read).
+    """All K ``/classify`` logits of verl's served reward model, aggregated (replaces verl's last-logit read).
 
-    ``worker`` is verl's ``RewardLoopWorker``; the payload is the one verl sends.
+    ``worker`` is verl's ``RewardLoopWorker``. The request carries the text the in-process scorer reads
+    (``reward_item``: ``ensemble_reward.prompt_format``; the reward model's chat template, whose special tokens
+    are in the text, or a plain text that gets them from the tokenizer) and asks for its last ``max_length``
+    tokens (``truncate_prompt_tokens``), so both paths score the same tokens.
     """
+    from verl_variance.reward_model.scoring import reward_model_text
+
     engine = worker.config.reward.reward_model.rollout.name
-    if engine != "vllm":
+    if engine not in SERVED_ENGINES:
         raise NotImplementedError(
             f"the ensemble reward reads K logits from vLLM's /classify; reward.reward_model.rollout.name={engine} "
-            "returns one score. Use rollout.name=vllm, or serve in-process (reward.reward_model.enable=False)"
+            f"returns one score. Use rollout.name={' or '.join(SERVED_ENGINES)}, or score in-process "
+            "(reward.reward_model.enable=False)"
         )
-    prompt = await worker._preprocess_reward_inputs(data)
-    payload = {"model": worker.config.reward.reward_model.model_path, "input": prompt, "use_activation": False}
+    text, chat = reward_model_text(reward_item(data[-1], worker.input_tokenizer, settings.prompt_format),
+                                   worker.reward_model_tokenizer)  # fmt: skip
+    payload = {
+        "model": worker.config.reward.reward_model.model_path,
+        "input": text,
+        "add_special_tokens": not chat,
+        "truncate_prompt_tokens": settings.max_length,
+        "use_activation": False,
+    }
     output = await worker._post_request(payload, "classify")
     logits = torch.tensor(output["data"][-1]["probs"], dtype=torch.float32).reshape(1, -1)
     check_num_heads(logits.shape[1], f"the served reward model {payload['model']}")

@@ -5,9 +5,51 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 
 def reward_extra_infos(extra_fields: Sequence[Any]) -> list[Mapping[str, Any]]:
     """Each sample's ``reward_extra_info`` (what the reward function returned besides its score); {} if none."""
     return [
         (extra or {}).get("reward_extra_info", {}) or {} if isinstance(extra, Mapping) else {} for extra in extra_fields
     ]
+
+
+def reward_extra_columns(extra_infos: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Per-sample dicts -> one column per key that every sample has (the legacy trainer's ``non_tensor_batch``)."""
+    keys = set.intersection(*(set(info) for info in extra_infos)) if extra_infos else set()
+    return {key: [info[key] for info in extra_infos] for key in sorted(keys)}
+
+
+def reads_reward_extras(config: Mapping[str, Any]) -> bool:
+    """Whether a feature of verl-variance reads the reward extra info of a batch: the ensemble reward manager,
+    ``algorithm.kl_penalty=variance_aware``, RVPO, or verl's GDPO (made to run on V1 here)."""
+    from verl_variance.core.config import KL_MODE
+    from verl_variance.integration.ensemble_reward import MANAGER_NAME
+    from verl_variance.integration.rvpo import MULTI_OBJECTIVE_ESTIMATORS
+
+    algorithm = config.get("algorithm") or {}
+    manager = ((config.get("reward") or {}).get("reward_manager") or {}).get("name")
+    return (
+        manager == MANAGER_NAME
+        or algorithm.get("kl_penalty") == KL_MODE
+        or algorithm.get("adv_estimator") in MULTI_OBJECTIVE_ESTIMATORS
+    )
+
+
+def with_reward_extras(extra_fields: Sequence[Any], columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
+    """V1's per-sample ``extra_fields`` with ``columns`` (one value per sample) added to each ``reward_extra_info``:
+    the layout verl's agent-loop scoring writes, for the extras its colocated reward path writes as top-level
+    fields. Returns an object array of new dicts (numpy scalars as Python numbers)."""
+    out = np.empty(len(extra_fields), dtype=object)
+    for index, extra in enumerate(extra_fields):
+        extra = dict(extra) if isinstance(extra, Mapping) else {}
+        info = dict(extra.get("reward_extra_info") or {})
+        info.update({key: _plain(values[index]) for key, values in columns.items()})
+        extra["reward_extra_info"] = info
+        out[index] = extra
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

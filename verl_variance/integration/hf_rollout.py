@@ -54,9 +54,8 @@ BATCH_WAIT_SECONDS = 0.02
 """A partial chunk of requests runs once no new request has come for this long (whole chunks run at once):
 the requests of one verl batch arrive over some milliseconds, and a partial chunk costs a whole one."""
 
-def server_actor_name(replica_rank: int, name_suffix: str = "", is_reward_model: bool = False) -> str:
-    kind = "reward_" if is_reward_model else ""
-    return f"hf_rollout_server_{kind}{replica_rank}{name_suffix}"
+def server_actor_name(replica_rank: int, name_suffix: str = "") -> str:
+    return f"hf_rollout_server_{replica_rank}{name_suffix}"
 
 
 @dataclass
@@ -253,7 +252,7 @@ class _ServerBase:
 class HFRolloutServer(_ServerBase):
     """Separate-server mode: one replica's generation server with its own copy of the policy."""
 
-    def __init__(self, config, model_config, replica_rank: int, is_reward_model: bool = False) -> None:
+    def __init__(self, config, model_config, replica_rank: int) -> None:
         from verl.utils.config import omega_conf_to_dataclass
         from verl.workers.config import HFModelConfig
 
@@ -418,13 +417,15 @@ class HFReplica(RolloutReplica):
         return False
 
     async def launch_servers(self) -> None:
-        name = server_actor_name(self.replica_rank, self.name_suffix, self.is_reward_model)
+        if self.is_reward_model:
+            return await self._launch_classifier_server()
+        name = server_actor_name(self.replica_rank, self.name_suffix)
         settings = HFEngineSettings.from_config(self.config)
         colocated = bool(self.workers) and not settings.separate_server
         if colocated:
             cls, args = HFWorkerServer, (self.config, self.workers, self.replica_rank)
         else:
-            cls, args = HFRolloutServer, (self.config, self.model_config, self.replica_rank, self.is_reward_model)
+            cls, args = HFRolloutServer, (self.config, self.model_config, self.replica_rank)
         if colocated and settings.server_in_agent_loop:  # the agent-loop worker batches its own requests
             server = InProcessActor(name, cls, *args)
         else:
@@ -434,3 +435,18 @@ class HFReplica(RolloutReplica):
         self.servers = [server]
         self._server_handle = server
         self._server_address = f"hf-rollout://{name}"
+
+    async def _launch_classifier_server(self) -> None:
+        """A reward model (``reward.reward_model.rollout.name=hf``): vLLM's ``/classify`` served from the replica's
+        first rollout worker (``hf_reward_server``), the address verl's reward router forwards to. Its memory
+        management is a no-op, so the replica keeps no server handles for ``wake_up``/``sleep``."""
+        from verl_variance.integration.hf_reward_server import start_in_worker
+
+        if not self.workers:
+            raise RuntimeError("rollout.name=hf serves a reward model from its rollout workers; verl started none")
+        settings = HFEngineSettings.from_config(self.config)
+        self._server_address = await self.workers[0].__ray_call__.remote(
+            start_in_worker, self.replica_rank, self.model_config.local_path, self.config.dtype,
+            settings.batch_rows, self.config.max_model_len,
+        )  # fmt: skip
+        self._server_handle = self.workers[0]

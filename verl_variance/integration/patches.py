@@ -455,18 +455,58 @@ def _patch_v1_trainer(module) -> None:
     _patch_v1_update_actor(module, trainer_cls)
 
 
+def _patch_v1_served_reward_extras(module) -> None:
+    from verl_variance.integration.extra_info import reads_reward_extras, with_reward_extras
+
+    @patch(module.PPOTrainer, "_compute_reward_colocate")
+    def _(original):
+        @functools.wraps(original)
+        def _compute_reward_colocate(self, batch, metrics=None):
+            """A served reward model on the trainer's resources: verl writes each reward-extra key as a top-level
+            TransferQueue field; where a feature of ours reads them, each sample's ``extra_fields`` gets them too,
+            in the ``reward_extra_info`` dict verl's agent-loop scoring fills (and V1's validation reads)."""
+            if not reads_reward_extras(self.config):
+                return original(self, batch, metrics)
+            manager, outputs = self.reward_loop_manager, []
+
+            def compute_rm_score(data):  # verl's, recording what it returns
+                outputs.append(type(manager).compute_rm_score(manager, data))
+                return outputs[-1]
+
+            manager.compute_rm_score = compute_rm_score
+            try:
+                batch = original(self, batch, metrics)
+            finally:
+                del manager.compute_rm_score
+            output = outputs[-1]
+            columns = {key: output.non_tensor_batch[key] for key in output.meta_info.get("reward_extra_keys", [])}
+            if columns:
+                data = module.tq.kv_batch_get(
+                    keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"]
+                )
+                extra = with_reward_extras(list(data["extra_fields"]), columns)
+                fields = module.tu.get_tensordict({"extra_fields": extra})
+                module.tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+            return batch
+
+        return _compute_reward_colocate
+
+
 # ---------------------------------------------------------------------------------------------
 # 10. actor.use_kl_loss with kl_penalty=variance_aware: the driver sends per-sample KL weights with
 #     the actor's batch (both trainers), the workers' ppo_loss weights its KL term by them.
 # ---------------------------------------------------------------------------------------------
 def _patch_legacy_update_actor(trainer_cls) -> None:
     from verl_variance.integration import kl_loss, r2vpo, variance_kl
+    from verl_variance.integration.ensemble_reward import check_served_heads, served_ensemble
 
     @patch(trainer_cls, "_update_actor")
     def _(original):
 
         @functools.wraps(original)
         def _update_actor(self, batch):
+            if served_ensemble(self.config):  # before the first update: heads that are probabilities are refused
+                check_served_heads(batch.non_tensor_batch)
             lam = r2vpo.controller(self)
             wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
             if not (wants_kl_weights or lam):
@@ -497,6 +537,8 @@ def _patch_legacy_update_actor(trainer_cls) -> None:
 
 def _patch_v1_update_actor(module, trainer_cls) -> None:
     from verl_variance.integration import kl_loss, r2vpo, variance_kl
+    from verl_variance.integration.ensemble_reward import check_served_heads, served_ensemble
+    from verl_variance.integration.extra_info import reward_extra_columns, reward_extra_infos
 
     @patch(trainer_cls, "_update_actor")
     def _(original):
@@ -505,16 +547,19 @@ def _patch_v1_update_actor(module, trainer_cls) -> None:
         def _update_actor(self, batch, metrics):
             lam = r2vpo.controller(self)
             wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
-            if not (wants_kl_weights or lam):
+            served = served_ensemble(self.config)
+            if not (wants_kl_weights or lam or served):
                 return original(self, batch, metrics)
             from tensordict import TensorDict
 
+            names = ["extra_fields"] + (["old_log_probs", "ref_log_prob", "response_mask"] if wants_kl_weights else [])
+            data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=names)
+            extra_infos = data.pop("extra_fields").tolist()
+            if served:  # before the first update: heads that are probabilities are refused
+                check_served_heads(reward_extra_columns(reward_extra_infos(extra_infos)))
             fields = {}
             if wants_kl_weights:
                 settings = variance_kl.active_config()
-                names = ["extra_fields", "old_log_probs", "ref_log_prob", "response_mask"]
-                data = module.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=names)
-                extra_infos = data.pop("extra_fields").tolist()
                 variance = variance_kl.reward_variance_from_extra_infos(extra_infos, settings.variance_key)
                 padded = data.to_padded_tensor()
                 fields[kl_loss.KL_WEIGHT_FIELD], telemetry = kl_loss.attach_kl_weights(
@@ -528,8 +573,9 @@ def _patch_v1_update_actor(module, trainer_cls) -> None:
                 metrics.update(telemetry)
             if lam:
                 fields[r2vpo.LAMBDA_FIELD] = lam.lambda_field(len(batch))
-            fields = TensorDict(fields, batch_size=len(batch))
-            batch = module.tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
+            if fields:
+                fields = TensorDict(fields, batch_size=len(batch))
+                batch = module.tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
             batch = original(self, batch, metrics)
             if lam:
                 metrics.update(lam.after_update(metrics))
@@ -894,45 +940,84 @@ def _patch_text_only_processor(module) -> None:
         return hf_processor
 
 
+SCOPES = {
+    "cpu": "only on the CPU platform (trainer.device=cpu / VERL_PLATFORM=cpu)",
+    "opt-in": "only when the config selects it",
+    "fallback": "only where stock verl would fail",
+    "registry": "a name added to a verl registry; nothing changes unless a config names it",
+    "own-errors": "only on verl-variance's own errors",
+}
+"""When a patch acts. A GPU run that selects nothing of verl-variance runs verl's own code: no patch's scope is
+"always" (``doctor`` lists them; tests/integration/test_plugin.py checks every patch has one of these)."""
+
+
+def _scope(kind: str, detail: str = "") -> str:
+    return f"{kind}: {detail}" if detail else kind
+
+
 def install() -> None:
     """Register every patch; each runs when its target module is imported."""
-    when_imported("verl.utils.distributed", "distributed_backend", _patch_distributed)
-    when_imported("verl.workers.engine.fsdp.transformer_impl", "cpu_engines", _register_cpu_engines)
-    when_imported("verl.workers.engine.fsdp.transformer_impl", "fsdp2_offload_pin_memory", _patch_offload_policy)
-    when_imported("transformers.modeling_utils", "sdpa_fallback", _patch_transformers_attn)
-    when_imported("transformers.utils.import_utils", "transformers_without_sklearn", _patch_sklearn_probe)
-    when_imported("verl.utils.model", "valuehead_sdpa", _patch_valuehead_loading)
-    when_imported("verl.utils.model", "gpt2_lm_head_class", _register_lm_head_architectures)
-    when_imported("verl.models.transformers.monkey_patch", "gpt2_kv_heads", _patch_gpt2_monkey_patch)
-    when_imported("verl.utils.config", "early_config_checks", _patch_validate_config)
-    when_imported("verl.utils.device", "cpu_device_from_config", _patch_auto_set_device)
-    when_imported("verl.workers.rollout.base", "hf_rollout_adapter", _register_rollout_adapter)
-    when_imported("verl.workers.rollout.replica", "hf_rollout_replica", _register_rollout_replica)
-    when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll)
-    when_imported("verl.trainer.ppo.v1.trainer_base", "v1_cpu_batch_order", _patch_v1_batch_order)
-    when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_validation_order", _patch_v1_validation_order)
-    when_imported("verl.trainer.ppo.v1.agent_loop_tq", "worker_errors_recorded", _patch_agent_loop_errors)
-    when_imported("verl.trainer.ppo.v1.trainer_base", "worker_errors_surfaced", _patch_fit_errors)
-    when_imported("verl.trainer.ppo.v1.replay_buffer", "worker_errors_polled", _patch_replay_buffer_errors)
-    when_imported("verl.trainer.ppo.ray_trainer", "variance_aware_kl_in_reward", _patch_apply_kl_penalty)
-    when_imported("verl.trainer.ppo.v1.trainer_base", "variance_aware_kl_v1", _patch_v1_trainer)
+    cpu, registry, own_errors = _scope("cpu"), _scope("registry"), _scope("own-errors")
+    flash_attn = _scope("fallback", "flash-attn absent; verl loads value models with flash_attention_2")
+    v1_fields = _scope("opt-in", "kl_penalty=variance_aware, adv_estimator=rvpo, reward_manager.name=ensemble; "
+                       "fallback: verl's gdpo on the V1 trainer")  # fmt: skip
+    methods = _scope("opt-in", "kl_penalty=variance_aware, adv_estimator=rvpo, policy_loss.loss_mode=r2vpo, "
+                     "reward_manager.name=ensemble")  # fmt: skip
+    hf_rollout = _scope("opt-in", "rollout.name=hf")
+    in_driver = _scope("opt-in", "ray_kwargs.task_runner_in_driver")
+    in_agent_loop = _scope("opt-in", "ray_kwargs.services_in_agent_loop")
+    when_imported("verl.utils.distributed", "distributed_backend", _patch_distributed,
+                  _scope("fallback", "a backend string naming a device twice, the CPU platform's"))
+    when_imported("verl.workers.engine.fsdp.transformer_impl", "cpu_engines", _register_cpu_engines, registry)
+    when_imported("verl.workers.engine.fsdp.transformer_impl", "fsdp2_offload_pin_memory", _patch_offload_policy, cpu)
+    when_imported("transformers.modeling_utils", "sdpa_fallback", _patch_transformers_attn, flash_attn)
+    when_imported("transformers.utils.import_utils", "transformers_without_sklearn", _patch_sklearn_probe, cpu)
+    when_imported("verl.utils.model", "valuehead_sdpa", _patch_valuehead_loading, flash_attn)
+    when_imported("verl.utils.model", "gpt2_lm_head_class", _register_lm_head_architectures,
+                  _scope("fallback", "GPT-2, which verl would load without its LM head"))
+    when_imported("verl.models.transformers.monkey_patch", "gpt2_kv_heads", _patch_gpt2_monkey_patch,
+                  _scope("fallback", "a config without num_key_value_heads, GPT-2's"))
+    when_imported("verl.utils.config", "early_config_checks", _patch_validate_config,
+                  _scope("fallback", "refuses, before Ray, set-ups verl would fail on later"))
+    when_imported("verl.utils.device", "cpu_device_from_config", _patch_auto_set_device, cpu)
+    when_imported("verl.workers.rollout.base", "hf_rollout_adapter", _register_rollout_adapter, registry)
+    when_imported("verl.workers.rollout.replica", "hf_rollout_replica", _register_rollout_replica, registry)
+    when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_poll_interval", _patch_replay_buffer_poll, cpu)
+    when_imported("verl.trainer.ppo.v1.trainer_base", "v1_cpu_batch_order", _patch_v1_batch_order, cpu)
+    when_imported("verl.trainer.ppo.v1.replay_buffer", "v1_cpu_validation_order", _patch_v1_validation_order, cpu)
+    when_imported("verl.trainer.ppo.v1.agent_loop_tq", "worker_errors_recorded", _patch_agent_loop_errors, own_errors)
+    when_imported("verl.trainer.ppo.v1.trainer_base", "worker_errors_surfaced", _patch_fit_errors, own_errors)
+    when_imported("verl.trainer.ppo.v1.replay_buffer", "worker_errors_polled", _patch_replay_buffer_errors, own_errors)
+    when_imported("verl.trainer.ppo.ray_trainer", "variance_aware_kl_in_reward", _patch_apply_kl_penalty, methods)
+    when_imported("verl.trainer.ppo.v1.trainer_base", "variance_aware_kl_v1", _patch_v1_trainer, methods)
+    when_imported("verl.trainer.ppo.v1.trainer_base", "v1_served_reward_extras", _patch_v1_served_reward_extras,
+                  v1_fields)  # fmt: skip
     when_imported("verl.trainer.ppo.core_algos", "estimators_and_policy_losses",
-                  _register_advantage_estimators_and_losses)  # fmt: skip
-    when_imported("verl.trainer.ppo.ray_trainer", "rvpo_gdpo_advantage", _patch_compute_advantage)
-    when_imported("verl.trainer.ppo.v1.utils", "rvpo_gdpo_advantage_v1", _patch_compute_advantage)
-    when_imported("verl.workers.engine_workers", "variance_kl_loss", _patch_ppo_loss)
-    when_imported("verl.workers.engine_workers", "hf_rollout_shared_weights", _patch_hf_weight_sync)
+                  _register_advantage_estimators_and_losses, registry)  # fmt: skip
+    rvpo = _scope("opt-in", "adv_estimator=rvpo")
+    when_imported("verl.trainer.ppo.ray_trainer", "rvpo_gdpo_advantage", _patch_compute_advantage, rvpo)
+    when_imported("verl.trainer.ppo.v1.utils", "rvpo_gdpo_advantage_v1", _patch_compute_advantage,
+                  f"{rvpo}; fallback: verl's gdpo on the V1 trainer")  # fmt: skip
+    when_imported("verl.workers.engine_workers", "variance_kl_loss", _patch_ppo_loss,
+                  _scope("opt-in", "a kl_weight or r2vpo_lambda batch field: kl_penalty=variance_aware with "
+                         "use_kl_loss, or loss_mode=r2vpo"))  # fmt: skip
+    when_imported("verl.workers.engine_workers", "hf_rollout_shared_weights", _patch_hf_weight_sync, hf_rollout)
     when_imported("verl.experimental.reward_loop.reward_manager.registry", "ensemble_reward_manager",
-                  _register_ensemble_manager)  # fmt: skip
-    when_imported("verl.experimental.reward_loop.reward_loop", "ensemble_reward_all_logits", _patch_disrm_all_logits)
-    when_imported("verl.trainer.distillation.losses", "variance_kl_loss_distillation", _patch_ppo_loss)
-    when_imported("verl.trainer.main_ppo", "task_runner_in_driver", _patch_task_runner_in_driver)  # not as __main__
-    when_imported("transfer_queue", "tq_init_in_background", _patch_tq_init_in_background)
+                  _register_ensemble_manager, registry)  # fmt: skip
+    when_imported("verl.experimental.reward_loop.reward_loop", "ensemble_reward_all_logits", _patch_disrm_all_logits,
+                  _scope("opt-in", "reward_manager.name=ensemble"))  # fmt: skip
+    when_imported("verl.trainer.distillation.losses", "variance_kl_loss_distillation", _patch_ppo_loss,
+                  _scope("opt-in", "a kl_weight or r2vpo_lambda batch field"))  # fmt: skip
+    # not as __main__
+    when_imported("verl.trainer.main_ppo", "task_runner_in_driver", _patch_task_runner_in_driver, in_driver)
+    when_imported("transfer_queue", "tq_init_in_background", _patch_tq_init_in_background, in_driver)
     when_imported("verl.experimental.agent_loop.agent_loop", "agent_loop_workers_prestarted",
-                  _patch_prestarted_agent_loop_workers)  # fmt: skip
-    when_imported("verl.experimental.agent_loop.agent_loop", "hf_validation_requests_marked", _patch_validation_marker)
-    when_imported("verl.workers.rollout.llm_server", "load_balancer_in_agent_loop", _patch_load_balancer_in_agent_loop)
+                  _patch_prestarted_agent_loop_workers, in_driver)  # fmt: skip
+    when_imported("verl.experimental.agent_loop.agent_loop", "hf_validation_requests_marked", _patch_validation_marker,
+                  hf_rollout)  # fmt: skip
+    when_imported("verl.workers.rollout.llm_server", "load_balancer_in_agent_loop", _patch_load_balancer_in_agent_loop,
+                  in_agent_loop)  # fmt: skip
     when_imported("verl.experimental.reward_loop.reward_loop", "reward_workers_in_agent_loop",
-                  _patch_reward_workers_in_agent_loop)  # fmt: skip
-    when_imported("verl.trainer.ppo.metric_utils", "validation_bootstrap_vectorised", _patch_bootstrap_metric)
-    when_imported("verl.workers.config.model", "text_only_processor_skipped", _patch_text_only_processor)
+                  _patch_reward_workers_in_agent_loop, in_agent_loop)  # fmt: skip
+    when_imported("verl.trainer.ppo.metric_utils", "validation_bootstrap_vectorised", _patch_bootstrap_metric, cpu)
+    when_imported("verl.workers.config.model", "text_only_processor_skipped", _patch_text_only_processor, cpu)

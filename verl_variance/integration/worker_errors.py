@@ -15,6 +15,7 @@ run ends with Ray's ``RayTaskError(<our error>)``, whose last line is our error 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import traceback
 from collections.abc import Iterable
@@ -37,13 +38,30 @@ def prepare() -> Path:
     return folder
 
 
+OUR_FILES = f"{os.sep}verl_variance{os.sep}"
+"""The path part of verl-variance's source files."""
+
+
+def raising_file(error: BaseException) -> str | None:
+    """The source file of the frame that raised ``error``: its traceback's last frame, or, for a Ray task error
+    (a remote error, whose ``traceback_str`` holds the remote traceback), the last file that traceback names."""
+    remote = getattr(error, "traceback_str", None)
+    if isinstance(remote, str):
+        files = re.findall(r'^\s*File "([^"]+)", line \d+', remote, flags=re.MULTILINE)
+        return files[-1] if files else None
+    frames = traceback.extract_tb(error.__traceback__)
+    return frames[-1].filename if frames else None
+
+
 def is_ours(error: BaseException) -> bool:
-    """The error, or the remote error a Ray task error carries, was raised in verl-variance's code."""
+    """The error is verl-variance's: one of its exception types (or a Ray task error carrying one), or raised by
+    its code. An error raised elsewhere that only passes through a wrapper of ours (every agent-loop session runs
+    through one) is not: verl's own handling of it stays as without the plugin."""
     cause = getattr(error, "cause", None) or error
     if isinstance(cause, VerlVarianceError):
         return True
-    text = "".join(traceback.format_exception(error))
-    return f"{os.sep}verl_variance{os.sep}" in text
+    file = raising_file(error)
+    return file is not None and OUR_FILES in file
 
 
 def describe(error: BaseException) -> str:

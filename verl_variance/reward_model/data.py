@@ -189,13 +189,14 @@ def check_pad_token(tokenizer) -> int:
 
 
 def encode_texts(
-    texts: Sequence[str], tokenizer, max_length: int, chat: Sequence[bool] | None = None
+    texts: Sequence[str], tokenizer, max_length: int, chat: Sequence[bool] | None = None, keep: str = "start"
 ) -> dict[str, torch.Tensor | int]:
-    """Tokenise, truncate to ``max_length`` keeping the start, and right-pad.
+    """Tokenise, truncate to ``max_length`` keeping the start (or the ``end``), and right-pad.
 
     Args:
         texts: N sequences (already formatted, see ``sequence_text``).
         chat: per text, True when it came from the chat template (its special tokens are in the text).
+        keep: ``start`` cuts a longer sequence's end, ``end`` its start.
 
     Returns:
         ``input_ids`` (N, L) and ``attention_mask`` (N, L), L = the longest kept length; ``num_truncated``.
@@ -210,8 +211,10 @@ def encode_texts(
     for index, sequence in enumerate(ids):
         if not sequence:
             raise ValueError(f"sequence {index} tokenises to nothing: {texts[index]!r}")
+    if keep not in ("start", "end"):
+        raise ValueError(f"keep must be 'start' or 'end', got {keep!r}")
     num_truncated = sum(len(sequence) > max_length for sequence in ids)
-    ids = [sequence[:max_length] for sequence in ids]
+    ids = [sequence[:max_length] if keep == "start" else sequence[-max_length:] for sequence in ids]
     width = max((len(sequence) for sequence in ids), default=0)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
@@ -242,10 +245,11 @@ def encode_pairs(
     return out
 
 
-def warn_truncated(num_truncated: int, total: int, max_length: int) -> None:
+def warn_truncated(num_truncated: int, total: int, max_length: int, keep: str = "start") -> None:
     if num_truncated:
+        cut = "end" if keep == "start" else "start"
         warnings.warn(
             f"{num_truncated} of {total} sequences were longer than max_length={max_length} tokens and were "
-            "truncated (their end was cut); raise max_length to keep them whole",
+            f"truncated (their {cut} was cut); raise max_length to keep them whole",
             stacklevel=3,
         )

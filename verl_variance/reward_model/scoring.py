@@ -20,7 +20,9 @@ Item = str | tuple[Any, Any] | list[dict[str, str]]
 """A text, a (prompt, response) pair (each text or chat messages), or a whole chat conversation."""
 
 
-def _format(item: Item, tokenizer, separator: str) -> tuple[str, bool]:
+def reward_model_text(item: Item, tokenizer, separator: str = "\n") -> tuple[str, bool]:
+    """The text a reward model reads for one item, and whether the chat template made it (its special tokens are
+    then in the text): see ``member_rewards``."""
     if isinstance(item, str):
         return item, False
     if isinstance(item, list) and item and all(isinstance(m, Mapping) for m in item):
@@ -38,16 +40,19 @@ def member_rewards(
     max_length: int = 1024,
     separator: str = "\n",
     fixed_shape: bool = False,
+    keep: str = "start",
 ) -> torch.Tensor:
     """(N, K) float32 reward of every head (any K >= 1) for N texts, (prompt, response) pairs or conversations.
 
     A pair of texts reads as ``prompt + separator + response``; chat messages go through the tokenizer's chat
     template (``data.sequence_text``). ``fixed_shape``: each reward is bit-identical whatever it is scored with
-    (fixed-shape chunks of ``batch_size`` rows, ``features.head_rewards``).
+    (fixed-shape chunks of ``batch_size`` rows, ``features.head_rewards``). ``keep``: which ``max_length`` tokens
+    of a longer sequence are scored (``start``, or ``end`` as vLLM's ``truncate_prompt_tokens``).
     """
-    formatted = [_format(item, tokenizer, separator) for item in texts_or_pairs]
-    encoded = encode_texts([text for text, _ in formatted], tokenizer, max_length, [chat for _, chat in formatted])
-    warn_truncated(encoded.pop("num_truncated"), len(formatted), max_length)
+    formatted = [reward_model_text(item, tokenizer, separator) for item in texts_or_pairs]
+    chat = [is_chat for _, is_chat in formatted]
+    encoded = encode_texts([text for text, _ in formatted], tokenizer, max_length, chat, keep)
+    warn_truncated(encoded.pop("num_truncated"), len(formatted), max_length, keep)
     fixed_max_length = max_length if fixed_shape else None
     return head_rewards(model, encoded["input_ids"], encoded["attention_mask"], batch_size, fixed_max_length)
 
