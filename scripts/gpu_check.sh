@@ -46,7 +46,7 @@ run() {
     local name=$1 tokenizer=$2 recipe=$3
     shift 3
     local data="$OUT/data_$name" output="$OUT/$name" rc=0
-    python3 "$RECIPES/prepare_data.py" --local_save_dir "$data" --tokenizer "$tokenizer" --num_test_prompts 64 \
+    HF_DATASETS_OFFLINE=1 python3 "$RECIPES/prepare_data.py" --local_save_dir "$data" --tokenizer "$tokenizer" --num_test_prompts 64 \
         > "$OUT/prepare_$name.log" 2>&1 || { echo "gpu_check: $name: prepare_data failed ($OUT/prepare_$name.log)"; return 1; }
     echo "gpu_check: $name running (log: $output/run.log)"
     mkdir -p "$output"

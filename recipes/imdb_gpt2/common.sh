@@ -17,7 +17,8 @@ if [ "$DEVICE" = cpu ]; then
             --config-name=ppo_trainer_cpu)
     INFER_BACKEND=${INFER_BACKEND:-hf}
     RM_SERVER=${RM_SERVER:-hf}
-    export VERL_PLATFORM=cpu TOKENIZERS_PARALLELISM=false
+    # VLLM_CPU_KVCACHE_SPACE: GiB of KV cache per vLLM engine where vLLM's CPU build runs (INFER_BACKEND/RM_SERVER=vllm)
+    export VERL_PLATFORM=cpu TOKENIZERS_PARALLELISM=false VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 fi
 INFER_BACKEND=${INFER_BACKEND:-vllm}
 RM_SERVER=${RM_SERVER:-vllm}
@@ -84,6 +85,10 @@ ROLLOUT=(
     actor_rollout_ref.rollout.val_kwargs.do_sample=True
     actor_rollout_ref.rollout.val_kwargs.temperature=1.0
 )
+
+if [ "$DEVICE" = cpu ] && [ "$INFER_BACKEND" = vllm ]; then  # vLLM's CPU build has no batch-invariant kernels
+    ROLLOUT+=(actor_rollout_ref.rollout.full_determinism=False)
+fi
 
 REF=(
     actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu="$MICRO_BATCH_SIZE"

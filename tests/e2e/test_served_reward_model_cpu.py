@@ -3,7 +3,9 @@ CPU through ``main_ppo``: verl's ``RewardModelManager`` launches the ``hf`` clas
 on the trainer's resources (scored in the driver, ``_compute_reward_colocate``) or on a resource pool of its own
 (scored in the agent loop), and ``compute_score_disrm`` (ours: all K logits) reads it. Each path's variance-aware
 KL must give every sample the penalty beta * sigma * sum_t kl_t, with the very sigma the in-process ensemble scorer
-(the agent-loop path without a served model) gives the same samples, on both trainers.
+(the agent-loop path without a served model) gives the same samples, on both trainers: the legacy trainer with GAE
+and the KL in the reward, the V1 trainer with ``grpo_variance_kl`` (the weighted KL per token, two responses per
+prompt; V1 with GAE and the served model is the recipes' CPU path, tests/recipes).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from verl_variance.experiments.quickstart import build_prompt_files, quickstart_
 pytestmark = pytest.mark.slow
 
 HEADS = 4
+RESPONSES = {"v1": 2, "legacy": 1}
+"""Responses per prompt: GRPO's groups on V1."""
 PATHS = {
     "agent_loop": [],  # in-process scoring in verl's reward-loop worker: nothing served
     "colocated": ["reward.reward_model.enable=True"],
@@ -64,6 +68,8 @@ def served_runs(tmp_path: Path, policy: Path, trainer: str) -> dict[str, tuple[d
             f"trainer.rollout_data_dir={workdir / 'rollouts'}",
             *PATHS[path],
         ]
+        if trainer == "v1":
+            overrides += ["algorithm.adv_estimator=grpo_variance_kl", f"actor_rollout_ref.rollout.n={RESPONSES['v1']}"]
         steps = run_verl_ppo(workdir, ["ppo", "--device", "cpu", *overrides])
         records = [json.loads(line) for line in (workdir / "samples.jsonl").read_text().splitlines()]
         dump = [json.loads(line) for file in sorted((workdir / "rollouts").glob("*.jsonl"))
@@ -81,7 +87,7 @@ def test_variance_aware_kl_reads_the_served_heads_on_every_path(tmp_path, tiny_m
     runs = served_runs(tmp_path, tiny_models["qwen2"], trainer)
     fields = ("reward_variance", "kl_weight", "kl_sum", "kl_penalty")
     reference = runs["agent_loop"][1]
-    assert len(reference) == 16  # 8 prompts x 2 steps
+    assert len(reference) == 8 * RESPONSES[trainer] * 2  # prompts x responses x steps
     for path, (steps, records, dump, log) in runs.items():
         assert_healthy(steps, ["variance_kl/reward_variance/mean", "variance_kl/kl_weighted"])
         served = path != "agent_loop"

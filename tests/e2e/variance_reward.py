@@ -11,3 +11,10 @@ def failing_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     from verl_variance.integration.compat import VerlVarianceError
 
     raise VerlVarianceError("the reward of this sample cannot be computed (a test of worker errors)")
+
+
+def stock_failing_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """A user's reward function (none of verl-variance's code) that fails on every odd-indexed prompt."""
+    if int(extra_info["index"]) % 2:
+        raise ValueError("a user's reward function failed (a test of stock agent-loop errors)")
+    return len(solution_str.split()) / 10

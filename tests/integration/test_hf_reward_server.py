@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -15,7 +19,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from verl.experimental.reward_loop import reward_loop
 from verl.trainer.ppo.reward import load_reward_manager
 
+from tests.conftest import free_port
 from tests.integration.test_ensemble_reward import rollout
+from verl_variance.integration.checks import vllm_cpu_installed
 from verl_variance.integration.hf_reward_server import ClassifierServer, ClassifyRequest, classify_response
 from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 
@@ -84,14 +90,16 @@ def test_truncation_and_length_are_vllms(served):
     ids = tokenizer(long_text, add_special_tokens=False)["input_ids"]
     status, body = post(address, {"input": long_text})
     assert status == 400 and "maximum context length is 64 tokens" in body["error"]["message"]
-    status, body = post(address, {"input": long_text, "truncate_prompt_tokens": 8, "add_special_tokens": False,
-                                  "use_activation": False})  # fmt: skip
-    assert status == 200 and body["usage"]["prompt_tokens"] == 8  # the last 8 tokens are scored
-    torch.testing.assert_close(torch.tensor(body["data"][0]["probs"]), transformers_logits(path, ids[-8:]),
-                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    for side, kept in ((None, ids[:8]), ("right", ids[:8]), ("left", ids[-8:])):  # the first 8 tokens, or the last
+        status, body = post(address, {"input": long_text, "truncate_prompt_tokens": 8, "add_special_tokens": False,
+                                      "truncation_side": side, "use_activation": False})  # fmt: skip
+        assert status == 200 and body["usage"]["prompt_tokens"] == 8
+        torch.testing.assert_close(torch.tensor(body["data"][0]["probs"]), transformers_logits(path, kept),
+                                   rtol=1e-5, atol=1e-6)  # fmt: skip
     status, body = post(address, {"input": "x", "truncate_prompt_tokens": 65})
     assert status == 400 and "greater than max_model_len (64)" in body["error"]["message"]
-    for bad in ({"input": [1, 2, 3]}, {"input": []}, {"input": "x", "use_activation": "no"}, ["x"]):
+    for bad in ({"input": [1, 2, 3]}, {"input": []}, {"input": "x", "use_activation": "no"}, ["x"],
+                {"input": "x", "truncation_side": "middle"}):
         status, body = post(address, bad)
         assert status == 400 and body["error"]["type"] == "BadRequestError", bad
     assert post(address, {}, "health")[0] == 405 and urllib.request.urlopen(f"http://{address}/health").status == 200
@@ -115,17 +123,26 @@ class ServedWorker:
         self.input_tokenizer = self.reward_model_tokenizer = tokenizer
 
 
-@pytest.mark.parametrize(("prompt_format", "max_length"), [("chat", 64), ("text", 64), ("chat", 12), ("text", 5)])
+READS = [("chat", 64), ("text", 64), ("chat", 12), ("text", 5)]
+
+
+@pytest.mark.parametrize(("prompt_format", "max_length"), READS)
 def test_served_and_in_process_scoring_read_the_same_tokens(served, prompt_format, max_length):
     """Both paths of the ensemble manager give every head the same score for the same rollout, whatever the prompt
     format, and for a rollout longer than ensemble_reward.max_length (both score its last max_length tokens)."""
     path, _, address = served[3]
+    assert_served_heads_equal_in_process(path, address, prompt_format, max_length, "hf")
+
+
+def assert_served_heads_equal_in_process(path, address: str, prompt_format: str, max_length: int, engine: str) -> None:
+    """Every head the ensemble manager reads from the ``engine`` server at ``address`` (verl's served path) equals the
+    in-process scorer's for the same rollouts: bit for bit from the hf server, to float32 kernel noise from vLLM."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     settings = {"prompt_format": prompt_format, "max_length": max_length, "batch_size": 4, "aggregator": "mean"}
     config = OmegaConf.create({
         "actor_rollout_ref": {"model": {"path": str(path), "tokenizer_path": None}},
         "reward": {"reward_manager": {"name": "ensemble", "source": "register"},
-                   "reward_model": {"enable": False, "model_path": str(path), "rollout": {"name": "hf"}},
+                   "reward_model": {"enable": False, "model_path": str(path), "rollout": {"name": engine}},
                    "custom_reward_function": {"path": None, "name": None}},
         "ensemble_reward": settings,
     })  # fmt: skip
@@ -135,4 +152,58 @@ def test_served_and_in_process_scoring_read_the_same_tokens(served, prompt_forma
         data = rollout(tokenizer, "the film was", response)
         in_process = asyncio.run(manager.run_single(data))["reward_extra_info"]
         served_info = asyncio.run(reward_loop.RewardLoopWorker.compute_score_disrm(worker, data))["reward_extra_info"]
-        assert [served_info[f"reward_head_{k}"] for k in range(3)] == [in_process[f"reward_head_{k}"] for k in range(3)]
+        heads = [served_info[f"reward_head_{k}"] for k in range(3)]
+        expected = [in_process[f"reward_head_{k}"] for k in range(3)]
+        assert heads == (expected if engine == "hf" else pytest.approx(expected, rel=1e-4, abs=1e-5))
+
+
+@pytest.fixture(scope="module")
+def vllm_served(tmp_path_factory):
+    """A 3-head classifier served by vLLM's CPU build (its OpenAI server, as verl's vLLMHttpServer runs it). vLLM's CPU
+    attention needs a head size of 64: hidden 128 over 2 heads."""
+    root = tmp_path_factory.mktemp("vllm_rm")
+    path = build_tiny_model(root / "k3", TinyModelConfig("qwen2", 128, 2, 2, 2, 256, num_labels=3, seed=3))
+    port = free_port()
+    log = (root / "vllm.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--dtype", "float32",
+         "--max-model-len", "64", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )  # fmt: skip
+    address, deadline = f"127.0.0.1:{port}", time.monotonic() + 600
+    while True:
+        try:
+            urllib.request.urlopen(f"http://{address}/health", timeout=5)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"vLLM did not start: {(root / 'vllm.log').read_text()[-3000:]}")
+            time.sleep(2)
+    yield path, address
+    server.terminate()
+    server.wait(60)
+
+
+@pytest.mark.skipif(not vllm_cpu_installed(), reason="vLLM's CPU build is not installed (scripts/check_vllm_cpu.sh)")
+def test_vllm_cpu_serves_all_k_raw_logits_the_manager_reads(vllm_served):
+    """Real vLLM (vllm-cpu) answers /classify as the hf server does: all K raw logits with use_activation false, their
+    softmax otherwise, the first truncate_prompt_tokens tokens or the last ones (truncation_side left); the ensemble
+    manager reads the in-process heads."""
+    path, address = vllm_served
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    _, raw = post(address, {"model": str(path), "input": TEXTS[0], "use_activation": False})
+    logits = transformers_logits(path, tokenizer(TEXTS[0])["input_ids"])
+    assert raw["data"][0]["num_classes"] == 3
+    torch.testing.assert_close(torch.tensor(raw["data"][0]["probs"]), logits, rtol=1e-4, atol=1e-5)
+    _, default = post(address, {"model": str(path), "input": TEXTS[0]})
+    torch.testing.assert_close(torch.tensor(default["data"][0]["probs"]), torch.softmax(logits, 0), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+    ids = tokenizer(" ".join(["word"] * 30), add_special_tokens=False)["input_ids"]
+    for side, kept in ((None, ids[:8]), ("left", ids[-8:])):
+        _, body = post(address, {"model": str(path), "input": " ".join(["word"] * 30), "truncate_prompt_tokens": 8,
+                                 "truncation_side": side, "add_special_tokens": False, "use_activation": False})
+        torch.testing.assert_close(torch.tensor(body["data"][0]["probs"]), transformers_logits(path, kept), rtol=1e-4,
+                                   atol=1e-5)  # fmt: skip
+    for prompt_format, max_length in READS:
+        assert_served_heads_equal_in_process(path, address, prompt_format, max_length, "vllm")

@@ -100,7 +100,9 @@ def test_entry_point_registers_everything_in_a_fresh_process():
     from verl_variance.integration.doctor import scope_lines
     from verl_variance.integration.patches import SCOPES
 
-    assert set(report["scopes"]) == EXPECTED_PATCHES
+    # registered patches whose target is not installed here stay pending: vLLM's
+    assert set(report["scopes"]) == EXPECTED_PATCHES | {"vllm_cpu_linear_weights_kept",
+                                                        "vllm_models_without_model_attribute"}  # fmt: skip
     assert {scope.split(":")[0] for scope in report["scopes"].values()} <= set(SCOPES)
     assert scope_lines(report["scopes"])[-1] == "  acting on every GPU run: none"
     assert scope_lines({**report["scopes"], "a_new_patch": ""})[-1] == "  acting on every GPU run: a_new_patch"

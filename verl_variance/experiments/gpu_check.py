@@ -79,6 +79,12 @@ def summarize(run: str, steps: dict[int, dict[str, Any]], total_steps: int = PAP
         values = [float(value) for data in steps.values() for key, value in data.items() if key.endswith(figure)]
         if values:
             rows.append({"run": run, "figure": figure, "value": max(values), "note": "the largest of any worker"})
+    for figure in ("reward_variance", "kl_weight"):
+        metric = f"variance_kl/{figure}/mean"
+        values = [float(data[metric]) for data in steps.values() if metric in data]
+        if values:  # sigma^2 across the served heads reached the KL penalty
+            rows.append({"run": run, "figure": figure, "value": statistics.mean(values),
+                         "note": f"{metric}, all steps"})  # fmt: skip
     if first is not None and median is not None:
         rows.append({"run": run, "figure": f"projected_{total_steps}_steps_h",
                      "value": (first + (total_steps - 1) * median) / 3600,

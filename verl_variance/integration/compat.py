@@ -80,6 +80,8 @@ class PluginStatus:
     """patch name -> the module whose import applies it (every registered patch)."""
     patch_scopes: dict[str, str] = field(default_factory=dict)
     """patch name -> when it acts (``patches.SCOPES``): a run that selects none of it runs verl's own code."""
+    patch_needs: dict[str, str] = field(default_factory=dict)
+    """patch name -> the optional package its target module imports (``vllm``): not installed, the patch waits."""
     patched_attributes: list[str] = field(default_factory=list)
     """Every verl/transformers attribute replaced (``patch``) or registry entry added (``register_entry``)."""
     errors: list[str] = field(default_factory=list)
@@ -264,9 +266,9 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 _FINDER = _PostImportFinder()
 
 
-def when_imported(module_name: str, patch_name: str, hook: Callable, scope: str = "") -> None:
+def when_imported(module_name: str, patch_name: str, hook: Callable, scope: str = "", needs: str = "") -> None:
     """Run ``hook(module)`` once ``module_name`` is imported (now, if it already is). ``scope``: when the patch acts
-    (listed by ``doctor``).
+    (listed by ``doctor``); ``needs``: an optional package the target imports (``doctor`` skips it when absent).
 
     Idempotent per ``patch_name``: registering the same patch twice does nothing.
     """
@@ -276,6 +278,8 @@ def when_imported(module_name: str, patch_name: str, hook: Callable, scope: str 
         STATUS.patches_pending.append(patch_name)
         STATUS.patch_targets[patch_name] = module_name
         STATUS.patch_scopes[patch_name] = scope
+        if needs:
+            STATUS.patch_needs[patch_name] = needs
         _hooks.setdefault(module_name, []).append((patch_name, hook))
         if _FINDER not in sys.meta_path:
             sys.meta_path.insert(0, _FINDER)

@@ -15,10 +15,12 @@ from typing import Any
 
 PLUGIN_MODULE = "verl_variance.integration.plugin"
 
+
 def probe() -> dict[str, Any]:
     """Runs in the child process. Returns the report as a JSON-able dict."""
     import importlib
     import importlib.metadata
+    import importlib.util
     import os
     import traceback
     import warnings
@@ -53,7 +55,9 @@ def probe() -> dict[str, Any]:
 
     from verl_variance.integration.compat import STATUS
 
-    for module in sorted(set(STATUS.patch_targets.values())):  # every module a registered patch targets
+    absent = {name for name, package in STATUS.patch_needs.items() if importlib.util.find_spec(package) is None}
+    # every module a registered patch targets, but those of optional packages not installed here (vLLM)
+    for module in sorted({module for name, module in STATUS.patch_targets.items() if name not in absent}):
         try:
             importlib.import_module(module)
         except Exception as exc:

@@ -272,7 +272,7 @@ async def ensemble_disrm_score(worker, data, settings: EnsembleRewardConfig) -> 
     ``worker`` is verl's ``RewardLoopWorker``. The request carries the text the in-process scorer reads
     (``reward_item``: ``ensemble_reward.prompt_format``; the reward model's chat template, whose special tokens
     are in the text, or a plain text that gets them from the tokenizer) and asks for its last ``max_length``
-    tokens (``truncate_prompt_tokens``), so both paths score the same tokens.
+    tokens (``truncate_prompt_tokens`` with ``truncation_side`` left), so both paths score the same tokens.
     """
     from verl_variance.reward_model.scoring import reward_model_text
 
@@ -290,6 +290,7 @@ async def ensemble_disrm_score(worker, data, settings: EnsembleRewardConfig) -> 
         "input": text,
         "add_special_tokens": not chat,
         "truncate_prompt_tokens": settings.max_length,
+        "truncation_side": "left",  # the last tokens (vLLM's pooling tokenizer keeps the first by default)
         "use_activation": False,
     }
     output = await worker._post_request(payload, "classify")

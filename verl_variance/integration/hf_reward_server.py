@@ -9,10 +9,11 @@ so the rest of verl's served-reward dataflow (resource pools, router, ``compute_
 ``_compute_reward_colocate``) runs unchanged.
 
 The contract, for a ``*ForSequenceClassification`` model of K labels: ``POST /classify`` with ``input`` (a text
-or a list of texts), ``add_special_tokens`` (default true), ``truncate_prompt_tokens`` and ``use_activation``
-(``activation``/``softmax``: its deprecated names) answers ``{"data": [{"index", "label", "probs",
-"num_classes"}], "usage": ...}`` with ``probs`` the K raw logits for ``use_activation: false`` and their
-softmax otherwise (a sigmoid for K = 1); an input longer than the server's ``max_model_len`` is a 400.
+or a list of texts), ``add_special_tokens`` (default true), ``truncate_prompt_tokens`` (the first tokens, or the
+last with ``truncation_side: "left"``) and ``use_activation`` (``activation``/``softmax``: its deprecated names)
+answers ``{"data": [{"index", "label", "probs", "num_classes"}], "usage": ...}`` with ``probs`` the K raw logits
+for ``use_activation: false`` and their softmax otherwise (a sigmoid for K = 1); an input longer than the server's
+``max_model_len`` is a 400.
 
 Concurrent requests are scored together in fixed-shape chunks (``features.head_rewards``), each sequence padded
 to a width set by its length and its bound (``truncate_prompt_tokens``, else ``max_model_len``): a sample's K
@@ -51,6 +52,7 @@ class ClassifyRequest:
     texts: list[str]
     add_special_tokens: bool
     truncate_prompt_tokens: int | None
+    truncation_side: str | None
     use_activation: bool | None
 
     @classmethod
@@ -64,17 +66,22 @@ class ClassifyRequest:
         truncate = body.get("truncate_prompt_tokens")
         if truncate is not None and (isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < -1):
             raise BadRequest("truncate_prompt_tokens must be an integer >= -1")
+        side = body.get("truncation_side")
+        if side not in (None, "left", "right"):
+            raise BadRequest("`truncation_side` must be either 'left' or 'right'.")
         activation = [body.get(key) for key in ("use_activation", "activation", "softmax")]
         add_special = body.get("add_special_tokens", True)
         if not all(isinstance(flag, bool) for flag in (add_special, *(v for v in activation if v is not None))):
             raise BadRequest("add_special_tokens, use_activation, activation and softmax must be booleans")
         use_activation = next((value for value in activation if value is not None), None)
-        return cls(body.get("model"), texts, add_special, truncate, use_activation)
+        return cls(body.get("model"), texts, add_special, truncate, side, use_activation)
 
 
 def classify_token_ids(request: ClassifyRequest, tokenizer, max_model_len: int) -> list[list[int]]:
-    """The token ids vLLM scores for each text: tokenized with ``add_special_tokens``, cut to the last
-    ``truncate_prompt_tokens`` tokens (-1: ``max_model_len``), and refused beyond ``max_model_len``."""
+    """The token ids vLLM scores for each text: tokenized with ``add_special_tokens``, cut to
+    ``truncate_prompt_tokens`` tokens (-1: ``max_model_len``): the first ones, or the last for ``truncation_side``
+    ``left`` (vLLM loads a pooling model's tokenizer with ``truncation_side="right"``), and refused beyond
+    ``max_model_len``."""
     limit = max_model_len if request.truncate_prompt_tokens == -1 else request.truncate_prompt_tokens
     if limit is not None and limit > max_model_len:
         raise BadRequest(
@@ -85,7 +92,7 @@ def classify_token_ids(request: ClassifyRequest, tokenizer, max_model_len: int) 
     for text in request.texts:
         ids = tokenizer(text, add_special_tokens=request.add_special_tokens)["input_ids"]
         if limit is not None:
-            ids = ids[-limit:] if limit > 0 else []
+            ids = (ids[-limit:] if request.truncation_side == "left" else ids[:limit]) if limit > 0 else []
         if not ids:
             raise BadRequest("the input tokenizes to no token")
         if len(ids) > max_model_len:

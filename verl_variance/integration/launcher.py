@@ -51,6 +51,7 @@ def run_ppo(overrides: list[str], device: str = "auto", env: dict[str, str] | No
     if cpu:
         env.setdefault("VERL_PLATFORM", "cpu")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine where vLLM's CPU build serves
         env.setdefault("TQ_NUM_THREADS", str(transfer_queue_threads()))
     return subprocess.call(main_ppo_command(overrides, cpu), env=env)
 

