@@ -251,6 +251,8 @@ def test_study_runs_both_recipes_on_cpu_then_evaluates_and_reports(tmp_path, imd
         assert command["env"]["HEAD"] == str(result["head"]) and command["command"][0] == "bash"
         assert sorted(p.name for p in (path.parent / "validation").glob("*.jsonl")) == ["0.jsonl", "2.jsonl"]
         assert_policy_trains_on_its_head(path.parent / "validation" / "0.jsonl", result["head"], reward_model)
+        # the CPU recipes' default: verl serves the reward model (the hf server, vLLM's /classify), as on GPUs
+        assert "/classify (reward.reward_model.rollout.name=hf" in (path.parent / "run.log").read_text()
         if result["method"] == "vanilla":
             assert "variance_kl/kl_weighted" not in last and not (path.parent / "samples.jsonl").exists()
         else:  # each sample's KL penalty is beta * sigma * sum_t kl_t, sigma the spread of the 2 heads
