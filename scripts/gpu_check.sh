@@ -46,8 +46,8 @@ run() {
     local name=$1 tokenizer=$2 recipe=$3
     shift 3
     local data="$OUT/data_$name" output="$OUT/$name" rc=0
-    HF_DATASETS_OFFLINE=1 python3 "$RECIPES/prepare_data.py" --local_save_dir "$data" --tokenizer "$tokenizer" --num_test_prompts 64 \
-        > "$OUT/prepare_$name.log" 2>&1 || { echo "gpu_check: $name: prepare_data failed ($OUT/prepare_$name.log)"; return 1; }
+    HF_DATASETS_OFFLINE=1 python3 "$RECIPES/prepare_data.py" --local_save_dir "$data" --tokenizer "$tokenizer" \
+        --num_test_prompts 64 > "$OUT/prepare_$name.log" 2>&1 || { echo "gpu_check: $name: prepare_data failed ($OUT/prepare_$name.log)"; return 1; }
     echo "gpu_check: $name running (log: $output/run.log)"
     mkdir -p "$output"
     env DEVICE="$DEVICE" DATA_DIR="$data" REWARD_MODEL_PATH="$reward_model" GPUS_PER_NODE=1 NNODES=1 \

@@ -6,7 +6,7 @@ served by verl) and the Megatron recipe. Each run's verl metrics become JSON lin
 and the projected time of the paper's 192 steps.
 
     python -m verl_variance.experiments.gpu_check models --out DIR --size gpt2 --heads 10
-    python -m verl_variance.experiments.gpu_check summary --run NAME --metrics metrics.jsonl [--log run.log]
+    python -m verl_variance.experiments.gpu_check summary --run NAME --metrics metrics.jsonl [--steps 192]
 """
 
 from __future__ import annotations

@@ -65,8 +65,7 @@ def check_cpu_rollout(device: str, rollout, key: str = "actor_rollout_ref.rollou
         vllm_cpu = " or install vLLM's CPU build (scripts/check_vllm_cpu.sh)" if name == "vllm" else ""
         raise ConfigError(
             f"{key}.name={name} needs a GPU, but trainer.device=cpu. On a CPU-only machine set "
-            f"{key}.name={ROLLOUT_NAME} "
-            f"(the verl-variance CPU preset does: `verl-variance ppo ...`){vllm_cpu}."
+            f"{key}.name={ROLLOUT_NAME} (the verl-variance CPU preset does: `verl-variance ppo ...`){vllm_cpu}."
         )
     on = [setting for setting in VLLM_CPU_OFF if rollout.get(setting, True)]
     if on:
