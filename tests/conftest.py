@@ -18,6 +18,12 @@ settings.register_profile("derandomized", derandomize=True)  # the property test
 settings.load_profile("derandomized")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end runs first: xdist hands tests out in this order, and a run of minutes started last would
+    finish alone on one core while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny causal LMs of each supported architecture, keyed by architecture name."""

@@ -3,9 +3,12 @@ CPU through ``main_ppo``: verl's ``RewardModelManager`` launches the ``hf`` clas
 on the trainer's resources (scored in the driver, ``_compute_reward_colocate``) or on a resource pool of its own
 (scored in the agent loop), and ``compute_score_disrm`` (ours: all K logits) reads it. Each path's variance-aware
 KL must give every sample the penalty beta * sigma * sum_t kl_t, with the very sigma the in-process ensemble scorer
-(the agent-loop path without a served model) gives the same samples, on both trainers: the legacy trainer with GAE
-and the KL in the reward, the V1 trainer with ``grpo_variance_kl`` (the weighted KL per token, two responses per
-prompt; V1 with GAE and the served model is the recipes' CPU path, tests/recipes).
+(the agent-loop path without a served model) gives the same samples, on both trainers: the V1 trainer with
+``grpo_variance_kl`` (the weighted KL per token, two responses per prompt), against a run of the agent-loop path;
+the legacy trainer with GAE and the KL in the reward, whose rollout dump carries each sample's K heads: sigma^2 is
+their variance, and the heads are the reward model's own logits for the text the in-process scorer reads
+(tests/integration/test_hf_reward_server.py: the served heads equal the in-process scorer's). V1 with GAE and the
+served model is the recipes' CPU path (tests/recipes).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ pytestmark = pytest.mark.slow
 HEADS = 4
 RESPONSES = {"v1": 2, "legacy": 1}
 """Responses per prompt: GRPO's groups on V1."""
+REFERENCE = "agent_loop"
 PATHS = {
-    "agent_loop": [],  # in-process scoring in verl's reward-loop worker: nothing served
+    REFERENCE: [],  # in-process scoring in verl's reward-loop worker: nothing served
     "colocated": ["reward.reward_model.enable=True"],
     "resource_pool": [
         "reward.reward_model.enable=True",
@@ -40,8 +44,8 @@ PATHS = {
 
 
 def served_runs(tmp_path: Path, policy: Path, trainer: str) -> dict[str, tuple[dict, list[dict], list[dict], str]]:
-    """The three paths at once (same seed, same data): per path the metrics, the variance-aware KL's per-sample
-    log, the rollout dump and the run's log."""
+    """The paths at once (same seed, same data; the agent-loop reference on V1 only): per path the metrics, the
+    variance-aware KL's per-sample log, the rollout dump and the run's log."""
     from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 
     reward_model = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=HEADS, seed=5))
@@ -76,21 +80,22 @@ def served_runs(tmp_path: Path, policy: Path, trainer: str) -> dict[str, tuple[d
                 for line in file.read_text().splitlines()]  # fmt: skip
         return steps, records, dump, (workdir / "run.log").read_text()
 
-    with ThreadPoolExecutor(max_workers=len(PATHS)) as pool:
-        futures = {path: pool.submit(run, path) for path in PATHS}
+    paths = [path for path in PATHS if trainer == "v1" or path != REFERENCE]
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        futures = {path: pool.submit(run, path) for path in paths}
         return {path: future.result() for path, future in futures.items()}
 
 
-@pytest.mark.xdist_group("several_runs")  # three verl runs at once: never beside another such test
+@pytest.mark.xdist_group("several_runs")  # verl runs at once: never beside another such test
 @pytest.mark.parametrize("trainer", ["v1", "legacy"])
 def test_variance_aware_kl_reads_the_served_heads_on_every_path(tmp_path, tiny_models, trainer):
     runs = served_runs(tmp_path, tiny_models["qwen2"], trainer)
     fields = ("reward_variance", "kl_weight", "kl_sum", "kl_penalty")
-    reference = runs["agent_loop"][1]
+    reference = runs[REFERENCE if trainer == "v1" else "colocated"][1]
     assert len(reference) == 8 * RESPONSES[trainer] * 2  # prompts x responses x steps
     for path, (steps, records, dump, log) in runs.items():
         assert_healthy(steps, ["variance_kl/reward_variance/mean", "variance_kl/kl_weighted"])
-        served = path != "agent_loop"
+        served = path != REFERENCE
         assert ("/classify (reward.reward_model.rollout.name=hf" in log) is served  # the server verl launched
         # the same samples (content order on V1, the data order on legacy) get the same sigma^2 and penalty
         assert [[r[f] for f in fields] for r in records] == [[r[f] for f in fields] for r in reference], path
@@ -102,7 +107,7 @@ def test_variance_aware_kl_reads_the_served_heads_on_every_path(tmp_path, tiny_m
         assert all(r["reward_variance"] > 0 for r in records)
         if trainer == "legacy":  # its rollout dump carries each sample's K heads: sigma^2 is their variance
             texts = [(row["input"], row["output"]) for row in dump]
-            assert texts == [(row["input"], row["output"]) for row in runs["agent_loop"][2]]
+            assert texts == [(row["input"], row["output"]) for row in runs["colocated"][2]]
             for row, record in zip(dump, records, strict=True):
                 heads = [row[f"reward_head_{k}"] for k in range(HEADS)]
                 mean, variance = statistics.mean(heads), statistics.variance(heads)

@@ -1,5 +1,6 @@
-"""End to end on CPU through verl's main_ppo: RVPO and GDPO on the V1 trainer with the shipped two-objective
-reward, R²VPO on both trainers, and RVPO over the ensemble's heads with R²VPO and variance-aware KL together."""
+"""End to end on CPU through verl's main_ppo: GDPO on the V1 trainer with the shipped two-objective reward, RVPO over
+the heads of a K-head reward model (V1: served by verl; legacy: scored in the agent loop, with R²VPO and the
+variance-weighted KL loss together, resumed from verl's checkpoint), R²VPO on both trainers."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ from verl_variance.rewards import multi_objective
 
 pytestmark = pytest.mark.slow
 
-TWO_OBJECTIVES = [
-    f"reward.custom_reward_function.path={multi_objective.__file__}",
-    "reward.custom_reward_function.name=sentiment_and_banned_words",
-    "+algorithm.gdpo_reward_keys=[sentiment,no_banned_words]",
+GROUPS = [
     "algorithm.use_kl_in_reward=False",
     "actor_rollout_ref.rollout.n=2",
     "actor_rollout_ref.actor.ppo_mini_batch_size=4",  # two updates per step: the second one is off-policy
     "actor_rollout_ref.actor.optim.lr=1e-3",
+]
+"""Groups of two responses per prompt, for the group estimators."""
+TWO_OBJECTIVES = [
+    f"reward.custom_reward_function.path={multi_objective.__file__}",
+    "reward.custom_reward_function.name=sentiment_and_banned_words",
+    "+algorithm.gdpo_reward_keys=[sentiment,no_banned_words]",
+    *GROUPS,
 ]
 
 
@@ -45,23 +50,48 @@ def test_gdpo_with_r2vpo_on_v1(tmp_path, tiny_models):
     assert max(metrics["actor/ratio_variance"] for metrics in steps.values()) > 0
 
 
-def test_rvpo_on_v1_reads_both_objectives(tmp_path, tiny_models):
-    overrides = _overrides(tmp_path, tiny_models["qwen2"]) + TWO_OBJECTIVES
-    overrides += ["algorithm.adv_estimator=rvpo", "++rvpo.tau=0.5"]
+def test_rvpo_on_v1_over_the_heads_of_a_served_reward_model(tmp_path, tiny_models):
+    """RVPO's objectives are the K=3 heads of an ensemble reward model that verl serves (colocated: scored in the
+    driver, whose reward extras V1 keeps as TransferQueue fields)."""
+    from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
+
+    reward_model = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=3))
+    overrides = _overrides(tmp_path, tiny_models["qwen2"]) + GROUPS + [
+        *served_ensemble(reward_model), "algorithm.adv_estimator=rvpo", "++rvpo.ensemble_heads=True", "++rvpo.tau=0.5"]
     steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
-    assert_healthy(steps, ["rvpo/sentiment/mean", "rvpo/no_banned_words/mean", "rvpo/softmin_gap/mean"])
+    assert "/classify (reward.reward_model.rollout.name=hf" in (tmp_path / "run.log").read_text()
+    assert_healthy(steps, ["rvpo/softmin_gap/mean", "rvpo/objective_disagreement/mean"])
+    assert_rvpo_read_the_heads(steps, 3)
     for metrics in steps.values():
-        # the objectives RVPO read are the ones the reward returned: their sum is verl's score
-        total = metrics["rvpo/sentiment/mean"] + metrics["rvpo/no_banned_words/mean"]
-        assert total == pytest.approx(metrics["critic/score/mean"], rel=1e-5, abs=1e-6)
-        assert metrics["rvpo/softmin_gap/mean"] >= 0
         assert metrics["critic/advantages/mean"] == pytest.approx(0.0, abs=1e-5)  # whitened
 
 
-def test_rvpo_over_ensemble_heads_with_r2vpo_and_variance_kl_on_legacy(tmp_path, tiny_models):
-    """All three on at once (legacy trainer, 2 ranks): RVPO's objectives are the K=3 heads of a local ensemble
-    reward model, the loss is R²VPO with the adaptive lambda, and the KL loss is weighted by the heads' variance.
-    The dual step of step 1 is the lambda of step 2, and it is saved with the checkpoint."""
+def served_ensemble(reward_model: Path) -> list[str]:
+    """The ensemble reward manager over a K-head reward model that verl serves (the hf server), colocated."""
+    return [
+        "reward.custom_reward_function.path=null",
+        "reward.reward_manager.name=ensemble",
+        f"ensemble_reward.model_path={reward_model}",
+        "reward.reward_model.enable=True",
+        f"reward.reward_model.model_path={reward_model}",
+        "ensemble_reward.max_length=512",  # the tiny model's positions: what the served model reads at most
+    ]
+
+
+def assert_rvpo_read_the_heads(steps: dict[int, dict[str, float]], heads: int) -> None:
+    """RVPO's objectives are the ensemble's heads, whose mean is its score."""
+    for metrics in steps.values():
+        means = [metrics[f"rvpo/reward_head_{k}/mean"] for k in range(heads)]
+        assert sum(means) / heads == pytest.approx(metrics["critic/score/mean"], rel=1e-4, abs=1e-6)
+        assert metrics["rvpo/softmin_gap/mean"] >= 0
+
+
+def test_rvpo_over_ensemble_heads_with_r2vpo_and_variance_kl_on_legacy_then_resume(tmp_path, tiny_models):
+    """All three on at once (legacy trainer, 2 ranks, a Llama policy): RVPO's objectives are the K=3 heads of an
+    ensemble reward model scored in verl's agent loop, the loss is R²VPO with the adaptive lambda, and the KL loss is
+    weighted by the heads' variance. The dual step of step 1 is the lambda of step 2, and it is saved with verl's
+    checkpoint; a second run resumes from that checkpoint (verl's own checkpointing on CPU) at step 3, with the
+    saved lambda."""
     from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 
     reward_model = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=3))
@@ -70,7 +100,7 @@ def test_rvpo_over_ensemble_heads_with_r2vpo_and_variance_kl_on_legacy(tmp_path,
         *rank_overrides(2),
         "trainer.use_v1=False",
         "reward.custom_reward_function.path=null",
-        "reward.reward_manager.name=ensemble",
+        "reward.reward_manager.name=ensemble",  # scored in verl's agent loop (the served model: the V1 test above)
         f"ensemble_reward.model_path={reward_model}",
         "algorithm.adv_estimator=rvpo",
         "++rvpo.ensemble_heads=True",
@@ -89,7 +119,9 @@ def test_rvpo_over_ensemble_heads_with_r2vpo_and_variance_kl_on_legacy(tmp_path,
     ]
     steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
     assert_healthy(steps, ["actor/ratio_variance", "actor/r2vpo_lambda", "r2vpo/lambda_next", "actor/kl_loss",
-                           "variance_kl/kl_weighted", "variance_kl/reward_variance/mean"])  # fmt: skip
+                           "variance_kl/kl_weighted", "variance_kl/reward_variance/mean",
+                           "rvpo/softmin_gap/mean"])  # fmt: skip
+    assert_rvpo_read_the_heads(steps, 3)
     assert steps[1]["actor/r2vpo_lambda"] == pytest.approx(1.0)
     assert steps[2]["actor/r2vpo_lambda"] == pytest.approx(steps[1]["r2vpo/lambda_next"], rel=1e-6)
     # delta = 0: lambda rises by eta * Var(rho) each step
@@ -97,3 +129,9 @@ def test_rvpo_over_ensemble_heads_with_r2vpo_and_variance_kl_on_legacy(tmp_path,
     state = json.loads((tmp_path / "checkpoints" / "global_step_2" / "r2vpo_state.json").read_text())
     assert state["lam"] == pytest.approx(steps[2]["r2vpo/lambda_next"], rel=1e-6)
     assert math.isfinite(state["lam"])
+
+    assert (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    (tmp_path / "metrics.jsonl").unlink()
+    resumed = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides, "trainer.total_training_steps=3"])
+    assert sorted(resumed) == [3]
+    assert resumed[3]["actor/r2vpo_lambda"] == pytest.approx(state["lam"], rel=1e-6)

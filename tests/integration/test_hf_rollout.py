@@ -84,12 +84,13 @@ def test_validation_requests_wait_for_a_chunk_of_their_own_size(monkeypatch):
 
 def test_the_sampler_samples_validation_requests_in_their_own_chunks(tiny_models, monkeypatch):
     """Each kind of request runs in chunks of its own row count; every result is what sampling the request in
-    such chunks gives on its own (the fixed-shape guarantee), and the results keep the requests' order."""
+    such chunks gives on its own (the fixed-shape guarantee) with the seed of the rollout config
+    (``actor_rollout_ref.rollout.seed``), and the results keep the requests' order."""
     from verl_variance.integration import hf_sampling
     from verl_variance.integration.hf_rollout import RequestItem, SeededSampler
 
     model_config = SimpleNamespace(local_path=str(tiny_models["llama"]), local_tokenizer_path=None)
-    config = SimpleNamespace(dtype="float32", seed=0, prompt_length=8,
+    config = SimpleNamespace(dtype="float32", seed=7, prompt_length=8,
                              engine_kwargs={"hf": {"batch_rows": 2, "val_batch_rows": 4}})  # fmt: skip
     settings = hf_sampling.SamplingSettings(max_tokens=5)
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16]]
@@ -108,7 +109,7 @@ def test_the_sampler_samples_validation_requests_in_their_own_chunks(tiny_models
     results, steps = sampler.sample(items)
     assert steps == 2 and sorted(calls) == [(2, 2), (3, 4)]
     for item, result in zip(items, results, strict=True):
-        seed = hf_rollout.request_seed(0, 2, 0, tuple(item.prompt_ids), 0)
+        seed = hf_rollout.request_seed(7, 2, 0, tuple(item.prompt_ids), 0)  # the rollout config's seed
         (alone,) = sample_requests(sampler.model, [hf_sampling.SampleRequest(item.prompt_ids, settings, seed)],
                                    eos_token_ids=sampler.eos_token_ids, pad_token_id=sampler.pad_token_id,
                                    max_prompt_length=8, batch_rows=4 if item.validate else 2)  # fmt: skip

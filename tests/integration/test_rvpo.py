@@ -84,6 +84,10 @@ def test_rvpo_legacy_path_against_independent_computation(batch_values, tau, wei
     expected = _expected(batch_values, tau, weights or [0.5, 0.5])
     np.testing.assert_allclose(out.batch["advantages"].numpy(), expected, rtol=1e-4, atol=1e-5)
     assert torch.equal(out.batch["advantages"], out.batch["returns"])
+    metrics = out.meta_info[rvpo.LEGACY_METRICS_FIELD]  # for the actor update, which logs them
+    assert metrics["rvpo/a/mean"] == pytest.approx(batch_values["a"].mean())
+    assert metrics["rvpo/b/mean"] == pytest.approx(batch_values["b"].mean())
+    assert metrics["rvpo/softmin_gap/mean"] > 0
 
 
 def test_rvpo_v1_path_reads_the_objectives_from_the_reward_extra_info(batch_values):

@@ -215,8 +215,7 @@ def assert_policy_trains_on_its_head(dump, head: int, reward_model) -> None:
     assert [rows[0]["reward_head_0"], rows[0]["reward_head_1"]] == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("several_runs")  # never beside another test that runs several verl runs at once
+@pytest.mark.slow  # one verl run at a time (PARALLEL_RUNS=1): beside the tests that run several at once
 def test_study_runs_both_recipes_on_cpu_then_evaluates_and_reports(tmp_path, imdb_data, tiny_recipe_models):
     """run_study.sh (HEADS=2 x SEEDS=1, both methods, 2 steps each through verl on CPU), then evaluate.sh with a
     local judge; re-running the study trains nothing."""

@@ -552,7 +552,7 @@ def _patch_v1_served_reward_extras(module) -> None:
 #     the actor's batch (both trainers), the workers' ppo_loss weights its KL term by them.
 # ---------------------------------------------------------------------------------------------
 def _patch_legacy_update_actor(trainer_cls) -> None:
-    from verl_variance.integration import kl_loss, r2vpo, variance_kl
+    from verl_variance.integration import kl_loss, r2vpo, rvpo, variance_kl
     from verl_variance.integration.ensemble_reward import check_served_heads, served_ensemble
 
     @patch(trainer_cls, "_update_actor")
@@ -564,12 +564,12 @@ def _patch_legacy_update_actor(trainer_cls) -> None:
                 check_served_heads(batch.non_tensor_batch)
             lam = r2vpo.controller(self)
             wants_kl_weights = kl_loss.uses_variance_kl_loss(self.config)
-            if not (wants_kl_weights or lam):
+            telemetry = batch.meta_info.pop(rvpo.LEGACY_METRICS_FIELD, {})  # rvpo/*, from compute_advantage
+            if not (wants_kl_weights or lam or telemetry):
                 return original(self, batch)
-            telemetry = {}
             if wants_kl_weights:
                 settings = variance_kl.active_config()
-                weights, telemetry = kl_loss.attach_kl_weights(
+                weights, kl_telemetry = kl_loss.attach_kl_weights(
                     variance_kl.batch_reward_variance(batch, settings.variance_key),
                     batch.batch["old_log_probs"],
                     batch.batch["ref_log_prob"],
@@ -578,6 +578,7 @@ def _patch_legacy_update_actor(trainer_cls) -> None:
                     self.config.actor_rollout_ref.actor.kl_loss_type,
                 )
                 batch.batch[kl_loss.KL_WEIGHT_FIELD] = weights
+                telemetry.update(kl_telemetry)
             if lam:
                 batch.batch[r2vpo.LAMBDA_FIELD] = lam.lambda_field(len(batch))
             output = original(self, batch)

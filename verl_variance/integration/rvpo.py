@@ -45,6 +45,9 @@ _extra_infos: contextvars.ContextVar[list[Mapping[str, Any]] | None] = contextva
     "rvpo_extra_infos", default=None
 )
 _metrics: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("rvpo_metrics", default=None)
+LEGACY_METRICS_FIELD = "rvpo_metrics"
+"""The legacy trainer's batch ``meta_info`` key of the step's ``rvpo/*`` metrics, from the advantage step to the
+actor update, whose metrics verl logs."""
 
 
 class RewardComponentError(VerlVarianceError, ValueError):
@@ -272,13 +275,20 @@ def wrap_compute_advantage(compute_advantage):
                 from verl.trainer.ppo.ray_trainer import compute_response_mask
 
                 data.batch["response_mask"] = compute_response_mask(data)
-            advantages, returns = rvpo_outcome_advantage(
-                data.batch["token_level_rewards"],
-                data.batch["response_mask"],
-                index=data.non_tensor_batch.get("uid"),
-                config={**config, "norm_adv_by_std_in_grpo": call.arguments["norm_adv_by_std_in_grpo"]},
-                non_tensor_batch=data.non_tensor_batch,
-            )
+            sink = _metrics.get()  # V1: the step's metrics (batch_reward_extra_info)
+            if sink is None:  # legacy: the batch carries them to the actor update, which logs them
+                sink = data.meta_info.setdefault(LEGACY_METRICS_FIELD, {})
+            token = _metrics.set(sink)
+            try:
+                advantages, returns = rvpo_outcome_advantage(
+                    data.batch["token_level_rewards"],
+                    data.batch["response_mask"],
+                    index=data.non_tensor_batch.get("uid"),
+                    config={**config, "norm_adv_by_std_in_grpo": call.arguments["norm_adv_by_std_in_grpo"]},
+                    non_tensor_batch=data.non_tensor_batch,
+                )
+            finally:
+                _metrics.reset(token)
             data.batch["advantages"], data.batch["returns"] = advantages, returns
             return data
         keys = config.get("gdpo_reward_keys")
