@@ -1,9 +1,10 @@
 """End to end: 2 PPO steps through verl's own ``main_ppo`` on CPU (Ray, FSDP2 over gloo, hf rollout).
 
-Covers GAE + critic + KL-in-reward (V1; the legacy trainer's in test_served_reward_model_cpu.py), GRPO + KL loss on
-both trainers, 1 and 2 FSDP ranks, Qwen2 and Llama policies (GPT-2 runs through verl in tests/recipes; its dropout
-makes the actor's training pass differ from its log-prob pass, which the KL-loss test compares), and errors raised
-in verl's workers. Resuming from verl's checkpoint: test_variance_methods_cpu.py.
+Covers the quickstart (V1, GAE + critic + KL in the reward, 1 rank; the legacy trainer's in
+test_served_reward_model_cpu.py), the variance-weighted KL loss on the legacy trainer with 2 ranks (V1's, on 2 ranks
+with a Llama policy, in test_variance_methods_cpu.py, which also resumes from verl's checkpoint), and errors raised in
+verl's workers. GPT-2 runs through verl in tests/recipes; its dropout makes the actor's training pass differ from its
+log-prob pass, which the KL-loss tests compare.
 """
 
 from __future__ import annotations
@@ -121,20 +122,20 @@ def test_quickstart_same_seed_same_run(tmp_path):
 # with GAE, V1 with grpo_variance_kl) and tests/recipes (V1 with GAE and the served model, the recipes' CPU path)
 
 
-@pytest.mark.parametrize(("trainer", "architecture", "ranks"), [("v1", "llama", 2), ("legacy", "qwen2", 2)])
-def test_variance_weighted_kl_loss(tmp_path, tiny_models, trainer, architecture, ranks):
-    """actor.use_kl_loss with kl_penalty=variance_aware: the workers' KL loss is the driver's weighted KL.
+def test_variance_weighted_kl_loss_on_legacy(tmp_path, tiny_models):
+    """actor.use_kl_loss with kl_penalty=variance_aware on the legacy trainer (2 ranks): the workers' KL loss is the
+    driver's weighted KL (V1's, over a served reward model: test_variance_methods_cpu.py).
 
     One PPO update per step (one epoch, one mini-batch), so the loss is taken at pi_old and the
     worker's seq-mean-token-mean KL loss must equal the driver's mean_i(w_i * kl_i) per step; the
     parity reward makes half the weights 0, so weighted and unweighted differ.
     """
     train, val = build_prompt_files(tmp_path / "data")
-    overrides = quickstart_overrides(tmp_path, tiny_models[architecture], train, val, steps=2)
+    overrides = quickstart_overrides(tmp_path, tiny_models["qwen2"], train, val, steps=2)
     overrides += [
         *GRPO,
-        f"trainer.use_v1={trainer == 'v1'}",
-        *rank_overrides(ranks),
+        "trainer.use_v1=False",
+        *rank_overrides(2),
         "actor_rollout_ref.actor.ppo_mini_batch_size=8",
         "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
         "actor_rollout_ref.actor.kl_loss_type=low_var_kl",

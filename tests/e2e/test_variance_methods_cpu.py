@@ -1,6 +1,6 @@
 """End to end on CPU through verl's main_ppo: GDPO on the V1 trainer with the shipped two-objective reward, RVPO over
-the heads of a K-head reward model (V1: served by verl; legacy: scored in the agent loop, with R²VPO and the
-variance-weighted KL loss together, resumed from verl's checkpoint), R²VPO on both trainers."""
+the heads of a K-head reward model with the variance-weighted KL loss (V1: the model served by verl; legacy: scored
+in the agent loop, with R²VPO too, resumed from verl's checkpoint), R²VPO on both trainers."""
 
 from __future__ import annotations
 
@@ -50,32 +50,47 @@ def test_gdpo_with_r2vpo_on_v1(tmp_path, tiny_models):
     assert max(metrics["actor/ratio_variance"] for metrics in steps.values()) > 0
 
 
-def test_rvpo_on_v1_over_the_heads_of_a_served_reward_model(tmp_path, tiny_models):
-    """RVPO's objectives are the K=3 heads of an ensemble reward model that verl serves (colocated: scored in the
-    driver, whose reward extras V1 keeps as TransferQueue fields)."""
+def test_rvpo_and_the_variance_weighted_kl_loss_on_v1_over_a_served_reward_model(tmp_path, tiny_models):
+    """V1 on 2 FSDP ranks, a Llama policy: RVPO's objectives are the K=3 heads of an ensemble reward model that verl
+    serves (colocated: scored in the driver, whose reward extras V1 keeps as TransferQueue fields), and the KL loss is
+    weighted by the served heads' variance. One update per step (all 16 samples in one mini-batch), so the loss is
+    taken at pi_old: the workers' KL loss must equal the driver's weighted KL (legacy: test_main_ppo_cpu.py)."""
     from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 
     reward_model = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=3))
-    overrides = _overrides(tmp_path, tiny_models["qwen2"]) + GROUPS + [
-        *served_ensemble(reward_model), "algorithm.adv_estimator=rvpo", "++rvpo.ensemble_heads=True", "++rvpo.tau=0.5"]
-    steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
-    assert "/classify (reward.reward_model.rollout.name=hf" in (tmp_path / "run.log").read_text()
-    assert_healthy(steps, ["rvpo/softmin_gap/mean", "rvpo/objective_disagreement/mean"])
-    assert_rvpo_read_the_heads(steps, 3)
-    for metrics in steps.values():
-        assert metrics["critic/advantages/mean"] == pytest.approx(0.0, abs=1e-5)  # whitened
-
-
-def served_ensemble(reward_model: Path) -> list[str]:
-    """The ensemble reward manager over a K-head reward model that verl serves (the hf server), colocated."""
-    return [
+    overrides = _overrides(tmp_path, tiny_models["llama"]) + GROUPS + rank_overrides(2) + [
         "reward.custom_reward_function.path=null",
         "reward.reward_manager.name=ensemble",
         f"ensemble_reward.model_path={reward_model}",
         "reward.reward_model.enable=True",
         f"reward.reward_model.model_path={reward_model}",
         "ensemble_reward.max_length=512",  # the tiny model's positions: what the served model reads at most
+        "algorithm.adv_estimator=rvpo",
+        "++rvpo.ensemble_heads=True",
+        "++rvpo.tau=0.5",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+        "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+        "algorithm.kl_penalty=variance_aware",
+        "variance_kl.weighting=std",
     ]
+    steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
+    assert "/classify (reward.reward_model.rollout.name=hf" in (tmp_path / "run.log").read_text()
+    assert_healthy(steps, ["rvpo/softmin_gap/mean", "rvpo/objective_disagreement/mean", "actor/kl_loss",
+                           "variance_kl/kl_weighted", "variance_kl/reward_variance/mean"])  # fmt: skip
+    assert_rvpo_read_the_heads(steps, 3)
+    for metrics in steps.values():
+        assert metrics["critic/advantages/mean"] == pytest.approx(0.0, abs=1e-5)  # whitened
+        assert metrics["variance_kl/reward_variance/mean"] > 0  # the served heads disagree
+    second = steps[2]
+    assert second["variance_kl/kl_unweighted"] > 0, "the policy never moved away from the reference"
+    # equal up to the float noise between the actor's training forward pass and its old_log_prob pass
+    assert second["actor/kl_loss"] == pytest.approx(second["variance_kl/kl_weighted"], rel=1e-2, abs=1e-9)
+    assert second["actor/variance_kl/kl_loss_unweighted"] == pytest.approx(
+        second["variance_kl/kl_unweighted"], rel=1e-2, abs=1e-9
+    )
+    assert second["actor/kl_loss"] != pytest.approx(second["actor/variance_kl/kl_loss_unweighted"], rel=5e-2)
 
 
 def assert_rvpo_read_the_heads(steps: dict[int, dict[str, float]], heads: int) -> None:
