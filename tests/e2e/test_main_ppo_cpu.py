@@ -86,6 +86,19 @@ def assert_healthy(steps: dict[int, dict[str, float]], expected_keys: list[str])
         assert metrics["response_length/max"] <= 10
 
 
+def assert_kl_loss_is_the_drivers_weighted_kl(steps: dict[int, dict[str, float]]) -> None:
+    """One PPO update per step: at step 2 the workers' KL loss (weighted and not) equals the driver's, and the
+    weights matter."""
+    second = steps[2]
+    assert second["variance_kl/kl_unweighted"] > 0, "the policy never moved away from the reference"
+    # equal up to the float noise between the actor's training forward pass and its old_log_prob pass
+    assert second["actor/kl_loss"] == pytest.approx(second["variance_kl/kl_weighted"], rel=1e-2, abs=1e-9)
+    assert second["actor/variance_kl/kl_loss_unweighted"] == pytest.approx(
+        second["variance_kl/kl_unweighted"], rel=1e-2, abs=1e-9
+    )
+    assert second["actor/kl_loss"] != pytest.approx(second["actor/variance_kl/kl_loss_unweighted"], rel=5e-2)
+
+
 def _samples(rollout_dir: Path) -> dict[str, list[tuple]]:
     """verl's rollout dumps (trainer.rollout_data_dir), per step: the sorted (prompt, response, score) triples."""
     return {dump.stem: sorted((r["input"], r["output"], r["score"]) for r in (json.loads(line) for line in
@@ -148,14 +161,7 @@ def test_variance_weighted_kl_loss_on_legacy(tmp_path, tiny_models):
     ]
     steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
     assert_healthy(steps, ["actor/kl_loss", "actor/variance_kl/kl_loss_unweighted", "variance_kl/kl_weighted"])
-    second = steps[2]
-    assert second["variance_kl/kl_unweighted"] > 0, "the policy never moved away from the reference"
-    # equal up to the float noise between the actor's training forward pass and its old_log_prob pass
-    assert second["actor/kl_loss"] == pytest.approx(second["variance_kl/kl_weighted"], rel=1e-2, abs=1e-9)
-    assert second["actor/variance_kl/kl_loss_unweighted"] == pytest.approx(
-        second["variance_kl/kl_unweighted"], rel=1e-2, abs=1e-9
-    )
-    assert second["actor/kl_loss"] != pytest.approx(second["actor/variance_kl/kl_loss_unweighted"], rel=5e-2)
+    assert_kl_loss_is_the_drivers_weighted_kl(steps)
 
 
 def test_a_stock_session_failure_takes_verls_own_path_and_ours_stops_the_run(tmp_path, tiny_models):
