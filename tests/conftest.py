@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import math
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +77,82 @@ def import_benchmark(filename: str):
     spec.loader.exec_module(module)
     yield module
     sys.modules.pop(spec.name, None)
+
+
+@contextlib.contextmanager
+def local_ray_cluster(tmp_path: Path, cpus_per_node: int = 1):
+    """A two-node Ray cluster on this machine: ``ray start --head`` and a second ``ray start --address`` with its own
+    resources (``node_a``, ``node_b``), every port free-picked and the session in a folder of its own (the default
+    ``/tmp/ray`` address file untouched: other tests' ``ray.init()`` keep starting their own instances). Yields
+    ``{"address": dashboard URL, "nodes": {"node_a": node id, "node_b": node id}}``; stops both nodes after."""
+    ray = str(Path(sys.executable).parent / "ray")
+    gcs_port, dashboard_port = free_port(), free_port()
+    common = ["--block", "--disable-usage-stats", f"--num-cpus={cpus_per_node}", "--num-gpus=0"]
+    processes = []
+
+    def start(name: str, *args: str) -> None:
+        ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                 f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]  # fmt: skip
+        command = [ray, "start", *args, *common, *ports, f"--resources={json.dumps({name: 1})}"]
+        log = open(tmp_path / f"ray_{name}.log", "w")  # noqa: SIM115 (closed with the process below)
+        env = dict(os.environ, RAY_AUTH_MODE="disabled")  # else token auth once a ray.init() left ~/.ray/auth_token
+        processes.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True), log))  # fmt: skip
+
+    address = f"http://127.0.0.1:{dashboard_port}"
+    session = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    head = ["--head", f"--port={gcs_port}", f"--temp-dir={session}", "--include-dashboard=true",
+            f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={free_port()}"]  # fmt: skip
+    try:
+        for count, (name, args) in enumerate((("node_a", head), ("node_b", [f"--address=127.0.0.1:{gcs_port}"])), 1):
+            for attempt in range(3):  # a loaded machine can miss `ray start`'s fixed 30 s wait for its raylet
+                start(name, *args)
+                try:
+                    nodes = _wait_for_nodes(address, count, processes)
+                    break
+                except RuntimeError:
+                    if attempt == 2:
+                        raise
+                    failed, log = processes.pop()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(failed.pid, signal.SIGKILL)  # what it had started
+                    failed.wait()
+                    log.close()
+        yield {"address": address, "nodes": {name: node_id for node_id, name in nodes.items()}}
+    finally:
+        for process, _ in reversed(processes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process, log in reversed(processes):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # what `ray start` left (its GCS, raylet, dashboard)
+            process.wait()
+            log.close()
+        shutil.rmtree(session, ignore_errors=True)
+
+
+def _wait_for_nodes(address: str, count: int, processes: list, timeout: float = 180) -> dict[str, str]:
+    """``{node id: "node_a" | "node_b"}`` once ``count`` nodes are alive."""
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process, log in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"`ray start` exited {process.returncode}: {Path(log.name).read_text()[-2000:]}")
+        try:
+            JobSubmissionClient(address)
+            nodes = {node.node_id: next(name for name in ("node_a", "node_b") if name in node.resources_total)
+                     for node in list_nodes(address=address, detail=True) if node.state == "ALIVE"}  # fmt: skip
+        except Exception:  # the dashboard is not up yet
+            nodes = {}
+        if len(nodes) >= count:
+            return nodes
+        time.sleep(1)
+    raise TimeoutError(f"the local Ray cluster at {address} did not show {count} nodes in {timeout} s")

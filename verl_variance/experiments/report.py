@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from verl_variance.experiments import spread
+
 METHODS = ("vanilla", "variance_aware")
 METHOD_LABELS = {"vanilla": "vanilla PPO", "variance_aware": "variance-aware PPO"}
 KL_METRIC = "actor/reward_kl_penalty"
 PROXY_REWARD_METRIC = "critic/score/mean"
 REQUIRED_RUN_KEYS = ("method", "policy", "head", "seed", "beta", "steps", "judge_reference", "judge_final")
-FIGURES = ("fig7_judge_reward.png", "fig10_kl.png", "fig11_proxy_reward.png")
+FIGURES = ("fig7_judge_reward.png", "fig10_kl.png", "fig11_proxy_reward.png", "fig_spread.png")
 PAPER_FIGURE_7: dict[str, dict[str, float]] = {
     "reference": {"mean": 0.19, "variance": 0.002},
     "variance_aware": {"mean": 0.22, "variance": 0.012},
@@ -432,20 +434,23 @@ def build_report(
     Keys: ``study``; ``settings`` and ``timings`` (passed through; timings may hold memory too);
     ``policies`` (``policy_summary`` of each run); ``table`` (``method_table``); ``variance_ratio``;
     ``evaluation_noise``; ``kl_match``
-    (``kl_match(table, kl_tolerance)``); ``proxy_judge_agreement``; ``paper`` (``PAPER_FIGURE_7``).
+    (``kl_match(table, kl_tolerance)``); ``proxy_judge_agreement``; ``spread`` (``spread.analyze``: what drives
+    the spread, whether the KL term acts, the power at the paper's ratios); ``paper`` (``PAPER_FIGURE_7``).
     Raises ValueError naming the run and metric (or the report path, for settings and timings) on a non-finite number.
     """
     table = method_table(runs)
     policies = [policy_summary(run) for run in runs]
+    noise = evaluation_noise(runs, policies)
     report = {
         "study": "Banerjee & Gopalan, Section 5 (IMDB): Figures 7, 10, 11",
         "settings": settings,
         "policies": policies,
         "table": table,
         "variance_ratio": variance_ratio(policies),
-        "evaluation_noise": evaluation_noise(runs, policies),
+        "evaluation_noise": noise,
         "kl_match": kl_match(table, kl_tolerance),
         "proxy_judge_agreement": proxy_judge_agreement(runs),
+        "spread": spread.analyze(runs, policies, None if noise is None else noise["floor"]),
         "paper": PAPER_FIGURE_7,
         "timings": timings,
     }
@@ -503,6 +508,10 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Evaluation noise: {_noise_text(report.get('evaluation_noise'))}.",
         f"Reward model: {_agreement_text(report)}.",
         f"Calibration: {_calibration_text(report['settings'].get('calibration'))}.",
+        "",
+        "## What drives the spread",
+        "",
+        *(f"- {line}" for line in spread.spread_lines(report["spread"])),
         "",
         "Paper, Figure 7 (40 policies each, another judge: compare orderings, not values):",
         "",
@@ -676,7 +685,7 @@ def _plot_trajectories(runs: list[dict[str, Any]], metric: str, ylabel: str, tit
 
 
 def write_report(report: dict[str, Any], runs: list[dict[str, Any]], output_dir: str | Path) -> list[Path]:
-    """Write ``report.json``, ``report.md`` and the three PNGs of ``FIGURES`` into ``output_dir``.
+    """Write ``report.json``, ``report.md`` and the PNGs of ``FIGURES`` into ``output_dir``.
 
     report: a ``build_report`` result; runs: the runs it was built from (for the training curves).
     Returns the written paths, in that order.
@@ -686,11 +695,12 @@ def write_report(report: dict[str, Any], runs: list[dict[str, Any]], output_dir:
     json_path, markdown_path = output_dir / "report.json", output_dir / "report.md"
     json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     markdown_path.write_text(_markdown(report))
-    figure_7, figure_10, figure_11 = (output_dir / name for name in FIGURES)
+    figure_7, figure_10, figure_11, figure_spread = (output_dir / name for name in FIGURES)
     return [
         json_path,
         markdown_path,
         _plot_judge_rewards(report, figure_7),
         _plot_trajectories(runs, KL_METRIC, "KL(π ‖ π0)", "KL from the reference (Figure 10)", figure_10),
         _plot_trajectories(runs, PROXY_REWARD_METRIC, "proxy reward", "Proxy reward (Figure 11)", figure_11),
+        spread.plot_spread(report["spread"], runs, figure_spread),
     ]

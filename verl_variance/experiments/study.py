@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from verl_variance.experiments.cluster import Executor, LocalProcesses
 from verl_variance.experiments.report import KL_METRIC, METHODS, build_report, final_value, summary_lines, write_report
 
 RESULT_FILE = "result.json"
@@ -85,6 +85,22 @@ class PolicySpec:
 
     def run_dir(self, study_dir: Path) -> Path:
         return study_dir / "policies" / self.method / self.name
+
+
+def check_study_dir(study_dir: str | os.PathLike) -> Path:
+    """The study folder, absolute, created if missing and checked writable: ``StudyError`` with one line before any
+    run starts otherwise."""
+    path = Path(study_dir).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise StudyError(f"the study folder {path} is a file: give a folder (a new one is created)")
+    probe = path / ".write_check"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise StudyError(f"cannot write the study folder {path} ({error.strerror}): give one you can write") from None
+    return path
 
 
 def policy_grid(heads: Sequence[int], seeds: Sequence[int]) -> list[tuple[int, int]]:
@@ -141,12 +157,19 @@ def _prepare_run_dir(run_dir: Path, restart: bool) -> None:
 
 
 def run_policy(
-    spec: PolicySpec, beta: float, study_dir: Path, launch: Launcher, total_steps: int, label: str
+    spec: PolicySpec,
+    beta: float,
+    study_dir: Path,
+    launch: Launcher,
+    total_steps: int,
+    label: str,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Train one policy (or read back its finished run): ``{method, policy, head, seed, beta, seconds, steps}``.
 
-    Streams the run's output to ``run.log`` and prints one progress line per training step. A failed run
-    raises ``StudyError`` with the tail of its log.
+    ``executor`` runs it (``cluster.LocalProcesses`` by default; ``cluster.RayJobs`` on a cluster), its output in
+    ``run.log``; prints one progress line per training step. A failed run raises ``StudyError`` with the tail of its
+    log.
     """
     run_dir = spec.run_dir(study_dir)
     result_file = run_dir / RESULT_FILE
@@ -154,30 +177,37 @@ def run_policy(
     if cached is not None and cached.get("beta") == beta:
         log(f"{label} {spec.method} {spec.name}: done earlier, reusing {result_file}")
         return cached
-    _prepare_run_dir(run_dir, restart=cached is not None)  # a finished run at another beta starts over
-    command, env = launch(spec, beta, run_dir)
-    (run_dir / "command.json").write_text(json.dumps({"command": command, "env": env}, indent=2))
-    log(f"{label} {spec.method} {spec.name} (beta={beta:.4g}): starting; verl's output goes to {run_dir / 'run.log'}")
+    executor = executor or LocalProcesses()
+    run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with (
-        open(run_dir / "run.log", "a") as run_log,
-        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process,
-    ):
-        assert process.stdout is not None
-        for line in process.stdout:
-            run_log.write(line)
-            match = _STEP.search(line)
-            if match:
-                log(f"{label} {spec.method} {spec.name} (beta={beta:.4g}): step {match.group(1)}/{total_steps}"
-                    f"{_progress_values(line)}, {time.perf_counter() - start:.0f} s")  # fmt: skip
-    if process.returncode != 0:
+
+    def prepare() -> tuple[list[str], dict[str, str]]:
+        _prepare_run_dir(run_dir, restart=cached is not None)  # a finished run at another beta starts over
+        command, env = launch(spec, beta, run_dir)
+        (run_dir / "command.json").write_text(json.dumps({"command": command, "env": env}, indent=2))
+        log(f"{label} {spec.method} {spec.name} (beta={beta:.4g}): starting; verl's output goes to "
+            f"{run_dir / 'run.log'}")  # fmt: skip
+        return command, env
+
+    def progress(line: str) -> None:
+        match = _STEP.search(line)
+        if match:
+            log(f"{label} {spec.method} {spec.name} (beta={beta:.4g}): step {match.group(1)}/{total_steps}"
+                f"{_progress_values(line)}, {time.perf_counter() - start:.0f} s")  # fmt: skip
+        elif line.startswith("[cluster]"):
+            log(f"{label} {spec.method} {spec.name}: {line[len('[cluster] '):].strip()}")
+
+    returncode = executor.execute(f"{spec.method}/{spec.name}/beta={beta!r}", run_dir, prepare, progress)
+    if returncode != 0:
         tail = (run_dir / "run.log").read_text()[-3000:]
-        raise StudyError(f"run {spec.method}/{spec.name} failed (exit {process.returncode}); log: "
+        raise StudyError(f"run {spec.method}/{spec.name} failed (exit {returncode}); log: "
                          f"{run_dir / 'run.log'}\n{tail}")  # fmt: skip
     steps = read_metrics(run_dir)
     if not steps:
+        where = (" where this machine reads it: on a cluster the study folder must be on a filesystem every node "
+                 "shares, at the same path") if not isinstance(executor, LocalProcesses) else ""  # fmt: skip
         raise StudyError(
-            f"run {spec.method}/{spec.name} logged no metrics to {run_dir / 'metrics.jsonl'}: keep 'file' in "
+            f"run {spec.method}/{spec.name} logged no metrics to {run_dir / 'metrics.jsonl'}{where}: keep 'file' in "
             "trainer.logger (the recipes' LOGGER) and VERL_FILE_LOGGER_PATH unset"
         )
     result = {"method": spec.method, "policy": spec.name, "head": spec.head, "seed": spec.seed, "beta": beta,
@@ -241,6 +271,7 @@ def train_policies(
     calibrate: bool = True,
     stage: Callable[[str], Any] | None = None,
     parallel: int = 1,
+    executor: Executor | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train both methods' policies over ``grid`` ((head, seed) pairs, ``policy_grid``); resumable.
 
@@ -250,6 +281,7 @@ def train_policies(
     manager wrapped around each run (the demo times them). ``parallel``: runs at once (each is its own
     verl job with its own Ray instance; a run's samples depend on its seed only, not on what runs beside it);
     the vanilla runs start beside the pilots, the later variance-aware ones once the pilots have calibrated β.
+    ``executor``: where the runs execute (``cluster.executor_for``; default: subprocesses here).
 
     Returns the runs' records (``run_policy``), in grid order (pilots first), and the calibration record.
     """
@@ -264,7 +296,7 @@ def train_policies(
         head, seed = grid[index]
         label = f"[policy {len(done) + 1}/{total}{eta}]"
         with stage(f"policy_{method}_{index}"):
-            result = run_policy(PolicySpec(method, head, seed), beta, study_dir, launch, total_steps, label)
+            result = run_policy(PolicySpec(method, head, seed), beta, study_dir, launch, total_steps, label, executor)
         done.append(1)
         return result
 
@@ -391,6 +423,25 @@ def per_prompt(rows: list[dict[str, Any]], values: np.ndarray) -> np.ndarray:
     return np.array([by_prompt[prompt] for prompt in prompts]).T
 
 
+def dump_statistics(run_dir: Path, reference_dir: Path | None = None) -> dict[str, Any]:
+    """What ``spread`` reads off a run's validation dumps: ``ensemble_variance_reference`` and
+    ``ensemble_variance_final``, the mean σ² across the reward heads (the dumps' ``reward_variance`` column, None
+    without one) over the reference's and the trained policy's samples; ``proxy_final_std``: the standard deviation
+    (ddof=1) of the run's own reward (``score``) over its final samples."""
+    reference, final, _ = validation_dumps(run_dir, reference_dir)
+
+    def mean_variance(rows: list[dict[str, Any]]) -> float | None:
+        values = [float(row["reward_variance"]) for row in rows if "reward_variance" in row]
+        return float(np.mean(values)) if values and len(values) == len(rows) else None
+
+    scores = np.array([float(row["score"]) for row in final])
+    return {
+        "ensemble_variance_reference": mean_variance(reference),
+        "ensemble_variance_final": mean_variance(final),
+        "proxy_final_std": float(scores.std(ddof=1)) if scores.size >= 2 else None,
+    }
+
+
 def finished_runs(study_dir: Path) -> list[dict[str, Any]]:
     """The records of every finished run in a study folder, in method order then name order."""
     runs = []
@@ -403,12 +454,12 @@ def finished_runs(study_dir: Path) -> list[dict[str, Any]]:
 def evaluate_runs(
     runs: Iterable[dict[str, Any]], study_dir: Path, judge: Judge, reference_dir: Path | None = None
 ) -> list[dict[str, Any]]:
-    """Each run record with its judge scores added (``judge_run``; ``reference_dir``: the run that validated the
-    reference policy, for runs that did not)."""
+    """Each run record with its judge scores (``judge_run``) and its dumps' statistics (``dump_statistics``) added
+    (``reference_dir``: the run that validated the reference policy, for runs that did not)."""
     judged = []
     for run in runs:
-        spec = PolicySpec(run["method"], run["head"], run["seed"])
-        judged.append({**run, **judge_run(spec.run_dir(study_dir), judge, reference_dir)})
+        run_dir = PolicySpec(run["method"], run["head"], run["seed"]).run_dir(study_dir)
+        judged.append({**run, **judge_run(run_dir, judge, reference_dir), **dump_statistics(run_dir, reference_dir)})
     return judged
 
 
