@@ -190,6 +190,7 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
     assert again["table"]["vanilla"]["judge_reward"] == report["table"]["vanilla"]["judge_reward"]
     spread = saved["spread"]  # what drives the spread: read off the same runs
     assert spread["decomposition"] == {"vanilla": None, "variance_aware": None}  # 2 policies: no heads x seeds grid
+    assert spread["paired"] is None  # a paired ratio needs 4 cells
     assert spread["disagreement"]["reference"] > 0 and spread["power"]["n"] == 2
     for method in ("vanilla", "variance_aware"):
         assert spread["kl_give_back"]["per_method"][method]["penalty"] is not None

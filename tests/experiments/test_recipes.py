@@ -111,3 +111,18 @@ def test_parallel_runs_below_one_is_a_clear_error_before_any_run(tmp_path):
         recipes.run_recipe_study(tmp_path, tmp_path / "study", [0], [0], {"vanilla": 0.2, "variance_aware": 0.05},
                                  2, parallel=0)  # fmt: skip
     assert not (tmp_path / "study").exists()
+
+
+def test_a_cluster_run_gets_the_recipes_variables_and_one_nodes_resources(monkeypatch):
+    from pathlib import Path
+
+    names = recipes.recipe_variables(Path("recipes/imdb_gpt2"))
+    assert {"MODEL_PATH", "REWARD_MODEL_PATH", "DATA_DIR", "DEVICE", "GPUS_PER_NODE", "TRAIN_STEPS", "INFER_BACKEND",
+            "VLLM_CPU_KVCACHE_SPACE"} <= set(names)  # fmt: skip
+    assert "RECIPE_DIR" not in names  # set by the scripts themselves, not read from the environment
+    monkeypatch.setenv("GPUS_PER_NODE", "2")
+    assert recipes.run_resources("gpu", None, 4.0, 1) == recipes.RunResources(cpus=4.0, gpus=2.0)
+    assert recipes.run_resources("cpu", None, 1.0, 1) == recipes.RunResources(cpus=1.0, gpus=0.0)
+    assert recipes.run_resources("gpu", 1.0, 1.0, 1).gpus == 1.0
+    with pytest.raises(RecipeError, match="NNODES=2: on a Ray cluster the study places each run on one node"):
+        recipes.run_resources("gpu", None, 1.0, 2)

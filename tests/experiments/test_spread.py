@@ -139,3 +139,47 @@ def test_dump_statistics_read_the_heads_variance_and_the_proxy_spread(tmp_path):
     assert statistics["ensemble_variance_reference"] == pytest.approx(0.3)
     assert statistics["ensemble_variance_final"] == pytest.approx(0.2)
     assert statistics["proxy_final_std"] == pytest.approx(np.std([1.0, 2.0], ddof=1))
+
+
+def _pitman_morgan_t(aware: np.ndarray, vanilla: np.ndarray, theta: float = 1.0) -> float:
+    """The textbook form: t = (F/θ − 1)·√(n − 2) / (2·√((F/θ)(1 − r²))), F = s²_a / s²_v, r = corr(a, v)."""
+    f = aware.var(ddof=1) / vanilla.var(ddof=1) / theta
+    r = np.corrcoef(aware, vanilla)[0, 1]
+    return (f - 1) * np.sqrt(aware.size - 2) / (2 * np.sqrt(f * (1 - r**2)))
+
+
+def test_the_paired_ratio_matches_the_textbook_pitman_morgan_test_and_covers():
+    rng = np.random.default_rng(5)
+    vanilla = rng.normal(size=12)
+    aware = 0.6 * vanilla + rng.normal(scale=0.3, size=12)
+    result = spread.paired_variance_ratio(vanilla, aware)
+    t = _pitman_morgan_t(aware, vanilla)
+    assert result["p"] == pytest.approx(2 * stats.t.sf(abs(t), 10), rel=1e-9)
+    critical = stats.t.ppf(0.975, 10)
+    for bound in result["ci95"]:  # the interval's ends are where the test at theta just rejects
+        assert abs(_pitman_morgan_t(aware, vanilla, bound)) == pytest.approx(critical, rel=1e-6)
+    assert result["ci95"][0] < result["ratio"] < result["ci95"][1]
+    assert result["bootstrap_ci95"][0] < result["ratio"] < result["bootstrap_ci95"][1]
+    low, high = result["leave_one_out"]["ratio"]
+    assert low <= result["ratio"] <= high
+    # coverage of the true ratio (0.5) by the Pitman-Morgan interval on correlated normal pairs
+    covered, draws, true_ratio = 0, 400, 0.5
+    for _ in range(draws):
+        shared = rng.normal(size=10)
+        v = shared + rng.normal(scale=0.5, size=10)
+        a = np.sqrt(true_ratio) * (shared + rng.normal(scale=0.5, size=10))
+        low, high = spread.paired_variance_ratio(v, a, n_boot=1)["ci95"]
+        covered += low <= true_ratio <= high
+    assert covered / draws == pytest.approx(0.95, abs=0.03)
+    with pytest.raises(ValueError, match=r"paired rewards with n >= 4"):
+        spread.paired_variance_ratio(vanilla[:3], aware[:3])
+
+
+def test_paired_comparison_uses_the_cells_both_methods_trained():
+    policies = [{"method": m, "head": h, "seed": 0, "judge_reward": value}
+                for m, values in (("vanilla", [0.1, 0.5, 0.2, 0.9, 0.4]), ("variance_aware", [0.1, 0.4, 0.2, 0.7]))
+                for h, value in enumerate(values)]  # fmt: skip
+    result = spread.paired_comparison(policies)
+    assert result["cells"] == [[0, 0], [1, 0], [2, 0], [3, 0]]  # head 4 has no variance-aware policy
+    assert result["ratio"] == pytest.approx(np.var([0.1, 0.4, 0.2, 0.7], ddof=1) / np.var([0.1, 0.5, 0.2, 0.9], ddof=1))
+    assert spread.paired_comparison(policies[:3] + policies[5:7]) is None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 COMPONENTS = ("head", "seed", "interaction", "evaluation")
 PAPER_RATIOS = {"figure_7": 0.012 / 0.06, "figure_12": 0.016 / 0.038}
@@ -119,6 +119,82 @@ def policies_for_power(ratio: float, power: float = 0.8, alpha: float = 0.05, ma
     raise ValueError(f"more than {max_n} policies per method are needed for ratio {ratio} at power {power}")
 
 
+def paired_variance_ratio(
+    vanilla: np.ndarray, aware: np.ndarray, alpha: float = 0.05, n_boot: int = 4000, seed: int = 0
+) -> dict[str, Any]:
+    """The variance ratio s²_aware / s²_vanilla of paired policies (the same head and seed: the same samples until the
+    two policies part), with intervals that use the pairing.
+
+    The F interval of ``report.variance_ratio`` assumes independent methods; here the two rewards of a cell are
+    correlated, and the Pitman–Morgan test is the exact test for normal pairs: var(a) = θ·var(v) iff
+    corr(a + √θ·v, a − √θ·v) = 0, tested with t = r·√((n − 2) / (1 − r²)) on n − 2 degrees of freedom. ``ci95``:
+    the θ it does not reject (test inversion on a log grid, then the boundaries refined); ``p``: its p-value at θ =
+    1. The test trusts normality, and a few pairs can carry it, so also: ``bootstrap_ci95`` (percentile bootstrap
+    over the pairs, ``n_boot`` resamples from ``seed``) and ``leave_one_out`` (the ratio and the test's p without each
+    pair: its range shows whether one pair makes the result).
+
+    Args:
+        vanilla, aware: (n,) judge rewards of the n cells, in the same cell order; n >= 4.
+    """
+    vanilla, aware = np.asarray(vanilla, dtype=float), np.asarray(aware, dtype=float)
+    n = vanilla.size
+    if vanilla.shape != aware.shape or vanilla.ndim != 1 or n < 4:
+        raise ValueError(f"expected two (n,) arrays of paired rewards with n >= 4, got {vanilla.shape}, {aware.shape}")
+    if vanilla.var() == 0 or aware.var() == 0:
+        raise ValueError("a method's rewards are all equal: no variance ratio")
+
+    def t_statistic(theta: float, a: np.ndarray = aware, v: np.ndarray = vanilla) -> float:
+        r = np.corrcoef(a + np.sqrt(theta) * v, a - np.sqrt(theta) * v)[0, 1]
+        return float(r * np.sqrt((a.size - 2) / max(1 - r**2, 1e-300)))
+
+    critical = stats.t.ppf(1 - alpha / 2, n - 2)
+    grid = np.exp(np.linspace(np.log(1e-4), np.log(1e4), 401))
+    inside = np.array([abs(t_statistic(theta)) <= critical for theta in grid])
+    bounds: list[float | None] = [None, None]
+    if inside.any():
+        first, last = np.flatnonzero(inside)[[0, -1]]
+        gap = lambda theta: abs(t_statistic(theta)) - critical  # noqa: E731
+        if first > 0:
+            bounds[0] = float(optimize.brentq(gap, grid[first - 1], grid[first]))
+        if last < grid.size - 1:
+            bounds[1] = float(optimize.brentq(gap, grid[last], grid[last + 1]))
+
+    def ratio(a: np.ndarray, v: np.ndarray) -> float:
+        return float(a.var(ddof=1) / v.var(ddof=1))
+
+    def p_value(a: np.ndarray, v: np.ndarray) -> float:
+        return float(2 * stats.t.sf(abs(t_statistic(1.0, a, v)), a.size - 2))
+
+    rng = np.random.default_rng(seed)
+    resampled = [ratio(aware[i], vanilla[i]) for i in rng.integers(0, n, (n_boot, n)) if vanilla[i].var() > 0]
+    drops = [(ratio(np.delete(aware, k), np.delete(vanilla, k)), p_value(np.delete(aware, k), np.delete(vanilla, k)))
+             for k in range(n)]  # fmt: skip
+    return {
+        "n": int(n),
+        "ratio": ratio(aware, vanilla),
+        "correlation": float(np.corrcoef(aware, vanilla)[0, 1]),
+        "ci95": bounds,
+        "p": p_value(aware, vanilla),
+        "bootstrap_ci95": [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))],
+        "leave_one_out": {
+            "ratio": [min(r for r, _ in drops), max(r for r, _ in drops)],
+            "p": [min(p for _, p in drops), max(p for _, p in drops)],
+        },
+    }
+
+
+def paired_comparison(policies: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``paired_variance_ratio`` over the cells (head, seed) both methods trained, with the cells listed; None with
+    fewer than 4 such cells."""
+    rewards = {(p["method"], p["head"], p["seed"]): p["judge_reward"] for p in policies}
+    cells = sorted({(h, s) for m, h, s in rewards if m == "vanilla" and ("variance_aware", h, s) in rewards})
+    if len(cells) < 4:
+        return None
+    vanilla = np.array([rewards[("vanilla", *cell)] for cell in cells])
+    aware = np.array([rewards[("variance_aware", *cell)] for cell in cells])
+    return {**paired_variance_ratio(vanilla, aware), "cells": [list(cell) for cell in cells]}
+
+
 def _window_mean(run: dict[str, Any], metric: str, first: bool = False) -> float | None:
     """Mean of ``metric`` over the first or last quarter of the run's steps that log it (None if none does)."""
     steps = sorted((int(step), values) for step, values in run["steps"].items())
@@ -207,8 +283,9 @@ def power(n_per_method: int, target: float = 0.8) -> dict[str, Any]:
 
 
 def analyze(runs: list[dict[str, Any]], policies: list[dict[str, Any]], noise_floor: float | None) -> dict[str, Any]:
-    """The report's ``spread`` section: ``decomposition``, ``disagreement``, ``kl_give_back`` (per method: the mean
-    of each number of ``kl_give_back`` over its policies, and per policy) and ``power``."""
+    """The report's ``spread`` section: ``paired`` (``paired_comparison``), ``decomposition``, ``disagreement``,
+    ``kl_give_back`` (per method: the mean of each number of ``kl_give_back`` over its policies, and per policy) and
+    ``power``."""
     give_back = {f"{run['method']}/{run['policy']}": kl_give_back(run) for run in runs}
     per_method = {}
     for method in sorted({run["method"] for run in runs}):
@@ -219,6 +296,7 @@ def analyze(runs: list[dict[str, Any]], policies: list[dict[str, Any]], noise_fl
         }
     n = min((sum(p["method"] == method for p in policies) for method in per_method), default=0)
     return {
+        "paired": paired_comparison(policies),
         "decomposition": decomposition(policies, noise_floor),
         "disagreement": disagreement(runs),
         "kl_give_back": {"per_method": per_method, "per_policy": give_back},
@@ -229,6 +307,16 @@ def analyze(runs: list[dict[str, Any]], policies: list[dict[str, Any]], noise_fl
 def spread_lines(spread: dict[str, Any]) -> list[str]:
     """The ``spread`` section in words: one line per finding, whatever the numbers are."""
     lines = []
+    paired = spread.get("paired")
+    if paired is not None:
+        low, high = ("n/a" if value is None else f"{value:.3f}" for value in paired["ci95"])
+        boot, drop = paired["bootstrap_ci95"], paired["leave_one_out"]
+        lines.append(
+            f"paired by (head, seed), {paired['n']} cells, correlation {paired['correlation']:.3f} between methods: "
+            f"variance ratio {paired['ratio']:.3f} [Pitman-Morgan 95% {low}, {high}], p={paired['p']:.3g}; "
+            f"bootstrap over cells [{boot[0]:.3f}, {boot[1]:.3f}]; without one cell: ratio {drop['ratio'][0]:.3f} to "
+            f"{drop['ratio'][1]:.3f}, p {drop['p'][0]:.3g} to {drop['p'][1]:.3g}"
+        )
     for method, parts in spread["decomposition"].items():
         if parts is None:
             lines.append(f"{method}: no complete heads x seeds grid (>= 2 x 2): no variance decomposition")
