@@ -168,7 +168,8 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
     assert saved["settings"]["judge"]["heldout_accuracy"] >= 0.85
     for stage in ("assets", "preference_pairs", "reward_model", "policy_vanilla_0", "policy_variance_aware_0"):
         timing = saved["timings"][stage]
-        assert timing["seconds"] > 0 and 0 < timing["peak_pss_gb"] <= timing["peak_rss_sum_gb"]
+        # PSS <= RSS in each sample; psutil reads a process's two a moment apart, so allow a growing tree 2%
+        assert timing["seconds"] > 0 and 0 < timing["peak_pss_gb"] <= 1.02 * timing["peak_rss_sum_gb"]
     for name in ("report.md", "fig7_judge_reward.png", "fig10_kl.png", "fig11_proxy_reward.png"):
         assert (workdir / name).stat().st_size > 0
     ratio = saved["variance_ratio"]  # the claim's number, with its interval (two policies per method here)
@@ -199,14 +200,21 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
 
 
 def _same_study_on_a_two_node_cluster(tmp_path, assets, local_report):
-    """The quick study again, its policy runs as Ray Jobs on a two-node cluster (``--ray-address``), the dispatcher
-    killed once they run and started again: both nodes used, no run trained twice, the local launcher's report."""
+    """The quick study's pilots again, as Ray Jobs on a two-node cluster (``--ray-address``), the dispatcher killed once
+    they run and started again: both nodes used, no run trained twice, the local launcher's numbers for each run.
+    Before that, on the same cluster: a run too big for every node, and a failing run's log."""
     from ray.job_submission import JobSubmissionClient
 
     workdir = tmp_path / "demo_cluster"
     with local_ray_cluster(tmp_path) as cluster:
         argv = [sys.executable, "-m", "verl_variance.cli", "demo", "--scale", "quick", "--workdir", str(workdir),
-                "--assets-dir", str(assets), "--ray-address", cluster["address"]]  # fmt: skip
+                "--assets-dir", str(assets), "--ray-address", cluster["address"], "--policies", "1"]  # fmt: skip
+        too_big = subprocess.run([*argv, "--run-cpus", "4"], capture_output=True, text=True, timeout=300)
+        assert too_big.returncode == 2 and len(too_big.stderr.strip().splitlines()) == 1, too_big.stderr
+        assert "no node of the Ray cluster" in too_big.stderr and "can hold one run (4 CPU;" in too_big.stderr
+        assert not (workdir / "stages.log").exists()  # refused before any stage
+        _a_failing_run_is_reported_with_its_job_log(cluster["address"], tmp_path / "failing")
+
         first_log = tmp_path / "dispatcher_1.log"
         with open(first_log, "w") as log:
             dispatcher = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -217,19 +225,40 @@ def _same_study_on_a_two_node_cluster(tmp_path, assets, local_report):
             dispatcher.kill()  # its submitted runs go on
             dispatcher.wait()
         client = JobSubmissionClient(cluster["address"])
-        running = {job.metadata["verl_variance_run"] for job in client.list_jobs()}
-        assert running and all(str(job.status) in ("PENDING", "RUNNING") for job in client.list_jobs())
+        ours = lambda: [job for job in client.list_jobs()  # noqa: E731 (this study's jobs, not the failing run's)
+                        if job.metadata["verl_variance_study"] == str(workdir.resolve())]  # fmt: skip
+        running = {job.metadata["verl_variance_run"] for job in ours()}
+        assert running and all(str(job.status) in ("PENDING", "RUNNING") for job in ours())
         second = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
         assert "taking over Ray job" in second.stdout  # the killed dispatcher's runs were not started again
-        jobs = [job.metadata["verl_variance_run"] for job in client.list_jobs()]
-        assert sorted(jobs) == sorted(set(jobs)) and len(jobs) == 4 and running <= set(jobs)  # one job per run
+        jobs = [job.metadata["verl_variance_run"] for job in ours()]
+        assert sorted(jobs) == sorted(set(jobs)) and len(jobs) == 2 and running <= set(jobs)  # one job per run
         records = [json.loads(path.read_text()) for path in workdir.glob(f"policies/*/*/{JOB_FILE}")]
         assert {record["status"] for record in records} == {"SUCCEEDED"}
         assert {record["node_id"] for record in records} == set(cluster["nodes"].values())  # both nodes ran runs
     report = json.loads((workdir / "report.json").read_text())
-    for key in ("policies", "table", "variance_ratio", "evaluation_noise", "spread"):
-        assert report[key] == local_report[key], key
+    pilots = [policy for policy in local_report["policies"] if policy["policy"] == "head0_seed0"]
+    assert report["policies"] == pilots  # every number of each run, as the local launcher's run of it
+    local_give_back = local_report["spread"]["kl_give_back"]["per_policy"]
+    assert report["spread"]["kl_give_back"]["per_policy"] == {key: local_give_back[key] for key in
+                                                               ("vanilla/head0_seed0", "variance_aware/head0_seed0")}
+
+
+_FAILING_RUN = "import sys; print('step:1 - about to fail', flush=True); sys.exit(3)"
+
+
+def _a_failing_run_is_reported_with_its_job_log(address, study_dir):
+    from verl_variance.experiments import study
+    from verl_variance.experiments.cluster import RayJobs, RunResources
+
+    def launch(spec, beta, run_dir):
+        return [sys.executable, "-c", _FAILING_RUN], {"VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl")}
+
+    executor = RayJobs(address, study_dir, RunResources())
+    with pytest.raises(study.StudyError, match=r"run vanilla/head0_seed0 failed \(exit 3\); log: .*run.log") as error:
+        study.run_policy(study.PolicySpec("vanilla", 0, 0), 0.05, study_dir, launch, 1, "[test]", executor)
+    assert "step:1 - about to fail" in str(error.value) and "(FAILED) on node" in str(error.value)
 
 
 @pytest.mark.parametrize("gpus", [0, 2])
