@@ -126,8 +126,8 @@ def test_the_long_scale_has_the_policies_its_question_needs():
     from verl_variance.experiments import spread
 
     scale = demo.SCALES["long"]
-    assert sorted(demo.demo_grid(scale)) == [(h, s) for h in range(4) for s in range(6)]  # a full heads x seeds grid
-    assert scale.policies_per_method == spread.policies_for_power(0.3) == 24  # 80% power at a true ratio of 0.3
+    assert sorted(demo.demo_grid(scale)) == [(h, s) for h in range(4) for s in range(4)]  # a full heads x seeds grid
+    assert scale.policies_per_method == 16 >= spread.policies_for_power(0.2)  # 80% power at the paper's ratio 0.2
     assert scale.steps * scale.train_batch_size <= scale.train_prompts  # no prompt trained on twice
 
 
