@@ -129,11 +129,13 @@ def test_the_long_scale_has_the_policies_its_question_needs():
     assert sorted(demo.demo_grid(scale)) == [(h, s) for h in range(4) for s in range(4)]  # a full heads x seeds grid
     assert scale.policies_per_method == 16 >= spread.policies_for_power(0.2)  # 80% power at the paper's ratio 0.2
     assert scale.steps * scale.train_batch_size <= scale.train_prompts  # no prompt trained on twice
+    assert (scale.beta, scale.steps, scale.eval_samples) == (0.2, 12, 18)  # the protocol benchmarks/RESULTS.md ran
+    assert demo.SCALES["default"].beta == scale.beta  # the default uses the long study's protocol, shorter
 
 
 def test_first_seed_moves_every_policy_to_other_seeds(tmp_path, monkeypatch, capsys):
-    scale = demo.SCALES["default"]  # K = 4 heads, 8 policies per method
-    assert demo.demo_grid(scale) == [(h, s) for s in (0, 1) for h in range(4)]
+    scale = demo.SCALES["default"]  # K = 4 heads, 4 policies per method
+    assert demo.demo_grid(scale) == [(h, 0) for h in range(4)]
     moved = demo.demo_grid(replace(scale, first_seed=5, policies_per_method=6))
     assert moved == [(0, 5), (1, 5), (2, 5), (3, 5), (0, 6), (1, 6)]  # the pilot (first entry) moves too
     seen = {}
@@ -193,6 +195,13 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
     assert spread["decomposition"] == {"vanilla": None, "variance_aware": None}  # 2 policies: no heads x seeds grid
     assert spread["paired"] is None  # a paired ratio needs 4 cells
     assert spread["disagreement"]["reference"] > 0 and spread["power"]["n"] == 2
+    for method in ("vanilla", "variance_aware"):  # the heads' σ² over training: verl's rollout dumps, re-scored
+        assert spread["disagreement"][method]["training_first"] > 0
+    aware_run = workdir / "policies" / "variance_aware" / "head1_seed0"
+    aware, rescored = (json.loads((aware_run / name).read_text()) for name in ("result.json", "ensemble_training.json"))
+    logged = [aware["steps"][str(step)]["variance_kl/reward_variance/mean"] for step, _ in rescored["per_step"]]
+    assert [step for step, _ in rescored["per_step"]] == list(range(1, 11))
+    assert [value for _, value in rescored["per_step"]] == pytest.approx(logged, rel=1e-4)  # what the run logged
     for method in ("vanilla", "variance_aware"):
         assert spread["kl_give_back"]["per_method"][method]["penalty"] is not None
     assert (workdir / "fig_spread.png").stat().st_size > 0

@@ -108,6 +108,11 @@ def test_the_kl_terms_share_of_the_reward_and_the_heads_disagreement():
     assert agreement["vanilla"] == {"final": pytest.approx(0.1), "final_over_reference": pytest.approx(0.5),
                                     "training_first": None, "training_last": None}  # fmt: skip
     assert agreement["variance_aware"]["training_first"] == 0.3 and agreement["variance_aware"]["training_last"] == 0.5
+    dumped = dict(vanilla, ensemble_variance_training=[[1, 0.2], [2, 0.4], [3, 0.6], [4, 0.7], [5, 0.9]])
+    assert spread.training_variance(dumped)[-1] == (5, 0.9)  # the rollout dumps, whatever the method
+    agreement = spread.disagreement([dumped, aware])  # quarters of 5 steps: 2 steps each
+    assert agreement["vanilla"]["training_first"] == pytest.approx(0.3)
+    assert agreement["vanilla"]["training_last"] == pytest.approx(0.8)
     no_rewards = dict(vanilla, steps={1: {"critic/score/mean": 0.0}, 2: {"critic/score/mean": 1.0}})
     assert spread.kl_give_back(no_rewards)["penalty"] is None
 
@@ -139,6 +144,24 @@ def test_dump_statistics_read_the_heads_variance_and_the_proxy_spread(tmp_path):
     assert statistics["ensemble_variance_reference"] == pytest.approx(0.3)
     assert statistics["ensemble_variance_final"] == pytest.approx(0.2)
     assert statistics["proxy_final_std"] == pytest.approx(np.std([1.0, 2.0], ddof=1))
+
+
+def test_training_disagreement_scores_each_steps_dump_once_in_step_order(tmp_path, monkeypatch):
+    training = study.TrainingDisagreement(tmp_path / "ensemble")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert training(run_dir) == {"ensemble_variance_training": None}  # no rollout dumps: nothing to score
+    (run_dir / "rollouts").mkdir()
+    for step in (1, 10, 2):  # 10 sorts after 2 by number
+        lines = [json.dumps({"input": "p", "output": f"o{step}", "score": 0.0}) for _ in range(2)]
+        (run_dir / "rollouts" / f"{step}.jsonl").write_text("\n".join(lines) + "\n")
+    scored = []
+    monkeypatch.setattr(study.TrainingDisagreement, "_mean_variance",
+                        lambda self, rows: scored.append(rows[0]["output"]) or 0.1 * len(scored))  # fmt: skip
+    assert training(run_dir) == {"ensemble_variance_training": [[1, 0.1], [2, 0.2], [10, pytest.approx(0.3)]]}
+    assert training(run_dir)["ensemble_variance_training"][1] == [2, 0.2] and scored == ["o1", "o2", "o10"]  # cached
+    other = study.TrainingDisagreement(tmp_path / "another_ensemble")
+    assert other(run_dir)["ensemble_variance_training"][0] == [1, pytest.approx(0.4)]  # another model: scored again
 
 
 def _pitman_morgan_t(aware: np.ndarray, vanilla: np.ndarray, theta: float = 1.0) -> float:

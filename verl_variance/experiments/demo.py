@@ -96,12 +96,12 @@ SCALES: dict[str, DemoScale] = {
         kl_tolerance=5.0,
         parallel_runs=2,
     ),
-    "default": DemoScale(  # sized for 2 CPU cores and 30 minutes: see the README for what it trades
+    "default": DemoScale(  # 2 CPU cores, <= 30 minutes with a 30% margin in fp32: see the README for what it trades
         name="default",
         policy="smollm2",
         num_heads=4,
-        policies_per_method=8,
-        steps=8,
+        policies_per_method=4,  # one per head (seed 0): the whole path in minutes; the question is --scale long's
+        steps=6,
         train_batch_size=8,
         train_prompts=256,
         eval_prompts=48,
@@ -110,10 +110,10 @@ SCALES: dict[str, DemoScale] = {
         rm_layers=6,
         rm_stage1={"learning_rate": 5e-4, "batch_size": 32, "num_epochs": 2, "target_loss": None},
         rm_stage2={"learning_rate": 1e-3, "batch_size": 32, "num_epochs": 4, "lr_scheduler": "constant"},
-        beta=0.05,
-        actor_lr=2e-4,  # 8 steps instead of the paper's 192: a larger step so the policies move
+        beta=0.2,  # the long study's protocol: beta*KL 0.5-0.9 of the proxy score's spread (0.17 at beta 0.05)
+        actor_lr=2e-4,  # 6 steps instead of the paper's 192: a larger step so the policies move
         parallel_runs=2,
-        eval_samples=18,  # noise floor 0.05 and 0.096 of vanilla's variance (seeds 0-1, 2-3; 16 samples: 0.05, 0.104)
+        eval_samples=8,  # 48 x 8 samples: 82 s of a run with two at once in fp32 (48 x 18: 185 s)
         sampling_rows=8,  # a step's 8 requests: one chunk, no padding rows
         val_sampling_rows=48,  # 48 x 16 samples in 16 chunks: 48.5 s (one run alone); 81 s in chunks of 16, 63 s of 64
         precision="auto",  # bf16 where the CPU computes it natively: a PPO step in 0.65x the time of fp32
@@ -139,17 +139,18 @@ SCALES: dict[str, DemoScale] = {
     ),
 }
 
-SCALES["long"] = replace(  # the default's study sized to answer the question on 2 CPU cores: ~1.8 h, resumable.
-    # Its protocol is measured (benchmarks/RESULTS.md, 2026-12-07): at the default's beta 0.05 and 8 steps the two
+SCALES["long"] = replace(  # the default's protocol sized to answer the question on 2 CPU cores: ~2 h, resumable.
+    # Its protocol is measured (benchmarks/RESULTS.md, 2026-12-07): at beta 0.05 and 8 steps (the old default) the two
     # methods train nearly the same policy per (head, seed) (judge rewards correlate at 0.99); at beta 0.2 the KL
     # term is as large as the proxy score's spread from step ~12 on (KL at its plateau) and the methods' samples
     # part by step 3
     SCALES["default"],
     name="long",
     policies_per_method=16,  # 4 heads x 4 seeds: 80% power for the F interval to exclude 1 at the paper's ratio 0.2
-    steps=12,
-    beta=0.2,  # the paper's vanilla beta (Table 6): beta*KL 0.8-1.1 of the proxy score's sd (0.17 at beta 0.05)
+    steps=12,  # the KL at its plateau; beta 0.2 (the paper's vanilla beta, Table 6): beta*KL 0.8-1.1 of the score's sd
+    eval_samples=18,  # noise floor 0.05 and 0.096 of vanilla's variance at beta 0.05 (seeds 0-1, 2-3)
 )
+
 
 class DemoError(RuntimeError):
     """A demo stage failed; the message names the stage, the log and the fix."""
@@ -303,6 +304,7 @@ def policy_overrides(
         f"trainer.test_freq={scale.steps}",
         "trainer.save_freq=-1",
         f"trainer.validation_data_dir={run_dir / 'validation'}",
+        f"trainer.rollout_data_dir={run_dir / 'rollouts'}",  # each step's samples: the heads' σ² over training
         f"trainer.default_local_dir={run_dir / 'checkpoints'}",
         "trainer.project_name=verl_variance_demo",
         f"trainer.experiment_name={scale.name}_{method}_head{head}_seed{seed}",
@@ -456,7 +458,8 @@ def run_demo(
                                              stage=meter.stage, parallel=scale.parallel_runs,
                                              executor=executor)  # fmt: skip
     with meter.stage("report"):
-        runs = study.evaluate_runs(runs, workdir, judge, reference_dir=reference_run.run_dir(workdir))
+        runs = study.evaluate_runs(runs, workdir, judge, reference_dir=reference_run.run_dir(workdir),
+                                   training=study.TrainingDisagreement(reward_model))  # fmt: skip
         settings = {**asdict(scale), "calibration": calibration, "judge": assets["judge_accuracy"]}
         report = study.write_study_report(runs, workdir, settings, meter.stages, scale.kl_tolerance)
     report["timings"] = meter.stages  # the report stage's own time too

@@ -198,11 +198,25 @@ def paired_comparison(policies: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _window_mean(run: dict[str, Any], metric: str, first: bool = False) -> float | None:
     """Mean of ``metric`` over the first or last quarter of the run's steps that log it (None if none does)."""
     steps = sorted((int(step), values) for step, values in run["steps"].items())
-    values = [float(values[metric]) for _, values in steps if metric in values]
+    return _quarter_mean([float(values[metric]) for _, values in steps if metric in values], first)
+
+
+def _quarter_mean(values: list[float], first: bool = False) -> float | None:
+    """Mean of the first or last quarter (at least one) of ``values`` in step order; None if there are none."""
     if not values:
         return None
     window = max(1, math.ceil(0.25 * len(values)))
     return float(np.mean(values[:window] if first else values[-window:]))
+
+
+def training_variance(run: dict[str, Any]) -> list[tuple[int, float]]:
+    """(step, the heads' mean σ² over that step's training samples) of a run, in step order: from verl's rollout
+    dumps (``ensemble_variance_training``, every method) or else from what the variance-aware penalty logs
+    (``variance_kl/reward_variance/mean``); empty if neither was recorded."""
+    if run.get("ensemble_variance_training"):
+        return [(int(step), float(value)) for step, value in run["ensemble_variance_training"]]
+    steps = sorted((int(step), values) for step, values in run["steps"].items())
+    return [(step, float(values[VARIANCE_METRIC])) for step, values in steps if VARIANCE_METRIC in values]
 
 
 def kl_give_back(run: dict[str, Any]) -> dict[str, Any]:
@@ -233,9 +247,9 @@ def disagreement(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
 
     ``reference``: on the reference policy's validation samples (the same for every run); per method:
     ``final`` (mean over its policies of the mean σ² on their final validation samples), ``final_over_reference``;
-    and over training, where logged (the variance-aware runs' ``variance_kl/reward_variance/mean``):
-    ``training_first`` and ``training_last`` (first- and last-quarter means, averaged over the runs). None when the
-    dumps carry no σ² (a reward without ``reward_variance``).
+    and over training, where recorded (``training_variance``): ``training_first`` and ``training_last`` (first- and
+    last-quarter means, averaged over the runs). None when the dumps carry no σ² (a reward without
+    ``reward_variance``).
     """
     with_variance = [run for run in runs if run.get("ensemble_variance_final") is not None]
     if not with_variance:
@@ -245,8 +259,9 @@ def disagreement(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     for method in sorted({run["method"] for run in with_variance}):
         own = [run for run in with_variance if run["method"] == method]
         final = float(np.mean([run["ensemble_variance_final"] for run in own]))
-        first = [value for run in own if (value := _window_mean(run, VARIANCE_METRIC, first=True)) is not None]
-        last = [value for run in own if (value := _window_mean(run, VARIANCE_METRIC)) is not None]
+        during = [[value for _, value in training_variance(run)] for run in own]
+        first = [value for values in during if (value := _quarter_mean(values, first=True)) is not None]
+        last = [value for values in during if (value := _quarter_mean(values)) is not None]
         result[method] = {
             "final": final,
             "final_over_reference": final / reference if reference else None,
@@ -357,12 +372,13 @@ def spread_lines(spread: dict[str, Any]) -> list[str]:
 
 
 def plot_spread(spread: dict[str, Any], runs: list[dict[str, Any]], path: Path) -> Path:
-    """Left: each method's variance components of the judge reward (stacked bars). Right: the heads' disagreement
-    on the reference's samples (line) and on each policy's final samples (dots), per method."""
+    """Left: each method's variance components of the judge reward (stacked bars). Middle: the heads' disagreement
+    on the reference's samples (line) and on each policy's final samples (dots), per method. Right: the
+    disagreement on the training samples, step by step (each method's mean over its runs; ``training_variance``)."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(9.6, 4.0), dpi=100)
-    components, agreement = figure.subplots(1, 2)
+    figure = Figure(figsize=(14.4, 4.0), dpi=100)
+    components, agreement, during = figure.subplots(1, 3)
     colors = {"head": "tab:orange", "seed": "tab:purple", "interaction": "tab:gray", "evaluation": "tab:olive"}
     methods = list(spread["decomposition"])
     for x, method in enumerate(methods):
@@ -390,6 +406,24 @@ def plot_spread(spread: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
     agreement.set_xticks(range(len(methods)), [m.replace("_", "-") for m in methods])
     agreement.set_ylabel("mean sigma^2 across heads (final samples)")
     agreement.set_title("Heads' disagreement where the policies generate")
+    for method in methods:
+        by_step: dict[int, list[float]] = {}
+        for run in runs:
+            if run["method"] == method:
+                for step, value in training_variance(run):
+                    by_step.setdefault(step, []).append(value)
+        if by_step:
+            steps = sorted(by_step)
+            during.plot(steps, [np.mean(by_step[step]) for step in steps], marker=".", label=method.replace("_", "-"))
+    if during.get_legend_handles_labels()[0]:
+        if spread["disagreement"] is not None:
+            during.axhline(spread["disagreement"]["reference"], color="indigo", linestyle="--", label="reference")
+        during.legend(fontsize="small")
+    else:
+        during.text(0.5, 0.5, "not recorded", ha="center", transform=during.transAxes)
+    during.set_xlabel("training step")
+    during.set_ylabel("mean sigma^2 across heads (training samples)")
+    during.set_title("... over training (mean over each method's runs)")
     figure.tight_layout()
     figure.savefig(path, format="png")
     return path

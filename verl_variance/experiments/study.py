@@ -47,6 +47,7 @@ from verl_variance.experiments.report import KL_METRIC, METHODS, build_report, f
 
 RESULT_FILE = "result.json"
 CALIBRATION_FILE = "calibration.json"
+TRAINING_VARIANCE_FILE = "ensemble_training.json"  # the heads' σ² per training step (TrainingDisagreement)
 _STEP = re.compile(r"\bstep:(\d+)\b")  # verl's console logger: "step:3 - actor/pg_loss:..."
 _PROGRESS_METRICS = {"reward": "critic/score/mean", "KL": "actor/reward_kl_penalty"}
 
@@ -442,6 +443,45 @@ def dump_statistics(run_dir: Path, reference_dir: Path | None = None) -> dict[st
     }
 
 
+class TrainingDisagreement:
+    """The heads' disagreement over a run's training, whatever its method: each step's samples (verl's
+    ``trainer.rollout_data_dir`` dumps in ``run_dir/rollouts``, prompt and response text; the V1 trainer dumps no
+    reward extra info) scored again by the ensemble reward model as the ensemble reward manager scores them with
+    ``prompt_format=text`` (prompt + response as one text, its last ``max_length`` tokens, fixed-shape batches).
+    The variance-aware runs log the same σ² as ``variance_kl/reward_variance/mean``; vanilla runs log none."""
+
+    def __init__(self, reward_model: Path) -> None:
+        self.reward_model = Path(reward_model)
+        self._loaded = None
+
+    def __call__(self, run_dir: Path) -> dict[str, Any]:
+        """``{"ensemble_variance_training": [[step, mean σ² over the step's samples], ...]}`` (None without dumps),
+        cached in ``run_dir/ensemble_training.json`` for this reward model."""
+        cache = run_dir / TRAINING_VARIANCE_FILE
+        if cache.is_file() and (cached := read_json(cache)).get("reward_model") == str(self.reward_model):
+            return {"ensemble_variance_training": cached["per_step"]}
+        dumps = sorted((run_dir / "rollouts").glob("*.jsonl"), key=lambda path: int(path.stem))
+        if not dumps:
+            return {"ensemble_variance_training": None}
+        per_step = [[int(dump.stem), self._mean_variance(read_jsonl(dump))] for dump in dumps]
+        write_json(cache, {"reward_model": str(self.reward_model), "per_step": per_step})
+        return {"ensemble_variance_training": per_step}
+
+    def _mean_variance(self, rows: list[dict[str, Any]]) -> float:
+        from verl_variance.core.config import EnsembleRewardConfig
+        from verl_variance.core.variance import ensemble_reward_variance
+        from verl_variance.reward_model.checkpoint import load_ensemble
+        from verl_variance.reward_model.scoring import member_rewards
+
+        if self._loaded is None:
+            self._loaded = load_ensemble(self.reward_model, require_variance=True)[:2]
+        model, tokenizer = self._loaded
+        settings = EnsembleRewardConfig()  # the manager's batch size and max_length (the demo keeps its defaults)
+        rewards = member_rewards(model, tokenizer, [("", row["input"] + row["output"]) for row in rows],
+                                 settings.batch_size, settings.max_length, fixed_shape=True, keep="end")  # fmt: skip
+        return float(ensemble_reward_variance(rewards).mean())
+
+
 def finished_runs(study_dir: Path) -> list[dict[str, Any]]:
     """The records of every finished run in a study folder, in method order then name order."""
     runs = []
@@ -452,14 +492,20 @@ def finished_runs(study_dir: Path) -> list[dict[str, Any]]:
 
 
 def evaluate_runs(
-    runs: Iterable[dict[str, Any]], study_dir: Path, judge: Judge, reference_dir: Path | None = None
+    runs: Iterable[dict[str, Any]],
+    study_dir: Path,
+    judge: Judge,
+    reference_dir: Path | None = None,
+    training: Callable[[Path], dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each run record with its judge scores (``judge_run``) and its dumps' statistics (``dump_statistics``) added
-    (``reference_dir``: the run that validated the reference policy, for runs that did not)."""
+    """Each run record with its judge scores (``judge_run``), its dumps' statistics (``dump_statistics``) and, with
+    ``training`` (a ``TrainingDisagreement``), the heads' disagreement over its training added (``reference_dir``:
+    the run that validated the reference policy, for runs that did not)."""
     judged = []
     for run in runs:
         run_dir = PolicySpec(run["method"], run["head"], run["seed"]).run_dir(study_dir)
-        judged.append({**run, **judge_run(run_dir, judge, reference_dir), **dump_statistics(run_dir, reference_dir)})
+        judged.append({**run, **judge_run(run_dir, judge, reference_dir), **dump_statistics(run_dir, reference_dir),
+                       **(training(run_dir) if training is not None else {})})  # fmt: skip
     return judged
 
 
