@@ -423,7 +423,7 @@ def plot_spread(spread: dict[str, Any], runs: list[dict[str, Any]], path: Path) 
         during.text(0.5, 0.5, "not recorded", ha="center", transform=during.transAxes)
     during.set_xlabel("training step")
     during.set_ylabel("mean sigma^2 across heads (training samples)")
-    during.set_title("... over training (mean over each method's runs)")
+    during.set_title("... over training (mean over runs)")
     figure.tight_layout()
     figure.savefig(path, format="png")
     return path
