@@ -15,7 +15,7 @@ projected for the paper's 4,125 steps (paper: 51 h on 4 x A40).
     python benchmarks/bench_stage1.py                                       # CPU, both trainers
     python benchmarks/bench_stage1.py --device cuda --preset gemma-2b       # one GPU, TRL, Gemma-2B size
 
-``--memory-plan`` (CPU, seconds): the measured inputs of the README's memory plan for Gemma-2B: its parameter
+``--memory-plan`` (CPU, seconds): the measured inputs of the memory plan for Gemma-2B (recipes/README.md): its parameter
 count (its config on the meta device), and the activation memory stage 1 keeps for the backward pass per pair
 (2 sequences of 1,024 tokens, bf16), with and without gradient checkpointing: the bytes of every tensor autograd
 saves in a forward pass of the real layer at full width (``torch.autograd.graph.saved_tensors_hooks``, storages
@@ -114,7 +114,7 @@ def saved_activation_bytes(preset: Preset, num_layers: int, checkpointing: bool)
 
 
 def memory_plan() -> None:
-    """The measured inputs of the README's memory plan (Gemma-2B, one pair of 1,024-token sequences, bf16)."""
+    """The measured inputs of the memory plan (recipes/README.md; Gemma-2B, 1,024-token pairs, bf16)."""
     import torch
     from transformers import AutoModelForSequenceClassification
 

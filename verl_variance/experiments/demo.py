@@ -96,7 +96,7 @@ SCALES: dict[str, DemoScale] = {
         kl_tolerance=5.0,
         parallel_runs=2,
     ),
-    "default": DemoScale(  # 2 CPU cores, <= 30 minutes with a 30% margin in fp32: see the README for what it trades
+    "default": DemoScale(  # 2 CPU cores, <= 30 minutes with a 30% margin in fp32: see docs/demo.md for what it trades
         name="default",
         policy="smollm2",
         num_heads=4,

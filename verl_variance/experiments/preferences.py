@@ -16,7 +16,7 @@ SmolLM2 after the same opening differ little in sentiment, so their judge labels
 ordering only 70% of the time, and a reward model trained on 512 of them ranked policy samples no
 better than chance (Spearman 0.06 against the judge). Human review openings carry the review's
 sentiment (labels 79% in the judge's order) and cost no sampling: 1024 pairs gave Spearman 0.42
-(measured on the default scale's reference samples; see the README). The paper's reward model, too,
+(measured on the default scale's reference samples; see docs/demo.md). The paper's reward model, too,
 is trained on preference data that the policy did not generate.
 """
 

@@ -55,7 +55,7 @@ SCALES: dict[str, RVPOStudyScale] = {
         name="quick", policy="tiny", seeds=1, steps=2, train_batch_size=4, responses_per_prompt=2,
         train_prompts=16, eval_prompts=8, actor_lr=1e-3, tau=1.0,
     ),  # fmt: skip
-    "default": RVPOStudyScale(  # 2 CPU cores, <= 20 minutes: see the README
+    "default": RVPOStudyScale(  # 2 CPU cores, <= 20 minutes: see docs/rvpo_r2vpo.md
         name="default", policy="smollm2", seeds=3, steps=6, train_batch_size=8, responses_per_prompt=4,
         train_prompts=256, eval_prompts=64, actor_lr=2e-5, tau=1.0,
     ),  # fmt: skip
