@@ -6,6 +6,9 @@ Hydra presets or with ``+variance_kl.weighting=variance`` on verl's stock config
 
 from __future__ import annotations
 
+import importlib
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
@@ -49,6 +52,35 @@ def from_mapping(cls, *layers: Mapping[str, Any] | None, where: str):
         if "is not a ListConfig" in error.msg:
             raise ValueError(f"{where}: {error.full_key} must be a list, e.g. {error.full_key}=[a,b]") from None
         raise ValueError(f"{where}: {error.full_key}: {error.msg.splitlines()[0]}") from None
+
+
+def config_table(cls, prefix: str = "") -> str:
+    """A Markdown table (key, default, meaning) of dataclass ``cls``'s keys (``config_keys``), as the docs show
+    them: defaults in YAML spelling (null, true/false). ``tests/test_docs.py`` keeps the docs' copies in sync."""
+
+    def spelled(value: Any) -> str:
+        if value is None or isinstance(value, bool):
+            return {None: "null", True: "true", False: "false"}[value]
+        return str(value)
+
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{key}` | `{spelled(default)}` | {text} |" for key, default, text in config_keys(cls, prefix)]
+    return "\n".join(rows)
+
+
+_TABLE = re.compile(r"(<!-- config-table (\S+) (\S*) -->\n)(.*?)(<!-- /config-table -->)", re.DOTALL)
+
+
+def fill_config_tables(markdown: str) -> str:
+    """``markdown`` with each block ``<!-- config-table <module>.<Class> <prefix> -->`` ... ``<!-- /config-table -->``
+    holding ``config_table`` of that dataclass (``python -m verl_variance.core.config docs/*.md`` rewrites them)."""
+
+    def table(match: re.Match) -> str:
+        module, _, name = match.group(2).rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        return f"{match.group(1)}{config_table(cls, match.group(3))}\n{match.group(5)}"
+
+    return _TABLE.sub(table, markdown)
 
 
 def config_keys(cls, prefix: str = "") -> list[tuple[str, Any, str]]:
@@ -286,3 +318,11 @@ class R2VPOConfig:
     def from_trainer_config(cls, config: Mapping[str, Any]) -> R2VPOConfig:
         """Read the ``r2vpo`` group of a verl trainer config (defaults when absent)."""
         return from_mapping(cls, config.get("r2vpo"), where="r2vpo")
+
+
+if __name__ == "__main__":  # python -m verl_variance.core.config docs/*.md: refresh the docs' config tables
+    for path in sys.argv[1:]:
+        with open(path) as file:
+            text = file.read()
+        with open(path, "w") as file:
+            file.write(fill_config_tables(text))
