@@ -222,13 +222,10 @@ def _train_rm(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="verl-variance train-rm: %(message)s")
     if args.keys:
-        from verl_variance.core.config import config_keys
+        from verl_variance.core.config import config_keys, spelled
         from verl_variance.reward_model.train import TrainRMConfig
 
-        def value(default) -> str:  # as --set reads it
-            return "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
-
-        rows = [(f"{key}={value(default)}", text) for key, default, text in config_keys(TrainRMConfig)]
+        rows = [(f"{key}={spelled(default)}", text) for key, default, text in config_keys(TrainRMConfig)]
         width = max(len(setting) for setting, _ in rows)
         print("\n".join(f"  {setting:<{width}}  {text}" for setting, text in rows))
         return 0

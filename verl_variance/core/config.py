@@ -54,15 +54,16 @@ def from_mapping(cls, *layers: Mapping[str, Any] | None, where: str):
         raise ValueError(f"{where}: {error.full_key}: {error.msg.splitlines()[0]}") from None
 
 
+def spelled(value: Any) -> str:
+    """A default as an override or YAML reads it: ``null``, ``true``/``false``, else ``str``."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
 def config_table(cls, prefix: str = "") -> str:
     """A Markdown table (key, default, meaning) of dataclass ``cls``'s keys (``config_keys``), as the docs show
-    them: defaults in YAML spelling (null, true/false). ``tests/test_docs.py`` keeps the docs' copies in sync."""
-
-    def spelled(value: Any) -> str:
-        if value is None or isinstance(value, bool):
-            return {None: "null", True: "true", False: "false"}[value]
-        return str(value)
-
+    them (defaults ``spelled``). ``tests/test_docs.py`` keeps the docs' copies in sync."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     rows += [f"| `{key}` | `{spelled(default)}` | {text} |" for key, default, text in config_keys(cls, prefix)]
     return "\n".join(rows)
