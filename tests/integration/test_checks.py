@@ -35,13 +35,15 @@ def test_gpu_rollout_on_cpu_is_rejected_unless_vllms_cpu_build_runs_it(monkeypat
     check_cpu_rollout("cpu", {"name": "vllm", "enable_sleep_mode": False, "full_determinism": False})
 
 
-def test_verls_vllm_launch_patches_skip_the_models_they_would_raise_on():
+def test_verls_vllm_launch_patches_skip_the_models_they_would_raise_on(monkeypatch):
     """verl patches every vLLM model it launches through model.model / model.language_model and compute_logits;
     vLLM's GPT-2 has model.transformer and its GPT-2 classifier no compute_logits: those are left alone, verl's
     own patches run on every other model."""
     import types
 
-    from verl_variance.integration import patches
+    from verl_variance.integration import compat, patches
+
+    monkeypatch.setattr(compat, "check_record", lambda where, original: None)  # stand-ins, not verl's definitions
 
     calls = []
 
@@ -78,6 +80,7 @@ def test_vllm_cpu_keeps_linear_weights_for_verls_weight_sync(monkeypatch):
 
     from verl_variance.integration import checks, compat, patches
 
+    monkeypatch.setattr(compat, "check_record", lambda where, original: None)  # stand-ins, not vLLM's definitions
     calls = []
 
     def make_module():

@@ -6,7 +6,9 @@ clear message when a feature that needs the missing piece is used (``require``).
 ``VERL_VARIANCE_STRICT=1`` to turn a recorded problem into an exception at the point it happens.
 
 Patches run when their target module is first imported (a ``sys.meta_path`` hook), so the plugin
-never imports heavy verl modules (trainers, workers) at load time.
+never imports heavy verl modules (trainers, workers) at load time. Each replaced definition is checked against
+the body and versions it was written for (``check_record``, ``fingerprints.py``): a patch whose target moved is
+disabled whole, not applied in part.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ INSTALL_HINT = "pip install 'verl>=0.9.1,<0.10'"
 
 class VerlVarianceError(RuntimeError):
     """A problem with the verl-variance set-up; the message says what to do."""
+
+
+class PatchDisabled(VerlVarianceError):
+    """A patch whose target changed since it was checked, or (verl) whose installed version was not checked."""
 
 
 class UnsupportedVerlVersion(VerlVarianceError):
@@ -84,6 +90,8 @@ class PluginStatus:
     """patch name -> the optional package its target module imports (``vllm``): not installed, the patch waits."""
     patched_attributes: list[str] = field(default_factory=list)
     """Every verl/transformers attribute replaced (``patch``) or registry entry added (``register_entry``)."""
+    patches_disabled: dict[str, str] = field(default_factory=dict)
+    """patch name -> why it is off (``PatchDisabled``: its target moved or its verl version was not checked)."""
     errors: list[str] = field(default_factory=list)
 
     def add(self, kind: str, name: str) -> None:
@@ -106,6 +114,8 @@ def require(patch_name: str) -> None:
     """Raise a clear error if a patch a feature depends on was not applied."""
     if STATUS.version_error:
         raise UnsupportedVerlVersion(STATUS.version_error)
+    if patch_name in STATUS.patches_disabled:
+        raise PatchDisabled(f"verl-variance patch {patch_name!r} is disabled: {STATUS.patches_disabled[patch_name]}")
     if patch_name not in STATUS.patches_applied:
         problems = [e.splitlines()[0] for e in STATUS.errors if e.startswith(patch_name)]
         detail = f" ({problems[0]})" if problems else ""
@@ -157,6 +167,32 @@ def _check_replacement(original: Callable, replacement: Callable, requires: Iter
         check_signature(original, expected, where)  # raises, naming both signatures
 
 
+def check_record(where: str, original: Any) -> None:
+    """Refuse (``PatchDisabled``) to replace ``where`` when its definition is not the one the patch was checked on:
+    its fingerprint moved, or, for verl, the installed version is not among those checked (``fingerprints``)."""
+    from verl_variance.integration import fingerprints
+
+    if RECORDING is not None:  # scripts/check_patch_targets.py --write: take the definitions as they are
+        RECORDING[where] = original
+        return
+    entry = fingerprints.record().get(where)
+    if entry is None:
+        raise VerlVarianceError(
+            f"{where} has no entry in {fingerprints.RECORD_FILE.name}: every definition verl-variance replaces is "
+            "recorded there (python scripts/check_patch_targets.py --write)"
+        )
+    version = importlib.metadata.version(entry["distribution"])
+    fix = (f"Fix: pip install '{entry['distribution']}=={entry['checked_on'][-1]}', or check the patch against this "
+           "version (python scripts/check_patch_targets.py) and record it (--write)")  # fmt: skip
+    if entry["distribution"] == "verl" and version not in entry["checked_on"]:
+        raise PatchDisabled(f"{where}: verl {version} is not a version this patch was checked on "
+                            f"({', '.join(entry['checked_on'])}). {fix}")  # fmt: skip
+    actual = fingerprints.fingerprint(original)
+    if entry["fingerprints"] and actual not in entry["fingerprints"]:
+        raise PatchDisabled(f"{where} changed in {entry['distribution']} {version} (definition fingerprint {actual}, "
+                            f"checked: {', '.join(entry['fingerprints'])}). {fix}")  # fmt: skip
+
+
 def patch(
     owner: Any, name: str, *, requires: Iterable[str] = (), versions: tuple[str, SpecifierSet] | None = None
 ) -> Callable[[Callable[[Callable], Callable]], Callable]:
@@ -166,8 +202,9 @@ def patch(
     Before replacing it checks, and raises ``VerlVarianceError`` naming the attribute and the fix otherwise:
     ``versions`` = (distribution, specifier) when the target is outside verl (verl's own range is checked
     once by the plugin); that ``owner.name`` exists; that its parameters are the replacement's (see
-    ``_check_replacement``; ``requires``: names that must be among them). Records ``module.Qualname.name``
-    in ``STATUS.patched_attributes`` for ``doctor``. Idempotent: an attribute already replaced is kept.
+    ``_check_replacement``; ``requires``: names that must be among them); that its definition is the one the
+    patch was checked on (``check_record``). Records ``module.Qualname.name`` in ``STATUS.patched_attributes`` for
+    ``doctor``. Idempotent: an attribute already replaced is kept.
     """
 
     def apply(make: Callable[[Callable], Callable]) -> Callable:
@@ -179,10 +216,12 @@ def patch(
             raise VerlVarianceError(f"{where} is missing: this build differs from the one verl-variance patches")
         if hasattr(original, PATCHED_MARK):
             return original
+        check_record(where, original)
         replacement = make(original)
         _check_replacement(original, replacement, requires, where)
         setattr(replacement, PATCHED_MARK, where)
         ORIGINALS[where] = original
+        _OWNERS[where] = (owner, name)
         setattr(owner, name, replacement)
         if where not in STATUS.patched_attributes:
             STATUS.patched_attributes.append(where)
@@ -207,8 +246,12 @@ PATCHED_MARK = "__verl_variance_original__"
 itself: wrappers copy a function's attributes (``functools.wraps``; Ray's tracing wrapper of every actor method),
 and a copied original would be pickled by value with the actor class (its globals need not pickle)."""
 
+RECORDING: dict[str, Any] | None = None
+"""Set to a dict by ``scripts/check_patch_targets.py --write``: ``check_record`` then collects every target."""
+
 ORIGINALS: dict[str, Callable] = {}
 """``module.Qualname.name`` -> the object ``patch`` replaced there."""
+_OWNERS: dict[str, tuple[Any, str]] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,12 +267,28 @@ def _run_hooks(module_name: str, module) -> None:
         hooks = _hooks.pop(module_name, [])
     for patch_name, hook in hooks:
         STATUS.patches_pending.remove(patch_name)
+        before = set(ORIGINALS)
         try:
             hook(module)
         except Exception as exc:  # recorded for doctor; raised again by `require` when used
-            STATUS.record_error(patch_name, exc)
+            _undo([where for where in ORIGINALS if where not in before])  # a patch is applied whole or not at all
+            if isinstance(exc, PatchDisabled):
+                STATUS.patches_disabled[patch_name] = str(exc)
+                logger.warning("verl-variance: patch %s disabled: %s", patch_name, exc)
+                if strict_mode():
+                    raise
+            else:
+                STATUS.record_error(patch_name, exc)
         else:
             STATUS.patches_applied.append(patch_name)
+
+
+def _undo(replaced: list[str]) -> None:
+    """Put back what a failed patch had replaced."""
+    for where in replaced:
+        owner, name = _OWNERS.pop(where)
+        setattr(owner, name, ORIGINALS.pop(where))
+        STATUS.patched_attributes.remove(where)
 
 
 class _HookedLoader(importlib.abc.Loader):

@@ -80,6 +80,7 @@ def probe() -> dict[str, Any]:
             "patches_applied": STATUS.patches_applied,
             "patches_pending": STATUS.patches_pending,
             "patched_attributes": STATUS.patched_attributes,
+            "patches_disabled": STATUS.patches_disabled,
             "patch_scopes": STATUS.patch_scopes,
             "errors": STATUS.errors,
         }
@@ -138,6 +139,7 @@ def problems(report: dict[str, Any]) -> list[str]:
     ours = report.get("verl_variance") or {}
     if ours.get("version_error"):
         found.append(ours["version_error"])
+    found.extend(f"patch {name} disabled: {why}" for name, why in ours.get("patches_disabled", {}).items())
     found.extend(ours.get("errors", []))
     return found
 
@@ -182,7 +184,8 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  {'patches not reached':<22} {', '.join(ours['patches_pending'])}")
         lines.extend(["", *scope_lines(ours.get("patch_scopes", {}))])
         lines.append("")
-        lines.append("verl/transformers attributes changed by verl-variance:")
+        lines.append("verl/transformers attributes changed by verl-variance (each checked against the definition "
+                     "and, for verl, the versions in integration/patch_record.json):")  # fmt: skip
         lines.extend(f"  {where}" for where in ours["patched_attributes"])
     registries = report.get("registries")
     if registries:
