@@ -57,10 +57,17 @@ def _demo(args: argparse.Namespace) -> int:
     if args.study == "rvpo":
         overrides = {"seeds": args.policies, "steps": args.steps}
     else:
-        overrides = {"policies_per_method": args.policies, "steps": args.steps}
+        try:
+            overrides = _scale_settings(SCALES[args.scale], args.set)
+        except ValueError as error:
+            print(f"verl-variance demo: {error}", file=sys.stderr)
+            return 2
+        overrides |= {key: value for key, value in (("policies_per_method", args.policies), ("steps", args.steps))
+                      if value is not None}  # fmt: skip
     overrides = {key: value for key, value in overrides.items() if value is not None}
     extra = [flag for flag, value in (("--heads", args.heads), ("--parallel", args.parallel),
-                                      ("--ray-address", args.ray_address)) if value is not None]  # fmt: skip
+                                      ("--ray-address", args.ray_address), ("--set", args.set or None))
+             if value is not None]  # fmt: skip
     if args.study == "rvpo" and extra:
         print(f"verl-variance demo: {', '.join(extra)} are for --study variance_kl", file=sys.stderr)
         return 2
@@ -94,6 +101,19 @@ def _demo(args: argparse.Namespace) -> int:
     report = "rvpo_report.json, rvpo_report.md" if args.study == "rvpo" else "report.json, report.md"
     print(f"verl-variance demo: report in {workdir}/{report} and fig*.png")
     return 0
+
+
+def _scale_settings(scale, settings: list[str]) -> dict:
+    """``demo --set KEY=VALUE ...``: the scale's fields those settings change, typed and checked through the one
+    config mechanism (``core.config.from_mapping``: an unknown field fails with the valid ones)."""
+    from omegaconf import OmegaConf
+
+    from verl_variance.core.config import from_mapping
+
+    if bad := [item for item in settings if "=" not in item]:
+        raise ValueError(f"--set takes KEY=VALUE pairs (e.g. --set beta=0.1 actor_lr=4e-4), got {bad[0]!r}")
+    changed = from_mapping(type(scale), dataclasses.asdict(scale), OmegaConf.from_dotlist(settings), where="--set")
+    return {name: value for name, value in vars(changed).items() if value != getattr(scale, name)}
 
 
 _SIMULATE_FIELDS = (
@@ -356,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the paper's IMDB study offline: ensemble RM, vanilla vs variance-aware PPO through verl, report"
     )
     demo.add_argument("--scale", default="default",
-                      help="quick (CI, tiny models), default (SmolLM2, CPU, 30 min), long (SmolLM2, CPU, hours: the "
+                      help="quick (CI, tiny models), default (SmolLM2, CPU, ~21 min), long (SmolLM2, CPU, ~2 h: the "
                            "study that can answer the question), paper (GPU)")  # fmt: skip
     demo.add_argument(
         "--study",
@@ -377,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="CPU compute of actor, reference and sampler (default: the scale's; default scale: auto, "
                            "bf16 on a CPU with native bf16 (AMX or AVX512-BF16), else fp32)")  # fmt: skip
     demo.add_argument("--parallel", type=positive_int, help="policy runs at once (default: the scale's)")
+    demo.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                      help="any other field of the scale, e.g. --set beta=0.1 actor_lr=4e-4 rm_stage2.num_epochs=2 "
+                           "(the fields: docs/demo.md); --policies, --steps and the flags above win")  # fmt: skip
     demo.add_argument("--heads", choices=["init", "bootstrap"],
                       help="how the reward heads differ: init (initialisation only, the paper; default) or bootstrap "
                            "(each also trains on its own resample of the preference pairs)")  # fmt: skip

@@ -108,6 +108,26 @@ def test_cluster_heads_and_parallel_flags_reach_the_demo(tmp_path, monkeypatch, 
     assert "'0' is not a number > 0" in capsys.readouterr().err
 
 
+def test_set_changes_any_field_of_the_scale_typed_and_checked(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda scale, workdir, assets, address, cpus, **overrides: seen.update(
+        overrides, scale=scale))  # fmt: skip
+    settings = ["--set", "actor_lr=4e-4", "rm_stage2.num_epochs=2", "beta=0.2", "steps=5"]
+    assert cli_main(["demo", "--workdir", str(tmp_path), "--steps", "3", *settings]) == 0
+    default = demo.SCALES["default"]
+    assert seen == {"scale": "default", "actor_lr": 4e-4, "steps": 3,  # beta=0.2 is the default's: not an override
+                    "rm_stage2": {**default.rm_stage2, "num_epochs": 2}}  # fmt: skip
+    assert isinstance(seen["actor_lr"], float)  # typed as the field is, not the string
+    for bad, message in ((["lr=1"], "unknown key(s) ['lr'] in --set; valid keys: ['name', 'policy'"),
+                         (["steps=abc"], "--set: steps: Value 'abc' of type 'str' could not be converted to Integer"),
+                         (["beta"], "--set takes KEY=VALUE pairs (e.g. --set beta=0.1 actor_lr=4e-4), got 'beta'")):
+        assert cli_main(["demo", "--workdir", str(tmp_path), "--set", *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert cli_main(["demo", "--study", "rvpo", "--set", "beta=0.1", "--workdir", str(tmp_path)]) == 2
+    assert "--set are for --study variance_kl" in capsys.readouterr().err
+
+
 def test_bootstrap_heads_reach_stage_2(tmp_path, monkeypatch):
     from verl_variance.reward_model import train
 
