@@ -52,7 +52,8 @@ def write_record(targets: dict[str, Any], record: dict[str, dict[str, Any]]) -> 
         module, qualname = fingerprints.defined_at(original)
         distribution = distribution_of(original)
         entry = record.get(where, {"distribution": distribution, "checked_on": [], "fingerprints": []})
-        entry.update(distribution=distribution, module=module, qualname=qualname)
+        entry.update(distribution=distribution, module=module, qualname=qualname,
+                     patch=compat.STATUS.attribute_patches[where])  # fmt: skip
         version, found = importlib.metadata.version(distribution), fingerprints.fingerprint(original)
         entry["checked_on"] = sorted(set(entry["checked_on"]) | {version})
         if found is not None and found not in entry["fingerprints"]:
@@ -73,12 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verl-tree", type=Path, help="a verl source checkout (its verl/ package is read, not run)")
     parser.add_argument("--write", action="store_true", help="record the installed definitions and versions")
+    parser.add_argument("--docs", type=Path, help="write the patch table page (docs/patches.md) from the record")
     args = parser.parse_args(argv)
     record = json.loads(fingerprints.RECORD_FILE.read_text()) if fingerprints.RECORD_FILE.is_file() else {}
     if args.write:
         updated = write_record(installed_targets(), record)
         fingerprints.RECORD_FILE.write_text(json.dumps(updated, indent=1) + "\n")
         print(f"recorded {len(updated)} patched definitions in {fingerprints.RECORD_FILE}")
+        return 0
+    if args.docs:
+        from verl_variance.integration.patches import SCOPES
+
+        installed_targets()  # the plugin's hooks registered: their scopes
+        args.docs.write_text(fingerprints.patch_table(record, compat.STATUS.patch_scopes, SCOPES))
+        print(f"wrote {args.docs}")
         return 0
     targets = {} if args.verl_tree else installed_targets()
     bad = 0

@@ -123,12 +123,20 @@ def test_an_unrecorded_target_is_an_error_not_a_silent_patch(fresh_status, targe
     assert fresh_status.errors[0].startswith("gated: VerlVarianceError: gated_target.first has no entry in")
 
 
-def test_the_record_covers_every_patch_applied_here_and_holds_on_this_verl():
+def test_the_record_covers_every_patch_applied_here_holds_on_this_verl_and_its_page_is_current():
+    from verl_variance.integration.patches import SCOPES
+
     report = run_probe()
     assert problems(report) == []  # nothing disabled on the installed verl
-    patched = {where for where in report["verl_variance"]["patched_attributes"] if "[" not in where}  # not registries
+    ours = report["verl_variance"]
+    patched = {where for where in ours["patched_attributes"] if "[" not in where}  # not registries
     record = fingerprints.record()
     assert patched <= set(record)
+    assert {where: record[where]["patch"] for where in patched} == {where: ours["attribute_patches"][where]
+                                                                    for where in patched}  # fmt: skip
+    page = (ROOT / "docs" / "patches.md").read_text()
+    assert page == fingerprints.patch_table(record, ours["patch_scopes"], SCOPES), (
+        "docs/patches.md is stale: python scripts/check_patch_targets.py --docs docs/patches.md")
     assert set(record) - patched == {  # vLLM is not installed here: its patches are recorded, not reached
         "verl.workers.rollout.vllm_rollout.utils.monkey_patch_compute_logits",
         "verl.workers.rollout.vllm_rollout.utils.patch_vllm_moe_model_weight_loader",

@@ -90,6 +90,8 @@ class PluginStatus:
     """patch name -> the optional package its target module imports (``vllm``): not installed, the patch waits."""
     patched_attributes: list[str] = field(default_factory=list)
     """Every verl/transformers attribute replaced (``patch``) or registry entry added (``register_entry``)."""
+    attribute_patches: dict[str, str] = field(default_factory=dict)
+    """``module.Qualname.name`` -> the patch (``when_imported`` name) that replaced it or, recording, would."""
     patches_disabled: dict[str, str] = field(default_factory=dict)
     """patch name -> why it is off (``PatchDisabled``: its target moved or its verl version was not checked)."""
     errors: list[str] = field(default_factory=list)
@@ -172,6 +174,7 @@ def check_record(where: str, original: Any) -> None:
     its fingerprint moved, or, for verl, the installed version is not among those checked (``fingerprints``)."""
     from verl_variance.integration import fingerprints
 
+    STATUS.attribute_patches[where] = _running_hook
     if RECORDING is not None:  # scripts/check_patch_targets.py --write: take the definitions as they are
         RECORDING[where] = original
         return
@@ -258,17 +261,20 @@ _OWNERS: dict[str, tuple[Any, str]] = {}
 # Post-import hooks
 # ---------------------------------------------------------------------------------------------
 _hooks: dict[str, list[tuple[str, Callable]]] = {}
+_running_hook = ""  # the patch whose hook runs now (``STATUS.attribute_patches``)
 _lock = threading.RLock()
 _finding: set[str] = set()
 
 
 def _run_hooks(module_name: str, module) -> None:
+    global _running_hook
     with _lock:
         hooks = _hooks.pop(module_name, [])
     for patch_name, hook in hooks:
         STATUS.patches_pending.remove(patch_name)
-        before = set(ORIGINALS)
+        before, outer = set(ORIGINALS), _running_hook  # a hook may import a module whose hooks run inside it
         try:
+            _running_hook = patch_name
             hook(module)
         except Exception as exc:  # recorded for doctor; raised again by `require` when used
             _undo([where for where in ORIGINALS if where not in before])  # a patch is applied whole or not at all
@@ -281,6 +287,8 @@ def _run_hooks(module_name: str, module) -> None:
                 STATUS.record_error(patch_name, exc)
         else:
             STATUS.patches_applied.append(patch_name)
+        finally:
+            _running_hook = outer
 
 
 def _undo(replaced: list[str]) -> None:

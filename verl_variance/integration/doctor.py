@@ -81,6 +81,7 @@ def probe() -> dict[str, Any]:
             "patches_pending": STATUS.patches_pending,
             "patched_attributes": STATUS.patched_attributes,
             "patches_disabled": STATUS.patches_disabled,
+            "attribute_patches": STATUS.attribute_patches,
             "patch_scopes": STATUS.patch_scopes,
             "errors": STATUS.errors,
         }

@@ -67,3 +67,31 @@ def record() -> dict[str, dict[str, Any]]:
     versions the patch was checked on), ``module`` and ``qualname`` (where the definition lives) and
     ``fingerprints`` (of the bodies it was checked on; empty: not fingerprinted, e.g. compiled code)."""
     return json.loads(RECORD_FILE.read_text())
+
+
+def patch_table(entries: dict[str, dict[str, Any]], scopes: dict[str, str], kinds: dict[str, str]) -> str:
+    """``docs/patches.md``: every replaced definition of the record, grouped by when its patch acts (``kinds``:
+    ``patches.SCOPES``; ``scopes``: patch name -> its scope, as ``doctor`` reports them). Written by
+    ``scripts/check_patch_targets.py --docs``; ``tests/integration/test_fingerprints.py`` keeps it in sync."""
+    lines = [
+        "# The patches of verl internals",
+        "",
+        "Generated from `verl_variance/integration/patch_record.json` by `python scripts/check_patch_targets.py "
+        "--docs docs/patches.md`.",
+        "Each row is one definition verl-variance replaces, with the versions and the body (fingerprint) it was "
+        "checked on: a body that moved, or a verl version not checked, disables that patch whole ([checking.md]"
+        "(checking.md)). Registrations (a name added to a verl registry) are listed by `verl-variance doctor`.",
+    ]
+    for kind, meaning in kinds.items():
+        rows = sorted((where, entry) for where, entry in entries.items()
+                      if scopes.get(entry["patch"], "").split(":", 1)[0] == kind)  # fmt: skip
+        if not rows:
+            continue
+        lines += ["", f"## {kind}: {meaning}", "", "| replaced | patch | when | checked on | fingerprint |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for where, entry in rows:
+            detail = scopes[entry["patch"]].split(": ", 1)[1] if ": " in scopes[entry["patch"]] else ""
+            checked = f"{entry['distribution']} {', '.join(entry['checked_on']) or '(version range only)'}"
+            found = ", ".join(f"`{value}`" for value in entry["fingerprints"]) or "none (no readable source)"
+            lines.append(f"| `{where}` | `{entry['patch']}` | {detail} | {checked} | {found} |")
+    return "\n".join(lines) + "\n"
