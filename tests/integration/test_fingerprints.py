@@ -105,6 +105,16 @@ def test_comments_and_formatting_do_not_move_a_fingerprint_but_code_does(fresh_s
     assert _install(fresh_status).first(1) == 102
 
 
+def test_a_moved_target_of_another_package_is_reported_not_enforced(fresh_status, target):
+    path, record = target
+    for entry in record.values():
+        entry["distribution"] = "pytest"  # not verl: its version range is patch()'s `versions`
+    path.write_text(TARGET.replace("return x * 2", "return x * 3"))
+    module = _install(fresh_status)
+    assert module.first(1) == 102 and module.Owner().second(1) == 103
+    assert fresh_status.patches_disabled == {}
+
+
 def test_a_verl_version_the_patch_was_not_checked_on_disables_it(fresh_status, target, monkeypatch):
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.9.2" if name == "verl" else real(name))

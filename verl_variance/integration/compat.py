@@ -170,8 +170,10 @@ def _check_replacement(original: Callable, replacement: Callable, requires: Iter
 
 
 def check_record(where: str, original: Any) -> None:
-    """Refuse (``PatchDisabled``) to replace ``where`` when its definition is not the one the patch was checked on:
-    its fingerprint moved, or, for verl, the installed version is not among those checked (``fingerprints``)."""
+    """Refuse (``PatchDisabled``) to replace a verl definition that is not the one the patch was checked on: its
+    fingerprint moved, or the installed verl is not among the versions checked (``fingerprints``). A target of
+    another package (transformers, TransferQueue, torch, vLLM) is gated by its version range (``patch``'s
+    ``versions``); its fingerprint is recorded for ``scripts/check_patch_targets.py`` to report, not enforced."""
     from verl_variance.integration import fingerprints
 
     STATUS.attribute_patches[where] = _running_hook
@@ -187,13 +189,15 @@ def check_record(where: str, original: Any) -> None:
     version = importlib.metadata.version(entry["distribution"])
     fix = (f"Fix: pip install '{entry['distribution']}=={entry['checked_on'][-1]}', or check the patch against this "
            "version (python scripts/check_patch_targets.py) and record it (--write)")  # fmt: skip
-    if entry["distribution"] == "verl" and version not in entry["checked_on"]:
+    if entry["distribution"] != "verl":
+        return
+    if version not in entry["checked_on"]:
         raise PatchDisabled(f"{where}: verl {version} is not a version this patch was checked on "
                             f"({', '.join(entry['checked_on'])}). {fix}")  # fmt: skip
     actual = fingerprints.fingerprint(original)
     if entry["fingerprints"] and actual not in entry["fingerprints"]:
-        raise PatchDisabled(f"{where} changed in {entry['distribution']} {version} (definition fingerprint {actual}, "
-                            f"checked: {', '.join(entry['fingerprints'])}). {fix}")  # fmt: skip
+        raise PatchDisabled(f"{where} changed in verl {version} (definition fingerprint {actual}, checked: "
+                            f"{', '.join(entry['fingerprints'])}). {fix}")  # fmt: skip
 
 
 def patch(

@@ -4,9 +4,10 @@ A patch is written against one body of its target. A name check (``compat.patch`
 body that changed under the same signature, e.g. a verl function a patch re-implements. So every replaced
 definition has a record in ``patch_record.json``: the distribution it comes from, the versions it was checked on
 and the fingerprint of its definition (the SHA-256 of its syntax tree, ``ast.dump``: comments, blank lines and
-formatting do not count; decorators do). ``compat.patch`` refuses a target whose record is missing, whose
-fingerprint moved, or (for verl) whose installed version was not checked: that patch is disabled, ``doctor`` says
-which and why in one line, and the feature that needs it refuses when used (``compat.require``).
+formatting do not count; decorators do). ``compat.patch`` refuses a target whose record is missing and a verl
+target whose fingerprint moved or whose installed verl version was not checked: that patch is disabled, ``doctor``
+says which and why in one line, and the feature that needs it refuses when used (``compat.require``). Targets in
+other packages keep their version-range check; their fingerprints are reported by the script, not enforced.
 
 ``scripts/check_patch_targets.py`` checks every record against the installed packages or a verl source tree (a
 checkout of verl's main branch) and prints which fingerprints moved; ``--write`` records the installed ones.
@@ -79,8 +80,9 @@ def patch_table(entries: dict[str, dict[str, Any]], scopes: dict[str, str], kind
         "Generated from `verl_variance/integration/patch_record.json` by `python scripts/check_patch_targets.py "
         "--docs docs/patches.md`.",
         "Each row is one definition verl-variance replaces, with the versions and the body (fingerprint) it was "
-        "checked on: a body that moved, or a verl version not checked, disables that patch whole ([checking.md]"
-        "(checking.md)). Registrations (a name added to a verl registry) are listed by `verl-variance doctor`.",
+        "checked on: a verl body that moved, or a verl version not checked, disables that patch whole ([checking.md]"
+        "(checking.md)); the other packages' targets keep their version ranges. Registrations (a name added to a verl "
+        "registry) are listed by `verl-variance doctor`.",
     ]
     for kind, meaning in kinds.items():
         rows = sorted((where, entry) for where, entry in entries.items()
