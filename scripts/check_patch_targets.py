@@ -18,6 +18,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ def installed_targets() -> dict[str, Any]:
     """``module.Qualname.name`` -> the installed definition, of every patch whose target module imports here (the
     plugin's hooks, run with ``compat.RECORDING`` on)."""
     compat.RECORDING = {}
-    import verl  # noqa: F401  (loads the plugin, which registers its hooks)
+    os.environ["VERL_PLATFORM"] = "cpu"  # the CPU plugin's patches too
+    import verl  # noqa: F401  (loads the plugins, which register their hooks)
 
     for name, module in sorted(compat.STATUS.patch_targets.items()):
         needs = compat.STATUS.patch_needs.get(name)
@@ -70,6 +72,16 @@ def tree_fingerprint(tree: Path, module: str, qualname: str) -> str | None:
     return None if node is None else fingerprints.definition_fingerprint(node)
 
 
+def patch_page(record: dict[str, dict[str, Any]]) -> str:
+    """``docs/patches.md`` from the record and the registered patches (both plugins: ``installed_targets``)."""
+    from verl_variance.cpu import patches as cpu_patches
+    from verl_variance.integration import patches
+
+    status = compat.STATUS
+    retire = {**patches.RETIRE, **cpu_patches.RETIRE}
+    return fingerprints.patch_table(record, status.patch_scopes, patches.SCOPES, status.patch_plugins, retire)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verl-tree", type=Path, help="a verl source checkout (its verl/ package is read, not run)")
@@ -83,10 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recorded {len(updated)} patched definitions in {fingerprints.RECORD_FILE}")
         return 0
     if args.docs:
-        from verl_variance.integration.patches import SCOPES
-
-        installed_targets()  # the plugin's hooks registered: their scopes
-        args.docs.write_text(fingerprints.patch_table(record, compat.STATUS.patch_scopes, SCOPES))
+        installed_targets()  # the plugins' hooks registered: their scopes and plugins
+        args.docs.write_text(patch_page(record))
         print(f"wrote {args.docs}")
         return 0
     targets = {} if args.verl_tree else installed_targets()

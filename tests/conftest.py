@@ -24,6 +24,15 @@ settings.register_profile("derandomized", derandomize=True)  # the property test
 settings.load_profile("derandomized")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The tests' own processes run the CPU backend in-process (hooks of verl on CPU exercised without a Ray run):
+    nothing on their command line selects the CPU platform, so its plugin is loaded here. Subprocesses choose for
+    themselves (``VERL_PLATFORM``), as runs do."""
+    from verl_variance.cpu import plugin
+
+    plugin.register("the test suite's processes")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The end-to-end runs first: xdist hands tests out in this order, and a run of minutes started last would
     finish alone on one core while the other waits."""

@@ -76,3 +76,18 @@ def test_the_package_has_no_import_circle():
     assert "verl_variance.reward_model.checkpoint" in graph["verl_variance.reward_model.analysis"]  # the graph is read
     assert cycles(graph) == []
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # and circles are found
+
+
+METHODS = ("verl_variance.core", "verl_variance.reward_model", "verl_variance.integration")
+"""The methods plugin's packages: what a GPU user loads."""
+
+
+def test_the_methods_never_import_the_cpu_backend():
+    """One-way arrows: the CPU plugin (``verl_variance.cpu``) imports the methods, never the reverse."""
+    graph = import_graph()
+    methods = {name for name in graph if name.startswith(METHODS)}
+    assert "verl_variance.integration.variance_kl" in methods  # the graph is read
+    crossing = {name: sorted(t for t in graph[name] if t.startswith("verl_variance.cpu")) for name in methods}
+    assert {name: targets for name, targets in crossing.items() if targets} == {}
+    cpu = {name for name in graph if name.startswith("verl_variance.cpu")}
+    assert any(target.startswith(METHODS) for name in cpu for target in graph[name])  # the other way: allowed, used

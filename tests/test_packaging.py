@@ -70,8 +70,9 @@ def test_the_gpu_extras_are_verls_and_trl_admits_verls_pin():
                       if f'extra == "{extra}"' in t] for extra in GPU_EXTRAS}  # fmt: skip
     for extra, requirements in extras.items():
         assert [(r.name, r.extras) for r in requirements] == [("verl", {extra})]
-    [trl] = ours()["trl"]
-    assert trl.specifier.contains("0.27.0") and trl.specifier.contains(importlib.metadata.version("trl"))
+    trls = ours()["trl"]  # train-rm's and the demo's
+    assert len(trls) == 2 and all(trl.specifier.contains("0.27.0") for trl in trls)
+    assert all(trl.specifier.contains(importlib.metadata.version("trl")) for trl in trls)
     assert pinned(next(r for r in extra_requirements("verl", "fsdp") if r.name == "trl")) == "0.27.0"
 
 
@@ -83,5 +84,5 @@ def test_the_readme_names_the_install_lines_that_resolve():
     assert {"verl-variance[vllm]", "verl-variance[vllm,fsdp]", "verl-variance[megatron]"} <= lines
     for line in lines:
         for extra in re.search(r"\[(.*)\]", line).group(1).split(","):
-            assert extra in GPU_EXTRAS
+            assert extra in (*GPU_EXTRAS, "train-rm", "demo")
     assert "flash-attn==2.8.3 --no-build-isolation" in readme

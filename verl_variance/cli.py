@@ -19,7 +19,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _ppo(args: argparse.Namespace) -> int:
-    from verl_variance.integration.launcher import run_ppo
+    from verl_variance.cpu.launcher import run_ppo
 
     return run_ppo(args.overrides, device=args.device)
 
@@ -41,7 +41,22 @@ def _quickstart(args: argparse.Namespace) -> int:
     return run_quickstart(args.workdir, steps=args.steps, extra_overrides=args.overrides)
 
 
+def _extra_missing(command: str, extra: str, *modules: str) -> int | None:
+    """Exit code 2 with one line naming the install command when a module of ``extra`` that ``command`` needs is
+    missing (checked before the command's own imports, which would fail on it with a traceback)."""
+    from verl_variance.extras import MissingExtra, require_extra
+
+    try:
+        require_extra(extra, command, *modules)
+    except MissingExtra as error:
+        print(f"verl-variance {command}: {error}", file=sys.stderr)
+        return 2
+    return None
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if (missing := _extra_missing("demo", "demo")) is not None:
+        return missing
     from verl_variance.experiments.assets import InsufficientDiskSpace, MissingDemoExtra
     from verl_variance.experiments.cluster import ClusterError
     from verl_variance.experiments.demo import SCALES, DemoError, run_demo
@@ -216,6 +231,8 @@ class _ConfigHelpFormatter(argparse.HelpFormatter):
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    if (missing := _extra_missing("simulate", "demo", "matplotlib")) is not None:
+        return missing
     from verl_variance.experiments.bandit import run, summary_lines
 
     overrides = {name: getattr(args, name) for name in _SIMULATE_FIELDS if getattr(args, name) is not None}
@@ -249,6 +266,8 @@ def _train_rm(args: argparse.Namespace) -> int:
         width = max(len(setting) for setting, _ in rows)
         print("\n".join(f"  {setting:<{width}}  {text}" for setting, text in rows))
         return 0
+    if not args.dry_run and (missing := _extra_missing("train-rm", "train-rm")) is not None:
+        return missing
     flags = {key: getattr(args, dest) for dest, (keys, _) in _TRAIN_RM_FLAGS.items() for key in keys}
     try:
         config = build_config(args.config, flags, args.overrides)
@@ -277,6 +296,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    if (missing := _extra_missing("analyze", "train-rm", "matplotlib")) is not None:
+        return missing
     from verl_variance.reward_model.analysis import AVERAGE, run_analysis
 
     try:
@@ -313,6 +334,8 @@ def _recipe_check(args: argparse.Namespace) -> int:
 
 
 def _study(args: argparse.Namespace) -> int:
+    if (missing := _extra_missing("study", "demo", "scipy", "matplotlib")) is not None:
+        return missing
     from verl_variance.experiments import recipes
     from verl_variance.experiments.assets import MissingDemoExtra
     from verl_variance.experiments.cluster import ClusterError

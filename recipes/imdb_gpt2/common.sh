@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2034  # the arrays below are used by the run script that sources this file
 # Shared by the run_*.sh recipes of this folder, sourced after their user-adjustable block (not a recipe):
 #   1. DEVICE: gpu = verl's stock ppo_trainer config; cpu = the verl-variance CPU preset
-#      (verl_variance/config/ppo_trainer_cpu.yaml: gloo ranks, the transformers `hf` rollout);
+#      (verl_variance/cpu/config/ppo_trainer_cpu.yaml: gloo ranks, the transformers `hf` rollout);
 #   2. DRY_RUN=1: print the fully resolved verl config (Hydra's --cfg job --resolve) and exit: no Ray,
 #      no GPU, no data, no model download; otherwise every input is checked before Ray starts;
 #   3. the parameter arrays every method and backend shares (data, model, actor, rollout, ref, critic,
@@ -13,7 +13,7 @@ BACKEND=${BACKEND:-fsdp}
 ########################### device, checks, dry run ###########################
 CONFIG=()
 if [ "$DEVICE" = cpu ]; then
-    CONFIG=(--config-path="$(python3 -c 'from verl_variance.integration.launcher import CONFIG_DIR; print(CONFIG_DIR)')"
+    CONFIG=(--config-path="$(python3 -c 'from verl_variance.cpu.launcher import CONFIG_DIR; print(CONFIG_DIR)')"
             --config-name=ppo_trainer_cpu)
     INFER_BACKEND=${INFER_BACKEND:-hf}
     RM_SERVER=${RM_SERVER:-hf}

@@ -300,7 +300,7 @@ def test_policy_overrides_compose_on_the_config_each_device_uses(tmp_path, gpus)
     from omegaconf import OmegaConf
 
     from verl_variance.core.config import EnsembleRewardConfig, VarianceKLConfig
-    from verl_variance.integration.launcher import CONFIG_DIR, CPU_PRESET
+    from verl_variance.cpu.launcher import CONFIG_DIR, CPU_PRESET
 
     paths = {name: tmp_path / name for name in ("data_dir", "policy", "reward_model", "critic")}
     scale = demo.SCALES["paper" if gpus else "default"]

@@ -29,8 +29,8 @@ def test_overrides_compose_on_the_cpu_preset(tmp_path):
     from omegaconf import OmegaConf
 
     from verl_variance.core.config import RVPOConfig
+    from verl_variance.cpu.launcher import CONFIG_DIR, CPU_PRESET
     from verl_variance.integration.checks import check_variance_methods
-    from verl_variance.integration.launcher import CONFIG_DIR, CPU_PRESET
 
     scale = rvpo_study.SCALES["default"]
     overrides = rvpo_study.run_overrides(scale, "rvpo", 0, _paths(tmp_path), tmp_path / "run", validate_reference=True)

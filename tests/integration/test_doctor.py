@@ -17,7 +17,7 @@ def _doctor(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_doctor_reports_registrations():
-    report = run_probe()
+    report = run_probe(dict(os.environ, VERL_PLATFORM="cpu"))
     assert problems(report) == []
     assert report["plugins"]["verl_variance"]["loaded"] is True
     assert report["verl"] == "0.9.1" or report["verl"].startswith("0.9.")
@@ -28,6 +28,22 @@ def test_doctor_reports_registrations():
     )
     assert set(report["verl_variance"]["patches_pending"]) == {  # vLLM is not installed here
         "vllm_cpu_linear_weights_kept", "vllm_models_without_model_attribute"}
+
+
+def test_doctor_prints_the_patches_by_plugin_and_why_the_cpu_plugin_is_off_on_a_gpu_run():
+    gpu_run = _doctor({"VERL_PLATFORM": ""})
+    assert gpu_run.returncode == 0, gpu_run.stdout + gpu_run.stderr
+    lines = gpu_run.stdout.splitlines()
+    state = "not loaded: nothing selects the CPU platform (VERL_PLATFORM=cpu, trainer.device=cpu)"
+    assert f"  verl_variance_cpu  {state} (verl_variance.cpu.plugin)" in lines
+    assert f"  verl_variance_cpu: {state}; 0 patches" in lines
+    assert "  verl_variance: loaded (always); 21 patches" in lines
+    assert "        vllm_models_without_model_attribute [not reached]: a vLLM model verl's launch patches would " \
+           "raise on: GPT-2, classifiers" in lines
+    assert "hf_rollout_adapter" not in gpu_run.stdout and lines.count("  acting on every GPU run: none") == 1
+    cpu_run = _doctor({"VERL_PLATFORM": "cpu"}).stdout.splitlines()
+    assert "  verl_variance_cpu: loaded (VERL_PLATFORM=cpu); 20 patches" in cpu_run
+    assert "        hf_rollout_adapter" in cpu_run
 
 
 def test_doctor_cli_ok_on_cpu_platform():
@@ -51,13 +67,13 @@ def broken_plugin(tmp_path):
 def test_doctor_shows_a_swallowed_plugin_error_with_traceback(broken_plugin):
     result = _doctor({"PYTHONPATH": broken_plugin})
     assert result.returncode == 1
-    assert "brokenplug     NOT LOADED" in result.stdout
+    assert "brokenplug         NOT LOADED" in result.stdout
     assert "Traceback" in result.stdout and "ImportError: deliberately broken for the test" in result.stdout
-    assert "verl_variance  loaded" in result.stdout
+    assert "verl_variance      loaded (always)" in result.stdout
 
 
 def test_doctor_fails_when_plugins_are_disabled():
     result = _doctor({"VERL_USE_EXTERNAL_PLUGINS": "none"})
     assert result.returncode == 1
-    assert "verl_variance  NOT LOADED" in result.stdout
+    assert "verl_variance      NOT LOADED" in result.stdout
     assert "VERL_USE_EXTERNAL_PLUGINS=none" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
+import os
 import sys
 import sysconfig
 import textwrap
@@ -134,9 +135,10 @@ def test_an_unrecorded_target_is_an_error_not_a_silent_patch(fresh_status, targe
 
 
 def test_the_record_covers_every_patch_applied_here_holds_on_this_verl_and_its_page_is_current():
-    from verl_variance.integration.patches import SCOPES
+    from verl_variance.cpu import patches as cpu_patches
+    from verl_variance.integration import patches
 
-    report = run_probe()
+    report = run_probe(dict(os.environ, VERL_PLATFORM="cpu"))  # both plugins' patches
     assert problems(report) == []  # nothing disabled on the installed verl
     ours = report["verl_variance"]
     patched = {where for where in ours["patched_attributes"] if "[" not in where}  # not registries
@@ -145,7 +147,10 @@ def test_the_record_covers_every_patch_applied_here_holds_on_this_verl_and_its_p
     assert {where: record[where]["patch"] for where in patched} == {where: ours["attribute_patches"][where]
                                                                     for where in patched}  # fmt: skip
     page = (ROOT / "docs" / "patches.md").read_text()
-    assert page == fingerprints.patch_table(record, ours["patch_scopes"], SCOPES), (
+    retire = {**patches.RETIRE, **cpu_patches.RETIRE}
+    assert set(retire) == set(ours["patch_scopes"])  # every patch says what upstream change would retire it
+    assert page == fingerprints.patch_table(record, ours["patch_scopes"], patches.SCOPES, ours["patch_plugins"],
+                                            retire), (
         "docs/patches.md is stale: python scripts/check_patch_targets.py --docs docs/patches.md")
     assert set(record) - patched == {  # vLLM is not installed here: its patches are recorded, not reached
         "verl.workers.rollout.vllm_rollout.utils.monkey_patch_compute_logits",

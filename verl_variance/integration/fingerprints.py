@@ -70,10 +70,18 @@ def record() -> dict[str, dict[str, Any]]:
     return json.loads(RECORD_FILE.read_text())
 
 
-def patch_table(entries: dict[str, dict[str, Any]], scopes: dict[str, str], kinds: dict[str, str]) -> str:
-    """``docs/patches.md``: every replaced definition of the record, grouped by when its patch acts (``kinds``:
-    ``patches.SCOPES``; ``scopes``: patch name -> its scope, as ``doctor`` reports them). Written by
-    ``scripts/check_patch_targets.py --docs``; ``tests/integration/test_fingerprints.py`` keeps it in sync."""
+def patch_table(
+    entries: dict[str, dict[str, Any]],
+    scopes: dict[str, str],
+    kinds: dict[str, str],
+    plugins: dict[str, str],
+    retire: dict[str, str],
+) -> str:
+    """``docs/patches.md``: every replaced definition of the record, by plugin (``plugins``: patch name -> its
+    plugin) and by when its patch acts (``kinds``: ``patches.SCOPES``; ``scopes``: patch name -> its scope, as
+    ``doctor`` reports them), with the upstream change that would retire it (``retire``: the patches modules'
+    ``RETIRE``). Written by ``scripts/check_patch_targets.py --docs``; ``tests/integration/test_fingerprints.py``
+    keeps it in sync."""
     lines = [
         "# The patches of verl internals",
         "",
@@ -82,18 +90,24 @@ def patch_table(entries: dict[str, dict[str, Any]], scopes: dict[str, str], kind
         "Each row is one definition verl-variance replaces, with the versions and the body (fingerprint) it was "
         "checked on: a verl body that moved, or a verl version not checked, disables that patch whole ([checking.md]"
         "(checking.md)); the other packages' targets keep their version ranges. Registrations (a name added to a verl "
-        "registry) are listed by `verl-variance doctor`.",
+        "registry) are listed by `verl-variance doctor`. Two plugins: `verl_variance` (the methods, loaded in every "
+        "run) and `verl_variance_cpu` (verl on CPU, loaded only where a run selects the CPU platform).",
     ]
-    for kind, meaning in kinds.items():
-        rows = sorted((where, entry) for where, entry in entries.items()
-                      if scopes.get(entry["patch"], "").split(":", 1)[0] == kind)  # fmt: skip
-        if not rows:
-            continue
-        lines += ["", f"## {kind}: {meaning}", "", "| replaced | patch | when | checked on | fingerprint |",
-                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
-        for where, entry in rows:
-            detail = scopes[entry["patch"]].split(": ", 1)[1] if ": " in scopes[entry["patch"]] else ""
-            checked = f"{entry['distribution']} {', '.join(entry['checked_on']) or '(version range only)'}"
-            found = ", ".join(f"`{value}`" for value in entry["fingerprints"]) or "none (no readable source)"
-            lines.append(f"| `{where}` | `{entry['patch']}` | {detail} | {checked} | {found} |")
+    for plugin in sorted(set(plugins.values())):
+        lines += ["", f"## {plugin}"]
+        for kind, meaning in kinds.items():
+            rows = sorted((where, entry) for where, entry in entries.items()
+                          if plugins.get(entry["patch"]) == plugin
+                          and scopes.get(entry["patch"], "").split(":", 1)[0] == kind)  # fmt: skip
+            if not rows:
+                continue
+            lines += ["", f"### {kind}: {meaning}", "",
+                      "| replaced | patch | when | checked on | fingerprint | retire when |",
+                      "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+            for where, entry in rows:
+                patch = entry["patch"]
+                detail = scopes[patch].split(": ", 1)[1] if ": " in scopes[patch] else ""
+                checked = f"{entry['distribution']} {', '.join(entry['checked_on']) or '(version range only)'}"
+                found = ", ".join(f"`{value}`" for value in entry["fingerprints"]) or "none (no readable source)"
+                lines.append(f"| `{where}` | `{patch}` | {detail} | {checked} | {found} | {retire[patch]} |")
     return "\n".join(lines) + "\n"

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from verl_variance.integration import hf_rollout
-from verl_variance.integration.hf_rollout import _ServerBase
-from verl_variance.integration.hf_sampling import SampleResult
-from verl_variance.integration.in_process import InProcessActor
+from verl_variance.cpu import hf_rollout
+from verl_variance.cpu.hf_rollout import _ServerBase
+from verl_variance.cpu.hf_sampling import SampleResult
+from verl_variance.cpu.in_process import InProcessActor
 
 
 class RecordingServer(_ServerBase):
@@ -86,8 +86,8 @@ def test_the_sampler_samples_validation_requests_in_their_own_chunks(tiny_models
     """Each kind of request runs in chunks of its own row count; every result is what sampling the request in
     such chunks gives on its own (the fixed-shape guarantee) with the seed of the rollout config
     (``actor_rollout_ref.rollout.seed``), and the results keep the requests' order."""
-    from verl_variance.integration import hf_sampling
-    from verl_variance.integration.hf_rollout import RequestItem, SeededSampler
+    from verl_variance.cpu import hf_sampling
+    from verl_variance.cpu.hf_rollout import RequestItem, SeededSampler
 
     model_config = SimpleNamespace(local_path=str(tiny_models["llama"]), local_tokenizer_path=None)
     config = SimpleNamespace(dtype="float32", seed=7, prompt_length=8,
@@ -132,7 +132,7 @@ def test_the_sampler_holds_the_policy_in_the_rollout_dtype(tiny_models):
     """``rollout.dtype`` is the dtype of the sampler's copy (the CPU preset: float32, the actor's; bf16 with bf16)."""
     import torch
 
-    from verl_variance.integration.hf_rollout import SeededSampler
+    from verl_variance.cpu.hf_rollout import SeededSampler
 
     model_config = SimpleNamespace(local_path=str(tiny_models["llama"]), local_tokenizer_path=None)
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16)):
@@ -150,8 +150,8 @@ from omegaconf import OmegaConf
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
-from verl_variance.integration import hf_rollout
-from verl_variance.integration.hf_sampling import SamplingSettings
+from verl_variance.cpu import hf_rollout
+from verl_variance.cpu.hf_sampling import SamplingSettings
 
 dist.init_process_group("gloo")
 path = os.environ["MODEL"]

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from verl_variance.integration import patches
+from verl_variance.cpu import patches
+from verl_variance.cpu.patches import text_only_folder
 from verl_variance.integration.compat import ORIGINALS
-from verl_variance.integration.patches import text_only_folder
 
 ORIGINAL = "verl.workers.config.model.hf_processor"
 

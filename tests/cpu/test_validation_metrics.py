@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from verl_variance.integration import patches
+from verl_variance.cpu import patches
+from verl_variance.cpu.patches import bootstrap_extremes
 from verl_variance.integration.compat import ORIGINALS
-from verl_variance.integration.patches import bootstrap_extremes
 
 ORIGINAL = "verl.trainer.ppo.metric_utils.bootstrap_metric"
 

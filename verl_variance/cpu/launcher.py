@@ -1,7 +1,7 @@
 """``verl-variance ppo``: verl's own ``main_ppo`` with the CPU preset when there is no GPU.
 
 It only picks the Hydra config and the platform; training is ``verl.trainer.main_ppo.main``, run by
-``python -m verl_variance.integration.launcher``: the same function ``python -m verl.trainer.main_ppo`` runs,
+``python -m verl_variance.cpu.launcher``: the same function ``python -m verl.trainer.main_ppo`` runs,
 imported as a module, so that verl-variance's driver patches reach it (``ray_kwargs.task_runner_in_driver``:
 a patch cannot reach a module run as ``__main__``).
 """
@@ -13,10 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
 CPU_PRESET = "ppo_trainer_cpu"
-DRIVER_MODULE = "verl_variance.integration.launcher"
+DRIVER_MODULE = "verl_variance.cpu.launcher"
 """``python -m`` this: verl's ``main_ppo`` driver (Hydra overrides as arguments)."""
+VERL_VARIANCE_MAIN_PPO_DRIVER = True
+"""Run as ``__main__``, this module is verl's ``main_ppo`` driver (``integration.patches.MAIN_PPO_DRIVER``): a user's
+config mistake is printed as one line, without Hydra's traceback."""
 
 
 def main_ppo_command(overrides: list[str], cpu: bool) -> list[str]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from verl_variance.integration.hf_sampling import (
+from verl_variance.cpu.hf_sampling import (
     SampleRequest,
     SamplingSettings,
     prompt_bucket,

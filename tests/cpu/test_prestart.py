@@ -9,9 +9,9 @@ import types
 import pytest
 
 from tests.conftest import run_python
-from verl_variance.integration import patches, prestart
+from verl_variance.cpu import patches, prestart
+from verl_variance.cpu.in_process import InProcessActor
 from verl_variance.integration.compat import ORIGINALS
-from verl_variance.integration.in_process import InProcessActor
 
 
 class Worker:

