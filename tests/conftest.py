@@ -28,6 +28,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """The tests' own processes run the CPU backend in-process (hooks of verl on CPU exercised without a Ray run):
     nothing on their command line selects the CPU platform, so its plugin is loaded here. Subprocesses choose for
     themselves (``VERL_PLATFORM``), as runs do."""
+    if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        return  # xdist's controller runs no test
     from verl_variance.cpu import plugin
 
     plugin.register("the test suite's processes")

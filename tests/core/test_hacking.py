@@ -52,3 +52,62 @@ def test_entropy_drop_and_the_trend_pair():
     proxy, rho = [0.0, 0.1, 0.5, 1.0, 1.6], [1.0, 1.0, 1.1, 1.4, 1.9]
     slopes = hacking.proxy_disagreement_trends(proxy, rho, window=3)
     assert slopes == pytest.approx((np.polyfit(range(3), proxy[-3:], 1)[0], np.polyfit(range(3), rho[-3:], 1)[0]))
+
+
+def _heads(spread: float, bs: int = 16, k: int = 4, seed: int = 0) -> torch.Tensor:
+    """(bs, K) head scores whose across-head variance is exactly ``spread**2`` for every sample."""
+    offsets = torch.randn(k, generator=torch.Generator().manual_seed(seed)).double()
+    offsets = (offsets - offsets.mean()) / offsets.std() * spread
+    return torch.randn(bs, 1, generator=torch.Generator().manual_seed(seed + 1)).double() + offsets
+
+
+def _run(settings, spreads, kls=None, entropies=None):
+    monitor = hacking.HackingMonitor(settings)
+    fired, metrics = [], []
+    for step, spread in enumerate(spreads, start=1):
+        heads = _heads(spread, seed=step)
+        kl = None if kls is None else kls[step - 1]
+        entropy = None if entropies is None else entropies[step - 1]
+        step_metrics, alarms = monitor.observe(step, heads, heads.mean(dim=1) + 0.1 * step, kl, entropy)
+        metrics.append(step_metrics)
+        fired += [(alarm.step, alarm.signal) for alarm in alarms]
+    return fired, metrics
+
+
+def test_the_disagreement_alarm_fires_once_at_a_known_onset_and_never_on_a_flat_run():
+    from verl_variance.core.config import HackingMonitorConfig
+
+    settings = HackingMonitorConfig(enable=True, baseline_steps=2, disagreement_ratio=1.5, entropy_drop=None)
+    flat, _ = _run(settings, [0.5] * 10)
+    assert flat == []
+    # σ² = spread²: 0.25 for steps 1-4, then 0.25·(1 + 0.2·(t − 4)): ratio 1.4 at step 6, 1.6 at step 7
+    spreads = [0.5] * 4 + [0.5 * math.sqrt(1 + 0.2 * (t - 4)) for t in range(5, 12)]
+    fired, metrics = _run(settings, spreads)
+    assert fired == [(7, "disagreement_ratio")]
+    assert metrics[6]["hacking/disagreement_ratio"] == pytest.approx(1.6)
+    assert "hacking/disagreement_ratio" not in metrics[0] and metrics[-1]["hacking/alarms"] == 1.0
+
+
+def test_kl_acceleration_and_entropy_alarms_on_their_onsets():
+    from verl_variance.core.config import HackingMonitorConfig
+
+    settings = HackingMonitorConfig(enable=True, window=3, baseline_steps=2, disagreement_ratio=None,
+                                    kl_acceleration=0.05, entropy_drop=0.5)  # fmt: skip
+    kls = [0.1 * t for t in range(1, 7)] + [0.6 + 0.1 * n * n for n in range(1, 6)]  # a line, then a parabola
+    entropies = [2.0] * 8 + [1.2, 0.9, 0.6]  # drop 0.4 at step 9, 0.55 at step 10
+    fired, _ = _run(settings, [0.5] * 11, kls, entropies)
+    assert (10, "entropy_drop") in fired  # 0.4 of the baseline lost at step 9, 0.55 at step 10
+    first_kl = next(step for step, signal in fired if signal == "kl_acceleration")
+    assert first_kl == 8  # the first window of differences that holds the parabola's second difference 0.2
+    assert len(fired) == 2
+
+
+def test_monitor_settings_out_of_range_name_the_key():
+    from verl_variance.core.config import HackingMonitorConfig
+
+    for bad, message in (({"window": 1}, "window must be >= 2"),
+                         ({"entropy_drop": 1.5}, "entropy_drop is a fraction in \\(0, 1\\]"),
+                         ({"action": "pause"}, "action='pause' is unknown"), ({"kappa": -1}, "kappa must be >= 0"),
+                         ({"kl_acceleration": float("nan")}, "kl_acceleration must be a finite number or null")):
+        with pytest.raises(ValueError, match=f"hacking_monitor.{message}"):
+            HackingMonitorConfig(**bad)

@@ -7,6 +7,7 @@ Hydra presets or with ``+variance_kl.weighting=variance`` on verl's stock config
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -319,6 +320,64 @@ class R2VPOConfig:
     def from_trainer_config(cls, config: Mapping[str, Any]) -> R2VPOConfig:
         """Read the ``r2vpo`` group of a verl trainer config (defaults when absent)."""
         return from_mapping(cls, config.get("r2vpo"), where="r2vpo")
+
+
+HACKING_ACTIONS = ("warn", "checkpoint", "stop")
+"""What the reward-hacking monitor does at an alarm: a console line; also a verl checkpoint; also end the run."""
+
+
+@dataclass
+class HackingMonitorConfig:
+    """The reward-hacking monitor (``hacking_monitor`` group, ``core/hacking.py``): signals from the ensemble's
+    disagreement, the KL and the entropy each step, an alarm when one crosses its threshold (null: never)."""
+
+    enable: bool = field(default=False, metadata={"help": "Compute the hacking/* signals and watch them."})
+    window: int = field(default=4, metadata={"help": "Steps in each trend (slopes, KL acceleration), >= 2."})
+    baseline_steps: int = field(
+        default=2, metadata={"help": "First steps whose mean is the baseline of the disagreement and the entropy."}
+    )
+    disagreement_ratio: float | None = field(
+        default=1.5, metadata={"help": "Alarm when the batch's mean sigma^2 reaches this multiple of the baseline's."}
+    )
+    lower_bound_gap: float | None = field(
+        default=None, metadata={"help": "Alarm when the trained reward stands this far above the heads' LCB."}
+    )
+    kappa: float = field(default=1.0, metadata={"help": "The LCB's width in the heads' standard deviations."})
+    kl_acceleration: float | None = field(
+        default=None, metadata={"help": "Alarm when the KL's second derivative (per step^2) reaches this."}
+    )
+    entropy_drop: float | None = field(
+        default=0.5, metadata={"help": "Alarm when the policy has lost this fraction of its baseline entropy."}
+    )
+    rising_together: float | None = field(
+        default=None, metadata={"help": "Alarm when the proxy reward's and the disagreement's slopes both reach this."}
+    )
+    action: str = field(
+        default="warn", metadata={"help": "At an alarm: warn, checkpoint (and warn), stop (after a checkpoint)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.window < 2:
+            raise ValueError(f"hacking_monitor.window must be >= 2 steps, got {self.window}")
+        if self.baseline_steps < 1:
+            raise ValueError(f"hacking_monitor.baseline_steps must be >= 1, got {self.baseline_steps}")
+        for name in ("disagreement_ratio", "lower_bound_gap", "kl_acceleration", "entropy_drop", "rising_together"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"hacking_monitor.{name} must be a finite number or null, got {value}")
+        if self.disagreement_ratio is not None and not self.disagreement_ratio > 0:
+            raise ValueError(f"hacking_monitor.disagreement_ratio must be > 0, got {self.disagreement_ratio}")
+        if self.entropy_drop is not None and not 0 < self.entropy_drop <= 1:
+            raise ValueError(f"hacking_monitor.entropy_drop is a fraction in (0, 1], got {self.entropy_drop}")
+        if not self.kappa >= 0:
+            raise ValueError(f"hacking_monitor.kappa must be >= 0, got {self.kappa}")
+        if self.action not in HACKING_ACTIONS:
+            raise ValueError(f"hacking_monitor.action={self.action!r} is unknown; valid: {list(HACKING_ACTIONS)}")
+
+    @classmethod
+    def from_trainer_config(cls, config: Mapping[str, Any]) -> HackingMonitorConfig:
+        """Read the ``hacking_monitor`` group of a verl trainer config (defaults when absent)."""
+        return from_mapping(cls, config.get("hacking_monitor"), where="hacking_monitor")
 
 
 if __name__ == "__main__":  # python -m verl_variance.core.config docs/*.md: refresh the docs' config tables

@@ -11,9 +11,12 @@ are numpy on the host (a few microseconds; the batch is small), as ``telemetry.p
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from verl_variance.core.config import HackingMonitorConfig
 
 
 def disagreement_ratio(reward_variance: torch.Tensor, baseline: float) -> float:
@@ -87,3 +90,86 @@ def proxy_disagreement_trends(
     if window < 2:
         raise ValueError(f"window must be >= 2 steps, got {window}")
     return trend(list(proxy)[-window:]), trend(list(disagreement)[-window:])
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """A signal that crossed its threshold at a step."""
+
+    step: int
+    signal: str
+    value: float
+    threshold: float
+
+    def line(self) -> str:
+        """The console line of the alarm."""
+        return (f"verl-variance hacking monitor: step {self.step}: {self.signal} {self.value:.4g} reached its "
+                f"threshold {self.threshold:.4g} (hacking_monitor.{self.signal})")  # fmt: skip
+
+
+class HackingMonitor:
+    """The signals of every step of a run and the alarms they raise (``HackingMonitorConfig``). Each signal alarms
+    once, at the first step it reaches its threshold; nothing alarms before the baseline steps have passed."""
+
+    def __init__(self, settings: HackingMonitorConfig, baseline_variance: float | None = None) -> None:
+        """``baseline_variance``: σ̄²_0 from the reward model's held-out pairs (None: the first steps' mean σ²)."""
+        self.settings, self.baseline_variance = settings, baseline_variance
+        self.history: dict[str, list[float]] = {"variance": [], "proxy": [], "kl": [], "entropy": []}
+        self.fired: set[str] = set()
+
+    def _baseline(self, name: str) -> float | None:
+        values = self.history[name][: self.settings.baseline_steps]
+        if len(values) < self.settings.baseline_steps or len(self.history[name]) <= self.settings.baseline_steps:
+            return None
+        return float(np.mean(values))
+
+    def observe(
+        self,
+        step: int,
+        head_scores: torch.Tensor,
+        proxy: torch.Tensor,
+        kl: float | None = None,
+        entropy: float | None = None,
+    ) -> tuple[dict[str, float], list[Alarm]]:
+        """One step: its ``hacking/*`` metrics and the alarms it raises.
+
+        Args:
+            step: the trainer's step.
+            head_scores: (bs, K) the K head scores of the step's samples.
+            proxy: (bs,) the reward the policy is trained on.
+            kl: the step's mean KL to the reference (None: not computed by this run).
+            entropy: the step's mean policy entropy (None: not logged).
+        """
+        settings = self.settings
+        variance = head_scores.double().var(dim=1, unbiased=True)
+        self.history["variance"].append(float(variance.mean()))
+        self.history["proxy"].append(float(proxy.double().mean()))
+        metrics = {"hacking/lower_bound_gap": lower_bound_gap(head_scores, proxy, settings.kappa)}
+        values = {"lower_bound_gap": metrics["hacking/lower_bound_gap"]}
+        baseline = self.baseline_variance if self.baseline_variance is not None else self._baseline("variance")
+        if baseline is not None and baseline > 0:
+            values["disagreement_ratio"] = disagreement_ratio(variance, baseline)
+        if kl is not None:
+            self.history["kl"].append(kl)
+            if len(self.history["kl"]) > settings.window:
+                values["kl_acceleration"] = kl_acceleration(self.history["kl"], settings.window)
+        if entropy is not None:
+            self.history["entropy"].append(entropy)
+            if (entropy_baseline := self._baseline("entropy")) is not None and entropy_baseline > 0:
+                values["entropy_drop"] = entropy_drop(entropy, entropy_baseline)
+        if len(self.history["proxy"]) >= settings.window and "disagreement_ratio" in values:
+            ratios = [value / baseline for value in self.history["variance"]]
+            proxy_slope, ratio_slope = proxy_disagreement_trends(self.history["proxy"], ratios, settings.window)
+            metrics |= {"hacking/proxy_slope": proxy_slope, "hacking/disagreement_slope": ratio_slope}
+            values["rising_together"] = min(proxy_slope, ratio_slope)
+        metrics |= {f"hacking/{name}": value for name, value in values.items() if name != "lower_bound_gap"}
+        alarms = []
+        warming_up = len(self.history["variance"]) <= settings.baseline_steps
+        for name, value in values.items():
+            threshold = getattr(settings, name)
+            if threshold is None or name in self.fired or warming_up or value < threshold:
+                continue
+            self.fired.add(name)
+            alarms.append(Alarm(step, name, value, threshold))
+        metrics["hacking/alarms"] = float(len(self.fired))
+        return metrics, alarms
