@@ -52,6 +52,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def cpu_probe() -> dict:
+    """``doctor``'s report of a fresh process with both plugins loaded (``VERL_PLATFORM=cpu``), probed once per test
+    process: the tests that read it only read it."""
+    from verl_variance.integration.doctor import run_probe
+
+    return run_probe(dict(os.environ, VERL_PLATFORM="cpu"))
+
+
 def free_port() -> int:
     """A TCP port no process listens on now (tests run side by side: no fixed ports)."""
     with socket.socket() as sock:

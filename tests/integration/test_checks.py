@@ -210,3 +210,24 @@ def test_a_served_reward_model_is_checked_before_ray(tmp_path, monkeypatch):
     check_served_reward_model(OmegaConf.merge(_served_config(tmp_path, **pool), {"ray_kwargs": {"ray_init": {
         "num_gpus": 2}}}))  # fmt: skip
     check_served_reward_model(OmegaConf.merge(config, {"reward": {"reward_model": {"enable": False}}}))  # not served
+
+
+def test_the_cpu_backends_rollout_is_refused_where_its_plugin_is_not_loaded(monkeypatch):
+    """A GPU run (no CPU platform selected, so no ``hf`` rollout registered) naming ``rollout.name=hf``: one line
+    before Ray instead of verl's "Unknown rollout mode: hf" after it; with the CPU plugin loaded it passes."""
+    from omegaconf import OmegaConf
+
+    from verl_variance.integration import checks, compat
+
+    config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"name": "vllm"}},
+                               "reward": {"reward_model": {"enable": True, "rollout": {"name": "hf"}}}})  # fmt: skip
+    monkeypatch.setattr(compat.STATUS, "registered", {"kl_penalties": ["variance_aware"]})
+    with pytest.raises(ConfigError, match=r"^reward.reward_model.rollout.name=hf is verl-variance's CPU backend, which "
+                       r"this run does not select: select the CPU platform \(VERL_PLATFORM=cpu, or trainer.device=cpu "
+                       r"on the command line\), or set reward.reward_model.rollout.name=vllm$"):  # fmt: skip
+        checks.check_cpu_backend_rollouts(config)
+    with pytest.raises(ConfigError, match=r"^actor_rollout_ref.rollout.name=hf is verl-variance's CPU backend"):
+        checks.check_cpu_backend_rollouts(OmegaConf.merge(config, {"actor_rollout_ref": {"rollout": {"name": "hf"}}}))
+    checks.check_cpu_backend_rollouts(OmegaConf.merge(config, {"reward": {"reward_model": {"enable": False}}}))
+    monkeypatch.setattr(compat.STATUS, "registered", {"rollouts": ["hf"]})  # the CPU plugin loaded
+    checks.check_cpu_backend_rollouts(config)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from verl_variance.integration.doctor import problems, run_probe
+from verl_variance.integration.doctor import problems
 
 
 def _doctor(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
@@ -16,8 +16,8 @@ def _doctor(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_doctor_reports_registrations():
-    report = run_probe(dict(os.environ, VERL_PLATFORM="cpu"))
+def test_doctor_reports_registrations(cpu_probe):
+    report = cpu_probe
     assert problems(report) == []
     assert report["plugins"]["verl_variance"]["loaded"] is True
     assert report["verl"] == "0.9.1" or report["verl"].startswith("0.9.")
@@ -41,9 +41,6 @@ def test_doctor_prints_the_patches_by_plugin_and_why_the_cpu_plugin_is_off_on_a_
     assert "        vllm_models_without_model_attribute [not reached]: a vLLM model verl's launch patches would " \
            "raise on: GPT-2, classifiers" in lines
     assert "hf_rollout_adapter" not in gpu_run.stdout and lines.count("  acting on every GPU run: none") == 1
-    cpu_run = _doctor({"VERL_PLATFORM": "cpu"}).stdout.splitlines()
-    assert "  verl_variance_cpu: loaded (VERL_PLATFORM=cpu); 20 patches" in cpu_run
-    assert "        hf_rollout_adapter" in cpu_run
 
 
 def test_doctor_cli_ok_on_cpu_platform():
@@ -51,6 +48,9 @@ def test_doctor_cli_ok_on_cpu_platform():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: plugin loaded" in result.stdout
     assert "device         cpu" in result.stdout
+    lines = result.stdout.splitlines()  # the CPU plugin's patches in the table by plugin
+    assert "  verl_variance_cpu: loaded (VERL_PLATFORM=cpu); 20 patches" in lines
+    assert "        hf_rollout_adapter" in lines
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
-import os
 import sys
 import sysconfig
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from verl_variance.integration import compat, fingerprints
-from verl_variance.integration.doctor import problems, render, run_probe
+from verl_variance.integration.doctor import problems, render
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = '''
@@ -134,11 +133,11 @@ def test_an_unrecorded_target_is_an_error_not_a_silent_patch(fresh_status, targe
     assert fresh_status.errors[0].startswith("gated: VerlVarianceError: gated_target.first has no entry in")
 
 
-def test_the_record_covers_every_patch_applied_here_holds_on_this_verl_and_its_page_is_current():
+def test_the_record_covers_every_patch_applied_here_holds_on_this_verl_and_its_page_is_current(cpu_probe):
     from verl_variance.cpu import patches as cpu_patches
     from verl_variance.integration import patches
 
-    report = run_probe(dict(os.environ, VERL_PLATFORM="cpu"))  # both plugins' patches
+    report = cpu_probe  # both plugins' patches
     assert problems(report) == []  # nothing disabled on the installed verl
     ours = report["verl_variance"]
     patched = {where for where in ours["patched_attributes"] if "[" not in where}  # not registries

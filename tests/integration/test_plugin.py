@@ -14,7 +14,6 @@ from verl_variance.cpu import prestart
 from verl_variance.cpu.launcher import CONFIG_DIR, CPU_PRESET, DRIVER_MODULE, main_ppo_command
 from verl_variance.cpu.patches import content_order, dedupe_backend
 from verl_variance.integration import compat
-from verl_variance.integration.doctor import run_probe
 
 METHODS_PATCHES = {
     "early_config_checks",
@@ -297,8 +296,8 @@ def test_register_entry_adds_to_a_private_mapping_once(monkeypatch):
         compat.register_entry(module, "REGISTRY", "new", 2)
 
 
-def test_every_replaced_attribute_is_listed_by_doctor():
-    report = run_probe(dict(os.environ, VERL_PLATFORM="cpu"))  # both plugins
+def test_every_replaced_attribute_is_listed_by_doctor(cpu_probe):
+    report = cpu_probe  # both plugins
     attributes = report["verl_variance"]["patched_attributes"]
     for where in ("verl.trainer.ppo.v1.trainer_base.PPOTrainer._balance_batch",
                   "transformers.modeling_utils.PreTrainedModel._check_and_adjust_attn_implementation",

@@ -197,8 +197,33 @@ def check_patches_of_features(config) -> None:
                 )
 
 
+CPU_BACKEND_ROLLOUT = "hf"
+"""The rollout engine (and reward-model server) of verl_variance's CPU plugin, registered only where it loads."""
+
+
+def check_cpu_backend_rollouts(config) -> None:
+    """``rollout.name=hf`` (the policy's, or a served reward model's) needs the CPU plugin, which loads only where a
+    run selects the CPU platform: elsewhere verl would stop after Ray started ("Unknown rollout mode: hf")."""
+    from verl_variance.integration.compat import STATUS
+
+    if CPU_BACKEND_ROLLOUT in STATUS.registered.get("rollouts", []):
+        return
+    reward_model = (config.get("reward") or {}).get("reward_model") or {}
+    rollouts = {"actor_rollout_ref.rollout": (config.get("actor_rollout_ref") or {}).get("rollout") or {}}
+    if reward_model.get("enable", False):
+        rollouts["reward.reward_model.rollout"] = reward_model.get("rollout") or {}
+    for key, rollout in rollouts.items():
+        if rollout.get("name") == CPU_BACKEND_ROLLOUT:
+            raise ConfigError(
+                f"{key}.name={CPU_BACKEND_ROLLOUT} is verl-variance's CPU backend, which this run does not select: "
+                f"select the CPU platform (VERL_PLATFORM=cpu, or trainer.device=cpu on the command line), or set "
+                f"{key}.name=vllm"
+            )
+
+
 CHECKS: list[Callable[[Any], None]] = [check_kl_config, check_variance_methods, check_ensemble_reward,
-                                       check_served_reward_model, check_patches_of_features]
+                                       check_served_reward_model, check_patches_of_features,
+                                       check_cpu_backend_rollouts]
 """The checks ``check_trainer_config`` runs, in order, before the model paths: the methods', then those another
 plugin adds (``verl_variance.cpu``'s, when it is loaded)."""
 

@@ -6,7 +6,7 @@ Two ways to serve a K-head reward model (``AutoModelForSequenceClassification``,
   manager registered in verl's registry that scores in-process with transformers, gathering the
   concurrent per-sample requests of verl's reward loop into no-grad forward passes of a fixed shape
   (a score is then bit-identical whatever arrived with it);
-- ``reward.reward_model.enable=True`` (verl serves the model: ``rollout.name=vllm`` on GPUs, ``hf`` anywhere,
+- ``reward.reward_model.enable=True`` (verl serves the model: ``rollout.name=vllm`` on GPUs, ``hf`` on the CPU backend,
   ``hf_reward_server``). verl's reward loop keeps only the last ``/classify`` logit; the patch in
   ``patches.py`` reads all K when ``reward.reward_manager.name=ensemble``, from the same text the in-process
   scorer reads (``ensemble_reward.prompt_format``, the last ``max_length`` tokens).
