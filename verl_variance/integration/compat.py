@@ -119,6 +119,11 @@ class PluginStatus:
 STATUS = PluginStatus()
 
 
+def _failure(patch_name: str) -> str | None:
+    """The first line of the error a patch's hook raised (``STATUS.errors``), or None."""
+    return next((error.splitlines()[0] for error in STATUS.errors if error.startswith(f"{patch_name}: ")), None)
+
+
 def patch_off(patch_name: str) -> str | None:
     """Why a patch is off, or will be when its module is imported (None: applied, or nothing known against it): it
     was disabled or failed, or the installed verl is not a version its recorded verl targets were checked on (known
@@ -127,9 +132,8 @@ def patch_off(patch_name: str) -> str | None:
 
     if patch_name in STATUS.patches_disabled:
         return STATUS.patches_disabled[patch_name]
-    failed = [error.splitlines()[0] for error in STATUS.errors if error.startswith(f"{patch_name}: ")]
-    if failed:
-        return failed[0]
+    if (failed := _failure(patch_name)) is not None:
+        return failed
     if patch_name in STATUS.patches_applied or STATUS.verl_version is None:
         return None
     unchecked = sorted({", ".join(entry["checked_on"]) for entry in fingerprints.record().values()
@@ -147,8 +151,7 @@ def require(patch_name: str) -> None:
     if patch_name in STATUS.patches_disabled:
         raise PatchDisabled(f"verl-variance patch {patch_name!r} is disabled: {STATUS.patches_disabled[patch_name]}")
     if patch_name not in STATUS.patches_applied:
-        problems = [e.splitlines()[0] for e in STATUS.errors if e.startswith(patch_name)]
-        detail = f" ({problems[0]})" if problems else ""
+        detail = f" ({failed})" if (failed := _failure(patch_name)) is not None else ""
         raise VerlVarianceError(
             f"verl-variance patch {patch_name!r} is not active{detail}. Run `verl-variance doctor` to see why."
         )

@@ -292,6 +292,7 @@ def _patch_v1_trainer_wiring(module) -> None:
 
 
 def _patch_v1_served_reward_extras(module) -> None:
+    from verl_variance.integration.batches import V1Batch
     from verl_variance.integration.extra_info import reads_reward_extras, with_reward_extras
 
     @patch(module.PPOTrainer, "_compute_reward_colocate")
@@ -317,10 +318,7 @@ def _patch_v1_served_reward_extras(module) -> None:
             output = outputs[-1]
             columns = {key: output.non_tensor_batch[key] for key in output.meta_info.get("reward_extra_keys", [])}
             if columns:
-                data = module.tq.kv_batch_get(
-                    keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"]
-                )
-                extra = with_reward_extras(list(data["extra_fields"]), columns)
+                extra = with_reward_extras(V1Batch(module.tq, batch).extra_fields(), columns)
                 fields = module.tu.get_tensordict({"extra_fields": extra})
                 module.tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=fields)
             return batch
