@@ -51,7 +51,7 @@ def time_kernel(repeats: int) -> dict[str, float]:
     """Median seconds of stock ``kl``, variance-aware without telemetry (the tensor work), and with it."""
     from verl.trainer.ppo import core_algos, ray_trainer
 
-    from verl_variance.integration import variance_kl
+    from verl_variance.integration import state
 
     settings = {"normalize": True}
     modes = {
@@ -62,12 +62,12 @@ def time_kernel(repeats: int) -> dict[str, float]:
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(repeats):  # interleaved, so drift hits every mode equally
         for mode, (kl_penalty, variance_settings) in modes.items():
-            if variance_settings is not None:
-                variance_kl.activate({"algorithm": {"kl_penalty": kl_penalty}, "variance_kl": variance_settings})
+            config = {"algorithm": {"kl_penalty": kl_penalty}, "variance_kl": variance_settings or {}}
             data = kernel_batch()
-            start = time.perf_counter()
-            ray_trainer.apply_kl_penalty(data, core_algos.FixedKLController(0.05), kl_penalty=kl_penalty)
-            times[mode].append(time.perf_counter() - start)
+            with state.entered(state.MethodsState.from_config(config)):  # as inside a trainer's step
+                start = time.perf_counter()
+                ray_trainer.apply_kl_penalty(data, core_algos.FixedKLController(0.05), kl_penalty=kl_penalty)
+                times[mode].append(time.perf_counter() - start)
     return {mode: statistics.median(values) for mode, values in times.items()}
 
 

@@ -110,12 +110,12 @@ def main() -> int:
     import verl  # noqa: F401  (loads the plugin: rvpo and r2vpo registered)
     from omegaconf import OmegaConf
 
-    from verl_variance.integration import rvpo
+    from verl_variance.integration import state
 
     config = OmegaConf.create({"algorithm": {"adv_estimator": "rvpo", "gdpo_reward_keys": KEYS}, "rvpo": {}})
-    rvpo.activate(config)
-    gdpo_s, rvpo_s = side_by_side(lambda: time_advantage("gdpo", config.algorithm),
-                                  lambda: time_advantage("rvpo", config.algorithm), args.repeats)  # fmt: skip
+    with state.entered(state.MethodsState.from_config(config)):  # as inside a trainer's step
+        gdpo_s, rvpo_s = side_by_side(lambda: time_advantage("gdpo", config.algorithm),
+                                      lambda: time_advantage("rvpo", config.algorithm), args.repeats)  # fmt: skip
     ratio = rvpo_s / gdpo_s
     emit(figure="advantage_s", shape=[SAMPLES, OBJECTIVES, RESPONSE_TOKENS], gdpo=gdpo_s, rvpo=rvpo_s)
     emit(figure="advantage_ratio_rvpo_over_gdpo", value=ratio, target=TARGET_ADVANTAGE_RATIO,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import importlib
 import json
 import math
 import os
@@ -131,13 +129,6 @@ def _scale_settings(scale, settings: list[str]) -> dict:
     return {name: value for name, value in vars(changed).items() if value != getattr(scale, name)}
 
 
-_SIMULATE_FIELDS = (
-    *("variance_low", "variance_high", "dim", "eps", "reward_mean", "reward_std", "reference_policy"),
-    *("draws", "chunk_size", "bins", "seed"),
-)
-"""``simulate`` flags that map one to one to ``SimulationConfig`` fields (unset: the config's default)."""
-
-
 def _integer_at_least(text: str, minimum: int) -> int:
     value = int(text)
     if value < minimum:
@@ -190,52 +181,40 @@ def non_negative_int(text: str) -> int:
     return _integer_at_least(text, 0)
 
 
-_TRAIN_RM_FLAGS: dict[str, tuple[tuple[str, ...], dict]] = {
-    "model": (("model_name_or_path",), {}),
-    "train_files": (("train_files",), {"nargs": "+"}),
-    "eval_files": (("eval_files",), {"nargs": "+"}),
-    "output_dir": (("output_dir",), {}),
-    "num_heads": (("stage2.num_heads",), {"type": int}),
-    "max_length": (("max_length",), {"type": positive_int}),
-    "bootstrap": (("stage2.bootstrap",), {"action": "store_true", "default": None}),
-    "seed": (("stage1.seed", "stage2.seed"), {"type": int}),
-    "skip_stage1": (("skip_stage1",), {"action": "store_true", "default": None}),
-    "overwrite": (("overwrite",), {"action": "store_true", "default": None}),
-    "stage": (("stage",), {"type": int, "choices": [1, 2]}),
-}
-"""``train-rm`` flags (argparse ``dest``): the ``TrainRMConfig`` keys each one sets, and its argparse settings."""
+def _config_parser(command: str, flags: type, description: str) -> argparse.ArgumentParser:
+    """A command's own parser, its flags made from a config dataclass's fields (``core.config.flag_fields``) by
+    transformers' ``HfArgumentParser`` (help: each field's metadata help and default; ``--a_b`` and ``--a-b``)."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(flags, prog=f"verl-variance {command}", description=description, allow_abbrev=False,
+                            formatter_class=argparse.HelpFormatter)  # the defaults are in the fields' help  # fmt: skip
 
 
-class _ConfigHelpFormatter(argparse.HelpFormatter):
-    """Help of the flags that set config fields (their help names the keys, ``a and b``): the fields' ``help``
-    metadata and defaults (``config_keys``), read only when help is printed (the configs' modules import torch)."""
+def _simulate_parser() -> argparse.ArgumentParser:
+    from verl_variance.core.config import flag_fields
+    from verl_variance.experiments.bandit import SimulationConfig
 
-    def __init__(self, prog: str, *, config: str) -> None:
-        super().__init__(prog)
-        self._config = config
+    parser = _config_parser("simulate", flag_fields(SimulationConfig, exclude=("setting",)), _SIMULATE_HELP)
+    parser.add_argument("--output-dir", default="runs/simulate")
+    parser.add_argument("--settings", nargs="+", choices=["high", "low"], default=["high", "low"],
+                        help="the variance settings to run: high (Figure 3), low (Figure 4)")  # fmt: skip
+    return parser
 
-    @functools.cached_property
-    def _keys(self) -> dict[str, tuple[object, str]]:
-        from verl_variance.core.config import config_keys
 
-        module, name = self._config.split(":")
-        rows = config_keys(getattr(importlib.import_module(module), name))
-        return {key: (default, text) for key, default, text in rows}
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        keys = (action.help or "").split(" and ")
-        if not all(key in self._keys for key in keys):
-            return action.help
-        default, text = self._keys[keys[0]]
-        return f"{action.help}: {text} (default {default})".replace("%", "%%")
+def _set_fields(args: argparse.Namespace, flags: type, shortcuts: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """The config keys the given flags set (a shortcut's keys, else the flag's name) -> their values."""
+    given = {item.name: getattr(args, item.name) for item in dataclasses.fields(flags)}
+    return {key: value for name, value in given.items() if value is not None
+            for key in (shortcuts or {}).get(name, (name,))}  # fmt: skip
 
 
 def _simulate(args: argparse.Namespace) -> int:
     if (missing := _extra_missing("simulate", "demo", "matplotlib")) is not None:
         return missing
-    from verl_variance.experiments.bandit import run, summary_lines
+    from verl_variance.core.config import flag_fields
+    from verl_variance.experiments.bandit import SimulationConfig, run, summary_lines
 
-    overrides = {name: getattr(args, name) for name in _SIMULATE_FIELDS if getattr(args, name) is not None}
+    overrides = _set_fields(args, flag_fields(SimulationConfig, exclude=("setting",)))
     try:
         report = run(args.output_dir, settings=tuple(args.settings), **overrides)
     except ValueError as error:  # a SimulationConfig field out of range: the message names it
@@ -268,7 +247,9 @@ def _train_rm(args: argparse.Namespace) -> int:
         return 0
     if not args.dry_run and (missing := _extra_missing("train-rm", "train-rm")) is not None:
         return missing
-    flags = {key: getattr(args, dest) for dest, (keys, _) in _TRAIN_RM_FLAGS.items() for key in keys}
+    from verl_variance.reward_model.train import SHORTCUTS
+
+    flags = _set_fields(args, _train_rm_flags(), SHORTCUTS)
     try:
         config = build_config(args.config, flags, args.overrides)
         if args.check or args.dry_run:
@@ -282,6 +263,33 @@ def _train_rm(args: argparse.Namespace) -> int:
     if summary is not None:  # the main process
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _train_rm_flags() -> type:
+    from verl_variance.core.config import flag_fields
+    from verl_variance.reward_model.train import SHORTCUTS, TrainRMConfig
+
+    return flag_fields(TrainRMConfig, shortcuts=SHORTCUTS)
+
+
+def _train_rm_parser() -> argparse.ArgumentParser:
+    parser = _config_parser("train-rm", _train_rm_flags(), _TRAIN_RM_HELP)
+    parser.add_argument("--config", help="YAML/JSON file of TrainRMConfig fields (stage1: {...}, stage2: {...})")
+    parser.add_argument(
+        "--check", action="store_true", help="check the inputs (files, tokenizer vs config), print the config, exit"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (reads nothing)")
+    parser.add_argument("--keys", action="store_true", help="list every config key (--set, --config) with its default")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted overrides, applied last (--keys lists them), e.g. --set stage1.learning_rate=1e-3",
+    )
+    return parser
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -365,6 +373,11 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+_SIMULATE_HELP = "the paper's linearized bandit (Section 3, Theorem 3.3, Figures 3-5): numpy, seconds"
+_TRAIN_RM_HELP = ("ensemble reward model (Section 4, Appendix 7): stage 1 BT fine-tune, stage 2 K heads; "
+                  "several GPUs: accelerate launch -m verl_variance.cli train-rm ...")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     from verl_variance.experiments.judge import PAPER_JUDGE
 
@@ -429,47 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_arguments(demo)
     demo.set_defaults(run=_demo)
 
-    sim = commands.add_parser(
-        "simulate",
-        help="the paper's linearized bandit (Section 3, Theorem 3.3, Figures 3-5): numpy, seconds",
-        formatter_class=functools.partial(
-            _ConfigHelpFormatter, config="verl_variance.experiments.bandit:SimulationConfig"
-        ),
-    )
-    sim.add_argument("--output-dir", default="runs/simulate")
-    sim.add_argument("--settings", nargs="+", choices=["high", "low"], default=["high", "low"])
-    kinds = (float, float, int, float, float, float, str, int, int, int, int)
-    for name, kind in zip(_SIMULATE_FIELDS, kinds, strict=True):
-        choices = ["uniform", "zero"] if name == "reference_policy" else None
-        sim.add_argument(f"--{name.replace('_', '-')}", type=kind, choices=choices, help=name)
-    sim.set_defaults(run=_simulate)
-
-    rm = commands.add_parser(
-        "train-rm",
-        help="ensemble reward model (Section 4, Appendix 7): stage 1 BT fine-tune, stage 2 K heads; "
-        "several GPUs: accelerate launch -m verl_variance.cli train-rm ...",
-        formatter_class=functools.partial(
-            _ConfigHelpFormatter, config="verl_variance.reward_model.train:TrainRMConfig"
-        ),
-    )
-    rm.add_argument("--config", help="YAML/JSON file of TrainRMConfig fields (stage1: {...}, stage2: {...})")
-    for dest, (keys, settings) in _TRAIN_RM_FLAGS.items():
-        rm.add_argument(f"--{dest.replace('_', '-')}", help=" and ".join(keys), **settings)
-    rm.add_argument(
-        "--check", action="store_true", help="check the inputs (files, tokenizer vs config), print the config, exit"
-    )
-    rm.add_argument("--dry-run", action="store_true", help="print the resolved config and exit (reads nothing)")
-    rm.add_argument("--keys", action="store_true", help="list every config key (--set, --config) with its default")
-    rm.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted overrides, applied last (--keys lists them), e.g. --set stage1.learning_rate=1e-3",
-    )
-    rm.set_defaults(run=_train_rm)
+    for name, help_text, run, own_parser in (("simulate", _SIMULATE_HELP, _simulate, _simulate_parser),
+                                             ("train-rm", _TRAIN_RM_HELP, _train_rm, _train_rm_parser)):
+        command = commands.add_parser(name, help=help_text, add_help=False)  # its flags: its own parser, built on use
+        command.set_defaults(run=run, own_parser=own_parser)
 
     score = commands.add_parser(
         "score", help="per-head rewards, mean, variance and std of every row of a JSONL/parquet file"
@@ -547,7 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "own_parser", None) is not None:  # a command whose flags come from a config dataclass
+        args = args.own_parser().parse_args(rest, namespace=args)
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)
 
 

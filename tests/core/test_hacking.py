@@ -1,5 +1,6 @@
 """The reward-hacking signals against independent computations (numpy's fits, plain loops) on synthetic data."""
 
+import json
 import math
 
 import numpy as np
@@ -68,7 +69,11 @@ def _run(settings, spreads, kls=None, entropies=None):
         heads = _heads(spread, seed=step)
         kl = None if kls is None else kls[step - 1]
         entropy = None if entropies is None else entropies[step - 1]
-        step_metrics, alarms = monitor.observe(step, heads, heads.mean(dim=1) + 0.1 * step, kl, entropy)
+        proxy = heads.mean(dim=1) + 0.1 * step
+        logged = hacking.batch_signals(heads, proxy, settings.kappa) | {hacking.PROXY_METRIC: float(proxy.mean())}
+        logged |= {} if kl is None else {"actor/reward_kl_penalty": kl}
+        logged |= {} if entropy is None else {hacking.ENTROPY_METRIC: entropy}
+        step_metrics, alarms = monitor.observe(step, logged)
         metrics.append(step_metrics)
         fired += [(alarm.step, alarm.signal) for alarm in alarms]
     return fired, metrics
@@ -111,3 +116,31 @@ def test_monitor_settings_out_of_range_name_the_key():
                          ({"kl_acceleration": float("nan")}, "kl_acceleration must be a finite number or null")):
         with pytest.raises(ValueError, match=f"hacking_monitor.{message}"):
             HackingMonitorConfig(**bad)
+
+
+def test_batch_signals_are_the_mean_variance_and_the_gap():
+    generator = torch.Generator().manual_seed(3)
+    scores, trained = torch.randn(5, 3, generator=generator), torch.randn(5, generator=generator)
+    signals = hacking.batch_signals(scores, trained, kappa=0.5)
+    assert signals[hacking.VARIANCE_METRIC] == pytest.approx(float(np.var(scores.numpy(), axis=1, ddof=1).mean()))
+    assert signals[hacking.GAP_METRIC] == pytest.approx(hacking.lower_bound_gap(scores, trained, 0.5))
+
+
+def test_a_monitor_restored_from_its_state_alarms_as_the_uninterrupted_one():
+    """Resume: the state a checkpoint keeps (history, signals already fired) gives the same later alarms."""
+    from verl_variance.core.config import HackingMonitorConfig
+
+    settings = HackingMonitorConfig(enable=True, baseline_steps=2, disagreement_ratio=1.5, entropy_drop=None)
+    rows = [{hacking.VARIANCE_METRIC: v, hacking.GAP_METRIC: 0.1, hacking.PROXY_METRIC: 0.0}
+            for v in (0.2, 0.2, 0.25, 0.35, 0.2, 0.5)]  # fmt: skip
+    whole = hacking.HackingMonitor(settings)
+    expected = [whole.observe(step, row) for step, row in enumerate(rows, start=1)]
+    first = hacking.HackingMonitor(settings)
+    for step, row in enumerate(rows[:4], start=1):
+        first.observe(step, row)
+    resumed = hacking.HackingMonitor(settings)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert [resumed.observe(step, row) for step, row in enumerate(rows[4:], start=5)] == expected[4:]
+    assert [alarm.step for _, alarms in expected for alarm in alarms] == [4]  # fired once, not again at step 6
+    with pytest.raises(KeyError, match=r"needs \['hacking/reward_variance'\]"):
+        whole.observe(7, {hacking.GAP_METRIC: 0.0, hacking.PROXY_METRIC: 0.0})

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 from tensordict import TensorDict
 from verl import DataProto
 
-from verl_variance.integration import kl_loss, variance_kl
+from verl_variance.integration import kl_loss, state, variance_kl
 from verl_variance.integration.batches import LegacyBatch, V1Batch
-from verl_variance.integration.patches import methods_before_actor_update
+from verl_variance.integration.trainers import methods_before_actor_update
 
 BS, T = 4, 5
 
@@ -89,8 +89,10 @@ def test_the_one_actor_hook_puts_the_same_kl_weights_on_both_trainers_batches(sa
     config = OmegaConf.create({"algorithm": {"kl_penalty": "variance_aware"}, "reward": {},
                                "actor_rollout_ref": {"actor": {"use_kl_loss": True, "kl_loss_type": "low_var_kl"}}})
     trainer = Trainer(config=config)
+    settings = state.attach(trainer).variance_kl
+    assert settings is not None  # the trainer's state holds its variance_kl group
     weights, telemetry = kl_loss.attach_kl_weights(
-        torch.from_numpy(columns["reward_variance"]), *tensors.values(), variance_kl.active_config(), "low_var_kl")
+        torch.from_numpy(columns["reward_variance"]), *tensors.values(), settings, "low_var_kl")
     legacy, v1, queue = _views(samples)
     legacy_metrics, v1_metrics = {}, {}
     assert methods_before_actor_update(trainer, legacy, legacy_metrics) is None  # no R²VPO: nothing after

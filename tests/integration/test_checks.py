@@ -15,7 +15,7 @@ def test_verls_vllm_launch_patches_skip_the_models_they_would_raise_on(monkeypat
     own patches run on every other model."""
     import types
 
-    from verl_variance.integration import compat, patches
+    from verl_variance.integration import compat, fallbacks
 
     monkeypatch.setattr(compat, "check_record", lambda *args: None)  # stand-ins, not verl's definitions
 
@@ -32,7 +32,7 @@ def test_verls_vllm_launch_patches_skip_the_models_they_would_raise_on(monkeypat
     module = types.ModuleType("verl.workers.rollout.vllm_rollout.utils")
     module.patch_vllm_moe_model_weight_loader = needs_inner_model
     module.monkey_patch_compute_logits = needs_compute_logits
-    patches._patch_vllm_model_patches(module)
+    fallbacks.patch_vllm_model_patches(module)
 
     def compute_logits():
         return None

@@ -24,10 +24,10 @@ METHODS_PATCHES = {
     "worker_errors_recorded",
     "worker_errors_surfaced",
     "worker_errors_polled",
-    "variance_aware_kl_v1",
+    "v1_advantage_inputs",
     "estimators_and_policy_losses",
-    "rvpo_gdpo_advantage",
-    "rvpo_gdpo_advantage_v1",
+    "estimators_with_batch_fields",
+    "estimators_with_batch_fields_v1",
     "variance_kl_loss",
     "variance_kl_loss_distillation",
     "ensemble_reward_manager",
@@ -398,7 +398,7 @@ def test_verl_variance_ppo_runs_verls_main_through_the_driver_module():
     source = importlib.util.find_spec(DRIVER_MODULE).loader.get_source(DRIVER_MODULE)
     assert 'if __name__ == "__main__":\n    from verl.trainer.main_ppo import main\n\n    main()' in source
     from verl_variance.cpu import launcher
-    from verl_variance.integration.patches import MAIN_PPO_DRIVER
+    from verl_variance.integration.checks import MAIN_PPO_DRIVER
 
     assert getattr(launcher, MAIN_PPO_DRIVER) is True  # run as __main__, the early checks know it is main_ppo's driver
 

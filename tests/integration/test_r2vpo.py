@@ -12,6 +12,11 @@ from verl_variance.integration import r2vpo
 from verl_variance.integration.compat import VerlVarianceError
 
 
+def controller(**settings) -> r2vpo.R2VPOController:
+    """A trainer's λ controller for an ``r2vpo`` group, as its state builds it."""
+    return r2vpo.R2VPOController.from_trainer_config({"r2vpo": settings})
+
+
 def _inputs():
     generator = torch.Generator().manual_seed(0)
     old = -torch.rand(3, 5, generator=generator) * 2
@@ -66,11 +71,11 @@ def test_wrapped_ppo_loss_hands_the_batch_lambda_to_the_policy_loss():
 
 
 def test_controller_fixed_and_adaptive_lambda(tmp_path):
-    fixed = r2vpo.R2VPOController.from_settings(R2VPOConfig(lam=0.3))
+    fixed = controller(lam=0.3)
     assert fixed.after_update({"actor/ratio_variance": 5.0}) == {} and fixed.lam == 0.3
     assert fixed.lambda_field(3).tolist() == pytest.approx([0.3] * 3)
 
-    adaptive = r2vpo.R2VPOController.from_settings(R2VPOConfig(lam=1.0, target_variance=0.01, dual_lr=10.0))
+    adaptive = controller(lam=1.0, target_variance=0.01, dual_lr=10.0)
     metrics = adaptive.after_update({"actor/ratio_variance": [0.02, 0.04]})  # verl's per-micro-batch list
     assert adaptive.lam == pytest.approx(1.0 + 10.0 * (0.03 - 0.01))
     assert metrics == {"r2vpo/lambda_next": adaptive.lam, "r2vpo/constraint_violation": pytest.approx(0.02)}
@@ -80,7 +85,7 @@ def test_controller_fixed_and_adaptive_lambda(tmp_path):
         adaptive.after_update({})
 
     adaptive.save(str(tmp_path / "global_step_3"))
-    restored = r2vpo.R2VPOController.from_settings(R2VPOConfig(lam=1.0, target_variance=0.01))
+    restored = controller(lam=1.0, target_variance=0.01)
     restored.load(str(tmp_path / "global_step_3"))
     assert restored.lam == pytest.approx(1.1)
 

@@ -5,6 +5,7 @@ The expected advantages are computed independently here with numpy: per-objectiv
 whitening over the valid tokens (mean and unbiased variance over them, as verl's masked_whiten).
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from verl_variance.core.config import RVPOConfig
-from verl_variance.integration import rvpo
+from verl_variance.integration import rvpo, state
 from verl_variance.integration.rvpo import RewardComponentError
 
 
@@ -50,6 +51,13 @@ def _data_proto(values, with_prompts=True):
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors)
 
 
+@pytest.fixture
+def activate():
+    """Enter the state a trainer of a config runs its steps in; left at the test's end."""
+    with contextlib.ExitStack() as stack:
+        yield lambda config: stack.enter_context(state.entered(state.MethodsState.from_config(config)))
+
+
 def _ab(values):
     return values["a"], values["b"]
 
@@ -75,11 +83,11 @@ def _expected(values, tau, weights):
 
 
 @pytest.mark.parametrize(("tau", "weights"), [(1.0, None), (0.3, [0.25, 0.75])])
-def test_rvpo_legacy_path_against_independent_computation(batch_values, tau, weights):
+def test_rvpo_legacy_path_against_independent_computation(batch_values, tau, weights, activate):
     from verl.trainer.ppo import ray_trainer
 
     config = _config("rvpo", tau=tau, weights=weights)
-    rvpo.activate(config)
+    activate(config)
     out = ray_trainer.compute_advantage(_data_proto(batch_values), "rvpo", config=config.algorithm)
     expected = _expected(batch_values, tau, weights or [0.5, 0.5])
     np.testing.assert_allclose(out.batch["advantages"].numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -90,17 +98,17 @@ def test_rvpo_legacy_path_against_independent_computation(batch_values, tau, wei
     assert metrics["rvpo/softmin_gap/mean"] > 0
 
 
-def test_rvpo_v1_path_reads_the_objectives_from_the_reward_extra_info(batch_values):
+def test_rvpo_v1_path_reads_the_objectives_from_the_reward_extra_info(batch_values, activate):
     """V1: the trainer keeps reward extra info per sample (extra_fields); the patched _compute_advantage sets it
     for the call and verl's compute_advantage_for_multi_trajectories reaches RVPO without non_tensor_batch keys."""
     from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
     config = _config("rvpo", tau=0.5)
-    rvpo.activate(config)
+    methods = activate(config)
     data = _data_proto({key: batch_values[key] for key in ("uid", "mask")}, with_prompts=False)
     infos = [{"a": float(a), "b": float(b), "score": 0.0} for a, b in zip(*_ab(batch_values), strict=True)]
     metrics = {}
-    with rvpo.batch_reward_extra_info(infos, metrics):
+    with methods.advantage_step(infos, metrics):
         out = compute_advantage_for_multi_trajectories(
             data, batch_keys=[f"{u}_0_{i}" for i, u in enumerate(batch_values["uid"])], adv_estimator="rvpo",
             config=config.algorithm,
@@ -111,12 +119,12 @@ def test_rvpo_v1_path_reads_the_objectives_from_the_reward_extra_info(batch_valu
     assert metrics["rvpo/softmin_gap/mean"] > 0
 
 
-def test_large_tau_is_verls_gdpo_on_both_paths(batch_values):
+def test_large_tau_is_verls_gdpo_on_both_paths(batch_values, activate):
     """tau -> inf: RVPO equals verl's own GDPO (legacy), and verl's GDPO runs on the V1 batch view too."""
     from verl.trainer.ppo import ray_trainer
     from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 
-    rvpo.activate(_config("rvpo", tau=1e7))
+    methods = activate(_config("rvpo", tau=1e7))
     gdpo_config = _config("gdpo").algorithm
     gdpo = ray_trainer.compute_advantage(_data_proto(batch_values), "gdpo", config=gdpo_config)
     soft = ray_trainer.compute_advantage(_data_proto(batch_values), "rvpo", config=gdpo_config)
@@ -126,7 +134,7 @@ def test_large_tau_is_verls_gdpo_on_both_paths(batch_values):
 
     v1 = _data_proto({key: batch_values[key] for key in ("uid", "mask")}, with_prompts=False)
     infos = [{"a": float(a), "b": float(b)} for a, b in zip(*_ab(batch_values), strict=True)]
-    with rvpo.batch_reward_extra_info(infos, {}):
+    with methods.advantage_step(infos, {}):
         out = compute_advantage_for_multi_trajectories(v1, batch_keys=[f"{u}_0_{i}" for i, u in
                                                        enumerate(batch_values["uid"])], adv_estimator="gdpo",
                                                        config=gdpo_config)  # fmt: skip
@@ -134,7 +142,7 @@ def test_large_tau_is_verls_gdpo_on_both_paths(batch_values):
     assert "prompts" not in out.batch.keys()  # the response-only view is removed after the call
 
 
-def test_constraint_neglect_gdpo_rewards_it_rvpo_does_not():
+def test_constraint_neglect_gdpo_rewards_it_rvpo_does_not(activate):
     """Sample 0 is far ahead on objective a and fails constraint b: GDPO's sum gives it a positive advantage,
     RVPO's soft-min a negative one."""
     from verl.trainer.ppo import ray_trainer
@@ -146,19 +154,19 @@ def test_constraint_neglect_gdpo_rewards_it_rvpo_does_not():
         "mask": np.ones((8, 3), dtype=np.int64),
     }
     config = _config("rvpo", tau=0.5)
-    rvpo.activate(config)
+    activate(config)
     gdpo = ray_trainer.compute_advantage(_data_proto(values), "gdpo", config=config.algorithm).batch["advantages"]
     soft = ray_trainer.compute_advantage(_data_proto(values), "rvpo", config=config.algorithm).batch["advantages"]
     assert gdpo[0, 0] > 0.5
     assert soft[0, 0] < -0.2
 
 
-def test_ensemble_heads_as_objectives(batch_values):
+def test_ensemble_heads_as_objectives(batch_values, activate):
     from verl.trainer.ppo import ray_trainer
 
     heads = {f"reward_head_{k}": np.random.default_rng(k).normal(size=8) for k in range(3)}
     config = OmegaConf.create({"algorithm": {"adv_estimator": "rvpo"}, "rvpo": {"ensemble_heads": True}})
-    rvpo.activate(config)
+    activate(config)
     data = _data_proto({key: batch_values[key] for key in ("uid", "mask")})
     data.non_tensor_batch.update(heads)
     out = ray_trainer.compute_advantage(data, "rvpo", config=config.algorithm).batch["advantages"]
@@ -180,7 +188,7 @@ def test_ensemble_heads_as_objectives(batch_values):
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_bad_input_gives_clear_errors(batch_values):
+def test_bad_input_gives_clear_errors(batch_values, activate):
     from verl.trainer.ppo import ray_trainer
 
     with pytest.raises(ValueError, match=r"rvpo.weights: weights must sum to 1"):
@@ -195,16 +203,16 @@ def test_bad_input_gives_clear_errors(batch_values):
         RVPOConfig().keys(None)
 
     config = _config("rvpo", reward_keys=["a", "c"])
-    rvpo.activate(config)
+    activate(config)
     with pytest.raises(RewardComponentError, match=r"objective 'c' is not in the reward extra info .*multi_objective"):
         ray_trainer.compute_advantage(_data_proto(batch_values), "rvpo", config=config.algorithm)
 
-    rvpo.activate(_config("rvpo"))
+    activate(_config("rvpo"))
     broken = dict(batch_values, a=np.where(np.arange(8) == 3, np.nan, batch_values["a"]))
     with pytest.raises(RewardComponentError, match=r"objective 'a' is not finite for 1 sample\(s\) \(first: sample 3"):
         ray_trainer.compute_advantage(_data_proto(broken), "rvpo", config=_config("rvpo").algorithm)
 
-    rvpo.activate(OmegaConf.create({"algorithm": {"adv_estimator": "rvpo"}, "rvpo": {"ensemble_heads": True}}))
+    activate(OmegaConf.create({"algorithm": {"adv_estimator": "rvpo"}, "rvpo": {"ensemble_heads": True}}))
     one_head = _data_proto({key: batch_values[key] for key in ("uid", "mask")})
     one_head.non_tensor_batch["reward_head_0"] = batch_values["a"]
     with pytest.raises(RewardComponentError, match=r"reward_head_0..K-1 \(K >= 2\), got \['reward_head_0'\]"):

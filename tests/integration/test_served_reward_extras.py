@@ -12,7 +12,7 @@ from tensordict import TensorDict
 from verl import DataProto
 
 from verl_variance.core.variance import looks_softmaxed
-from verl_variance.integration import compat, extra_info
+from verl_variance.integration import compat, extra_info, trainers
 from verl_variance.integration.ensemble_reward import SoftmaxedRewardModelError, check_served_heads
 
 
@@ -98,4 +98,4 @@ def test_colocated_reward_extras_join_each_samples_extra_fields():
      False),
 ])  # fmt: skip
 def test_only_our_features_make_the_colocated_path_copy_extras(config, reads):
-    assert extra_info.reads_reward_extras(config) is reads
+    assert trainers.reads_reward_extras(config) is reads

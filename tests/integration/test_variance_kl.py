@@ -1,5 +1,7 @@
 """variance_aware KL through verl's real ``apply_kl_penalty`` (plugin active in this process)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo import core_algos, ray_trainer
 
-from verl_variance.integration import variance_kl
+from verl_variance.integration import state, variance_kl
 from verl_variance.integration.checks import ConfigError, check_kl_config, check_trainer_config
 
 BS, T = 6, 5
@@ -34,15 +36,22 @@ def make_batch(variance=None, seed=0) -> DataProto:
     )
 
 
+def trainer_state(**algorithm):
+    """The state a trainer of this config runs its steps in (``state.entered``)."""
+    config = {"algorithm": {"kl_penalty": "variance_aware", "use_kl_in_reward": True, **algorithm}}
+    return state.entered(state.MethodsState.from_config(config))
+
+
 @pytest.fixture
 def config():
-    def activate(**variance_kl_settings):
-        cfg = {"algorithm": {"kl_penalty": "variance_aware", "use_kl_in_reward": True}}
-        cfg["variance_kl"] = variance_kl_settings
-        variance_kl.activate(cfg)
+    with contextlib.ExitStack() as stack:
 
-    yield activate
-    variance_kl.activate({})
+        def activate(**variance_kl_settings):
+            cfg = {"algorithm": {"kl_penalty": "variance_aware", "use_kl_in_reward": True}}
+            cfg["variance_kl"] = variance_kl_settings
+            return stack.enter_context(state.entered(state.MethodsState.from_config(cfg)))
+
+        yield activate
 
 
 def test_the_patch_is_what_verl_calls():
@@ -98,15 +107,18 @@ def test_adaptive_controller_sees_the_unweighted_kl(config):
 
 
 def test_v1_path_reads_the_variance_fetched_from_the_store(config):
-    config(weighting="variance")
-    token = variance_kl.set_batch_variance(np.array([1.0, 0, 0, 0, 0, 0]))
-    try:
+    """V1: the trainer hands the step's reward extra info to its state; apply_kl_penalty adds it to the batch as the
+    legacy trainer's columns and reads σ² from there."""
+    methods = config(weighting="variance")
+    infos = [{"reward_variance": v, "acc": 1.0} for v in (1.0, 0, 0, 0, 0, 0)]
+    with methods.advantage_step(infos, {}):
         data, _ = ray_trainer.apply_kl_penalty(make_batch(), core_algos.FixedKLController(0.1), "variance_aware")
-    finally:
-        variance_kl.reset_batch_variance(token)
     raw = make_batch()
     assert torch.equal(data.batch["token_level_rewards"][1:], raw.batch["token_level_scores"][1:])
     assert not torch.equal(data.batch["token_level_rewards"][0], raw.batch["token_level_scores"][0])
+    assert data.non_tensor_batch["reward_variance"].tolist() == [1.0, 0, 0, 0, 0, 0]  # a batch field now
+    assert data.non_tensor_batch["acc"].tolist() == [1.0] * BS
+    assert methods.step_extras is None  # the step's data is not kept past its advantage step
 
 
 def test_sample_log_records_each_penalty(config, tmp_path):
@@ -124,10 +136,7 @@ def test_sample_log_records_each_penalty(config, tmp_path):
 
 def test_grpo_variance_kl_estimator_through_verls_compute_advantage():
     """A = GRPO(scores) − Σ_{t'≥t} β w kl, computed independently from the same batch."""
-    variance_kl.activate(
-        {"algorithm": {"kl_penalty": "variance_aware", "adv_estimator": "grpo_variance_kl"}, "variance_kl": {}}
-    )
-    try:
+    with trainer_state(adv_estimator="grpo_variance_kl"):
         data, _ = ray_trainer.apply_kl_penalty(
             make_batch([1.0, 4.0, 0.0, 9.0, 1.0, 2.0]), core_algos.FixedKLController(0.1), "variance_aware"
         )
@@ -137,8 +146,7 @@ def test_grpo_variance_kl_estimator_through_verls_compute_advantage():
         out = ray_trainer.compute_advantage(
             data, "grpo_variance_kl", config=AlgoConfig(adv_estimator="grpo_variance_kl")
         )
-    finally:
-        variance_kl.activate({})
+    assert variance_kl.KL_PENALTY_FIELD not in out.batch.keys()  # used here, not sent on to the workers
     raw = make_batch()
     mask = raw.batch["response_mask"]
     scores = raw.batch["token_level_scores"].sum(-1)
@@ -152,35 +160,22 @@ def test_grpo_variance_kl_estimator_through_verls_compute_advantage():
 
 
 def test_grpo_variance_kl_without_the_penalty_fails_clearly():
+    """The penalty travels with its batch: an estimator call without it, or a batch whose KL was not variance-aware
+    in the reward, is refused with the settings that fix it."""
+    from verl.trainer.config import AlgoConfig
+
     from verl_variance.integration.compat import VerlVarianceError
 
-    variance_kl._last_penalty = None
-    with pytest.raises(VerlVarianceError, match="set algorithm.use_kl_in_reward=True and algorithm.kl_penalty"):
+    fix = "set algorithm.use_kl_in_reward=True and algorithm.kl_penalty"
+    with pytest.raises(VerlVarianceError, match=fix):
         variance_kl.grpo_variance_kl_advantage(torch.zeros(2, 3), torch.ones(2, 3), index=np.array(["a", "a"]))
+    with trainer_state(adv_estimator="grpo_variance_kl"):
+        data, _ = ray_trainer.apply_kl_penalty(make_batch(VARIANCES), core_algos.FixedKLController(0.1), "kl")
+        with pytest.raises(VerlVarianceError, match=fix):  # stock KL in the reward: no weighted penalty to read
+            ray_trainer.compute_advantage(data, "grpo_variance_kl", config=AlgoConfig(adv_estimator="grpo_variance_kl"))
 
 
 VARIANCES = [1.0, 4.0, 0.0, 9.0, 1.0, 2.0]
-KL_MODE = "variance_aware"
-
-
-def test_grpo_variance_kl_never_reuses_a_stale_penalty():
-    """A penalty of the same shape left from another batch (or already used) is refused, not reused."""
-    from verl_variance.integration.compat import VerlVarianceError
-
-    variance_kl.activate({"algorithm": {"kl_penalty": "variance_aware", "adv_estimator": "grpo_variance_kl"}})
-    try:
-        data, _ = ray_trainer.apply_kl_penalty(make_batch(VARIANCES), core_algos.FixedKLController(0.1), KL_MODE)
-        rewards, index = data.batch["token_level_rewards"], np.array(["a", "a", "b", "b", "c", "c"], dtype=object)
-        mask = data.batch["response_mask"]
-        with pytest.raises(VerlVarianceError, match="variance-weighted KL of these rewards"):  # another batch
-            variance_kl.grpo_variance_kl_advantage(rewards.clone(), mask, index=index)
-        data, _ = ray_trainer.apply_kl_penalty(make_batch(VARIANCES), core_algos.FixedKLController(0.1), KL_MODE)
-        rewards = data.batch["token_level_rewards"]
-        variance_kl.grpo_variance_kl_advantage(rewards, mask, index=index)
-        with pytest.raises(VerlVarianceError, match="variance-weighted KL of these rewards"):  # already used
-            variance_kl.grpo_variance_kl_advantage(rewards, mask, index=index)
-    finally:
-        variance_kl.activate({})
 
 
 def test_missing_variance_names_the_key_and_the_fix(config):
@@ -190,7 +185,7 @@ def test_missing_variance_names_the_key_and_the_fix(config):
     message = str(error.value)
     assert "needs a per-sample 'reward_variance'" in message and "positive_word_share_with_variance" in message
     with pytest.raises(variance_kl.MissingRewardVarianceError, match=r"returned only \['acc'\]"):
-        variance_kl.reward_variance_from_extra_infos([{"reward_extra_info": {"acc": 1.0}}], "reward_variance")
+        variance_kl.reward_variance({"acc": [1.0]}, "reward_variance")
 
 
 @pytest.mark.parametrize(

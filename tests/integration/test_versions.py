@@ -97,7 +97,7 @@ def test_an_unchecked_verl_gets_the_registrations_and_refuses_the_methods_whose_
     assert report["plugins"]["verl_variance"] == "loaded (always)" and report["errors"] == []
     assert report["estimators"] == ["grpo_variance_kl", "rvpo"] and report["losses"] and report["manager"]
     assert {"estimators_and_policy_losses", "ensemble_reward_manager", "early_config_checks"} <= set(report["applied"])
-    assert {"variance_aware_kl_in_reward", "methods_legacy_trainer", "rvpo_gdpo_advantage",
+    assert {"variance_aware_kl_in_reward", "methods_legacy_trainer", "estimators_with_batch_fields",
             "ensemble_reward_all_logits"} <= set(report["disabled"])  # fmt: skip
     assert all("verl 0.10.0 is not a version this patch was checked on (0.9.1)" in why
                for why in report["disabled"].values())  # fmt: skip
@@ -113,7 +113,7 @@ def test_a_pending_patch_on_an_unchecked_verl_is_known_off_before_its_module_imp
     reported off (the early checks need no import of the trainers to refuse a method)."""
     monkeypatch.setattr(compat.STATUS, "verl_version", "0.10.0")
     monkeypatch.setattr(compat.STATUS, "patches_applied", [])
-    assert compat.patch_off("rvpo_gdpo_advantage") == "verl 0.10.0 is not a version it was checked on (0.9.1)"
+    assert compat.patch_off("estimators_with_batch_fields") == "verl 0.10.0 is not a version it was checked on (0.9.1)"
     assert compat.patch_off("estimators_and_policy_losses") is None  # a registration: no verl definition replaced
     monkeypatch.setattr(compat.STATUS, "verl_version", "0.9.1")
-    assert compat.patch_off("rvpo_gdpo_advantage") is None
+    assert compat.patch_off("estimators_with_batch_fields") is None

@@ -9,7 +9,7 @@ from verl_variance.integration import compat, variance_kl, worker_errors
 
 
 async def ours():
-    variance_kl.reward_variance_from_extra_infos([{"reward_extra_info": {"score": 1.0}}], "reward_variance")
+    variance_kl.reward_variance({"score": [1.0]}, "reward_variance")
 
 
 async def verls():

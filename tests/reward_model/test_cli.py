@@ -136,15 +136,19 @@ def test_train_rm_keys_lists_every_settable_key_with_its_default_and_help(capsys
 @pytest.mark.parametrize(
     ("command", "config", "flags"),
     [
-        ("train-rm", "verl_variance.reward_model.train:TrainRMConfig", ["--num-heads", "--seed", "--max-length"]),
-        ("simulate", "verl_variance.experiments.bandit:SimulationConfig", ["--eps", "--reference-policy", "--draws"]),
+        ("train-rm", "verl_variance.reward_model.train:TrainRMConfig",
+         {"--num-heads": "stage2.num_heads", "--seed": "stage1.seed", "--max-length": "max_length",
+          "--model": "model_name_or_path"}),
+        ("simulate", "verl_variance.experiments.bandit:SimulationConfig",
+         {"--eps": "eps", "--reference-policy": "reference_policy", "--draws": "draws"}),
     ],
-)
+)  # fmt: skip
 def test_flag_help_is_the_config_fields_help_and_default(command, config, flags, capsys):
-    """A flag that sets a config field shows that field's metadata help and default (no retyped help strings)."""
+    """Each command's flags are made from its config dataclass (``HfArgumentParser``): a flag shows its field's
+    metadata help and default (no retyped help strings), a shortcut of nested keys names them first."""
     import importlib
 
-    from verl_variance.core.config import config_keys
+    from verl_variance.core.config import config_keys, spelled
 
     module, name = config.split(":")
     keys = {key: (default, text) for key, default, text in config_keys(getattr(importlib.import_module(module), name))}
@@ -152,10 +156,21 @@ def test_flag_help_is_the_config_fields_help_and_default(command, config, flags,
         main([command, "--help"])
     assert exit_info.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    actions = build_parser()._subparsers._group_actions[0].choices[command]._actions
-    for flag in flags:
-        option = next(action for action in actions if flag in action.option_strings)
-        default, text = keys[option.help.split(" and ")[0]]
-        assert f"{option.help}: {' '.join(text.split())} (default {default})" in help_text
+    for flag, key in flags.items():
+        default, text = keys[key]
+        assert f"{flag} " in help_text
+        assert f"{' '.join(text.split())} (default {spelled(default)})" in help_text
     if command == "train-rm":
-        assert "stage1.seed and stage2.seed: " in help_text
+        assert "stage1.seed and stage2.seed: Seeds the pair order" in help_text
+
+
+def test_a_flag_of_the_config_sets_its_field_and_an_unknown_one_is_refused(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr("verl_variance.experiments.bandit.run", lambda output_dir, settings, **overrides: seen.update(
+        overrides) or {})
+    monkeypatch.setattr("verl_variance.experiments.bandit.summary_lines", lambda report: [])
+    assert main(["simulate", "--draws", "30", "--reference_policy", "zero", "--variance-low", "2"]) == 0
+    assert seen == {"draws": 30, "reference_policy": "zero", "variance_low": 2.0}  # the flags given, typed
+    with pytest.raises(SystemExit) as stopped:
+        main(["simulate", "--setting", "high"])  # a field the command sets itself (--settings) is no flag
+    assert stopped.value.code == 2 and "unrecognized arguments: --setting high" in capsys.readouterr().err

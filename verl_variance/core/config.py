@@ -11,13 +11,15 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, make_dataclass
+from typing import Any, get_type_hints
 
 from verl_variance.core.kl import KL_WEIGHTINGS
 
 KL_MODE = "variance_aware"
 """The value of ``algorithm.kl_penalty`` that turns on variance-aware KL."""
+VARIANCE_KL_ESTIMATOR = "grpo_variance_kl"
+"""The value of ``algorithm.adv_estimator`` of GRPO on the scores plus the variance-weighted KL per token."""
 
 VERL_KL_ESTIMATORS = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
 """verl 0.9's per-token KL estimators (each also with a "+" straight-through suffix)."""
@@ -96,6 +98,37 @@ def config_keys(cls, prefix: str = "") -> list[tuple[str, Any, str]]:
         else:
             rows.append((f"{prefix}{item.name}", default, item.metadata.get("help", "")))
     return rows
+
+
+def flag_fields(cls, exclude: tuple[str, ...] = (), shortcuts: Mapping[str, tuple[str, ...]] | None = None) -> type:
+    """A dataclass of the flags that set ``cls``'s fields, for a command line built by a parser of dataclasses
+    (transformers' ``HfArgumentParser``): one per scalar field (nested dataclasses and ``exclude`` left out), and one
+    per ``shortcuts`` entry (flag name -> the dotted keys of nested fields it sets, typed as the first). Each is
+    ``T | None`` with default None (a flag not given changes nothing), its help the field's metadata help and default
+    (a shortcut's names its keys first)."""
+    rows = {key: (default, text) for key, default, text in config_keys(cls)}
+    specs = []
+    for item in fields(cls):
+        if item.name not in exclude and item.name in rows:
+            specs.append(_flag(item.name, _hint(cls, item.name), item.metadata, *rows[item.name]))
+    for name, keys in (shortcuts or {}).items():
+        default, text = rows[keys[0]]
+        specs.append(_flag(name, _hint(cls, keys[0]), {}, default, f"{' and '.join(keys)}: {text}"))
+    return make_dataclass(f"{cls.__name__}Flags", specs)
+
+
+def _hint(cls, key: str) -> Any:
+    """The type of the field at dotted ``key`` of dataclass ``cls``."""
+    head, _, rest = key.partition(".")
+    if rest:
+        return _hint(get_type_hints(cls)[head], rest)
+    return get_type_hints(cls)[head]
+
+
+def _flag(name: str, hint: Any, metadata: Mapping[str, Any], default: Any, text: str) -> tuple:
+    help_text = f"{text} (default {spelled(default)})".strip()
+    kind = bool if hint is bool else hint | None  # a bool: ``--flag`` alone is true (HfArgumentParser's nargs="?")
+    return name, kind, field(default=None, metadata={**metadata, "help": help_text})
 
 
 @dataclass

@@ -107,9 +107,36 @@ class Alarm:
                 f"threshold {self.threshold:.4g} (hacking_monitor.{self.signal})")  # fmt: skip
 
 
+VARIANCE_METRIC = "hacking/reward_variance"
+"""The step's mean σ² across the heads (``batch_signals``)."""
+GAP_METRIC = "hacking/lower_bound_gap"
+"""The step's mean gap of the trained reward above the heads' LCB (``batch_signals``)."""
+PROXY_METRIC = "critic/score/mean"
+"""verl's mean sequence score: the reward the policy is trained on, before any KL."""
+KL_METRICS = ("actor/reward_kl_penalty", "actor/kl_loss")
+"""verl's KL to the reference, in the reward or in the actor's loss (the first a run logs)."""
+ENTROPY_METRIC = "actor/entropy"
+"""verl's mean policy entropy of the step's responses."""
+
+
+def batch_signals(head_scores: torch.Tensor, trained: torch.Tensor, kappa: float) -> dict[str, float]:
+    """The part of the signals that needs the step's samples: the mean σ² across the heads and the lower-bound gap
+    (``lower_bound_gap``), as the step's ``VARIANCE_METRIC`` and ``GAP_METRIC``.
+
+    Args:
+        head_scores: (bs, K) the K head scores of the step's samples, K >= 2.
+        trained: (bs,) the reward the policy is trained on (its sequence score).
+        kappa: κ >= 0, the LCB's width.
+    """
+    variance = head_scores.double().var(dim=1, unbiased=True)
+    return {VARIANCE_METRIC: float(variance.mean()), GAP_METRIC: lower_bound_gap(head_scores, trained, kappa)}
+
+
 class HackingMonitor:
-    """The signals of every step of a run and the alarms they raise (``HackingMonitorConfig``). Each signal alarms
-    once, at the first step it reaches its threshold; nothing alarms before the baseline steps have passed."""
+    """The signals of every step of a run and the alarms they raise (``HackingMonitorConfig``), from the step's
+    metrics: ours (``batch_signals``) and verl's (proxy, KL, entropy), so a finished run's ``metrics.jsonl`` replays
+    through it too. Each signal alarms once, at the first step it reaches its threshold; nothing alarms before the
+    baseline steps have passed."""
 
     def __init__(self, settings: HackingMonitorConfig, baseline_variance: float | None = None) -> None:
         """``baseline_variance``: σ̄²_0 from the reward model's held-out pairs (None: the first steps' mean σ²)."""
@@ -117,38 +144,41 @@ class HackingMonitor:
         self.history: dict[str, list[float]] = {"variance": [], "proxy": [], "kl": [], "entropy": []}
         self.fired: set[str] = set()
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps, so a resumed run alarms as the uninterrupted one would."""
+        return {"history": self.history, "fired": sorted(self.fired)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {name: list(values) for name, values in state["history"].items()}
+        self.fired = set(state["fired"])
+
     def _baseline(self, name: str) -> float | None:
         values = self.history[name][: self.settings.baseline_steps]
         if len(values) < self.settings.baseline_steps or len(self.history[name]) <= self.settings.baseline_steps:
             return None
         return float(np.mean(values))
 
-    def observe(
-        self,
-        step: int,
-        head_scores: torch.Tensor,
-        proxy: torch.Tensor,
-        kl: float | None = None,
-        entropy: float | None = None,
-    ) -> tuple[dict[str, float], list[Alarm]]:
-        """One step: its ``hacking/*`` metrics and the alarms it raises.
+    def observe(self, step: int, metrics: dict[str, float]) -> tuple[dict[str, float], list[Alarm]]:
+        """One step: its ``hacking/*`` signals and the alarms they raise.
 
         Args:
             step: the trainer's step.
-            head_scores: (bs, K) the K head scores of the step's samples.
-            proxy: (bs,) the reward the policy is trained on.
-            kl: the step's mean KL to the reference (None: not computed by this run).
-            entropy: the step's mean policy entropy (None: not logged).
+            metrics: the step's metrics: ``VARIANCE_METRIC``, ``GAP_METRIC`` and ``PROXY_METRIC`` (required), the KL
+                (``KL_METRICS``) and ``ENTROPY_METRIC`` when the run logs them.
         """
+        missing = [key for key in (VARIANCE_METRIC, GAP_METRIC, PROXY_METRIC) if key not in metrics]
+        if missing:
+            raise KeyError(f"the hacking monitor needs {missing} in the step's metrics")
         settings = self.settings
-        variance = head_scores.double().var(dim=1, unbiased=True)
-        self.history["variance"].append(float(variance.mean()))
-        self.history["proxy"].append(float(proxy.double().mean()))
-        metrics = {"hacking/lower_bound_gap": lower_bound_gap(head_scores, proxy, settings.kappa)}
-        values = {"lower_bound_gap": metrics["hacking/lower_bound_gap"]}
+        kl = next((float(metrics[key]) for key in KL_METRICS if key in metrics), None)
+        entropy = float(metrics[ENTROPY_METRIC]) if ENTROPY_METRIC in metrics else None
+        self.history["variance"].append(float(metrics[VARIANCE_METRIC]))
+        self.history["proxy"].append(float(metrics[PROXY_METRIC]))
+        values = {"lower_bound_gap": float(metrics[GAP_METRIC])}
+        signals = {}
         baseline = self.baseline_variance if self.baseline_variance is not None else self._baseline("variance")
         if baseline is not None and baseline > 0:
-            values["disagreement_ratio"] = disagreement_ratio(variance, baseline)
+            values["disagreement_ratio"] = self.history["variance"][-1] / baseline
         if kl is not None:
             self.history["kl"].append(kl)
             if len(self.history["kl"]) > settings.window:
@@ -160,9 +190,9 @@ class HackingMonitor:
         if len(self.history["proxy"]) >= settings.window and "disagreement_ratio" in values:
             ratios = [value / baseline for value in self.history["variance"]]
             proxy_slope, ratio_slope = proxy_disagreement_trends(self.history["proxy"], ratios, settings.window)
-            metrics |= {"hacking/proxy_slope": proxy_slope, "hacking/disagreement_slope": ratio_slope}
+            signals |= {"hacking/proxy_slope": proxy_slope, "hacking/disagreement_slope": ratio_slope}
             values["rising_together"] = min(proxy_slope, ratio_slope)
-        metrics |= {f"hacking/{name}": value for name, value in values.items() if name != "lower_bound_gap"}
+        signals |= {f"hacking/{name}": value for name, value in values.items() if name != "lower_bound_gap"}
         alarms = []
         warming_up = len(self.history["variance"]) <= settings.baseline_steps
         for name, value in values.items():
@@ -171,5 +201,5 @@ class HackingMonitor:
                 continue
             self.fired.add(name)
             alarms.append(Alarm(step, name, value, threshold))
-        metrics["hacking/alarms"] = float(len(self.fired))
-        return metrics, alarms
+        signals["hacking/alarms"] = float(len(self.fired))
+        return signals, alarms

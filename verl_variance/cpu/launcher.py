@@ -18,7 +18,7 @@ CPU_PRESET = "ppo_trainer_cpu"
 DRIVER_MODULE = "verl_variance.cpu.launcher"
 """``python -m`` this: verl's ``main_ppo`` driver (Hydra overrides as arguments)."""
 VERL_VARIANCE_MAIN_PPO_DRIVER = True
-"""Run as ``__main__``, this module is verl's ``main_ppo`` driver (``integration.patches.MAIN_PPO_DRIVER``): a user's
+"""Run as ``__main__``, this module is verl's ``main_ppo`` driver (``integration.checks.MAIN_PPO_DRIVER``): a user's
 config mistake is printed as one line, without Hydra's traceback."""
 
 

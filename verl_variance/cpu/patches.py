@@ -14,7 +14,8 @@ from packaging.specifiers import SpecifierSet
 
 from verl_variance.cpu.hf_rollout_names import PLATFORM_NAME
 from verl_variance.integration.compat import patch, register_entry, when_imported
-from verl_variance.integration.patches import SUPPORTED_TRANSFORMERS, install_early_checks, scope
+from verl_variance.integration.fallbacks import SUPPORTED_TRANSFORMERS
+from verl_variance.integration.patches import install_early_checks, scope
 
 
 def _on_cpu_platform() -> bool:

@@ -14,11 +14,7 @@ from typing import Any
 import torch
 
 from verl_variance.integration.extra_info import reward_extra_columns, reward_extra_infos
-from verl_variance.integration.variance_kl import (
-    batch_reward_variance,
-    checked_reward_variance,
-    reward_variance_from_extra_infos,
-)
+from verl_variance.integration.variance_kl import batch_reward_variance, reward_variance
 
 
 class LegacyBatch:
@@ -73,7 +69,7 @@ class V1Batch:
         return reward_extra_columns(reward_extra_infos(self.extra_fields()))
 
     def reward_variance(self, key: str) -> torch.Tensor:
-        return checked_reward_variance(reward_variance_from_extra_infos(self.extra_fields(), key), key)
+        return reward_variance(self.reward_columns(), key)
 
     def tensors(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         padded = self._get(list(names)).to_padded_tensor()

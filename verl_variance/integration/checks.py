@@ -7,11 +7,13 @@ would accept and then fail on minutes later inside a Ray worker (or hang on).
 from __future__ import annotations
 
 import difflib
+import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from verl_variance.integration.compat import VerlVarianceError
+from verl_variance.integration.compat import VerlVarianceError, patch
 
 
 class ConfigError(VerlVarianceError, ValueError):
@@ -42,13 +44,13 @@ def check_kl_config(config) -> None:
     Any other ``kl_penalty`` passes untouched (verl's estimators, their ``+`` variants, one a user added to
     verl), except a near-miss of ``variance_aware``, which is refused with the right spelling.
     """
-    from verl_variance.core.config import KL_MODE, VarianceKLConfig
+    from verl_variance.core.config import KL_MODE, VARIANCE_KL_ESTIMATOR, VarianceKLConfig
 
     algorithm = config.algorithm
     mode = algorithm.get("kl_penalty", "kl")
     if mode != KL_MODE and difflib.get_close_matches(str(mode).replace("-", "_"), [KL_MODE], n=1, cutoff=0.75):
         raise ConfigError(f"algorithm.kl_penalty={mode!r}: did you mean {KL_MODE}? (verl-variance's KL mode)")
-    if algorithm.get("adv_estimator") == "grpo_variance_kl" and not (
+    if algorithm.get("adv_estimator") == VARIANCE_KL_ESTIMATOR and not (
         mode == KL_MODE and algorithm.get("use_kl_in_reward", False)
     ):
         raise ConfigError(
@@ -163,17 +165,20 @@ def _check_served_max_length(config, reward_model, settings) -> None:
 
 def opted_in_features(config) -> dict[str, tuple[str, ...]]:
     """The methods a trainer config selects (its key=value) -> the patches of verl's internals each needs."""
-    from verl_variance.core.config import KL_MODE, R2VPO_LOSS, RVPO_ESTIMATOR
+    from verl_variance.core.config import KL_MODE, R2VPO_LOSS, RVPO_ESTIMATOR, VARIANCE_KL_ESTIMATOR
     from verl_variance.integration.ensemble_reward import MANAGER_NAME
 
     algorithm = config.get("algorithm") or {}
     loss_mode = ((config.get("actor_rollout_ref") or {}).get("actor") or {}).get("policy_loss") or {}
     trainers = ("methods_legacy_trainer", "methods_v1_trainer")
+    estimators = ("estimators_with_batch_fields", "estimators_with_batch_fields_v1")
     wanted = {
         f"algorithm.kl_penalty={KL_MODE}": (algorithm.get("kl_penalty") == KL_MODE, (
-            "variance_aware_kl_in_reward", "variance_aware_kl_v1", *trainers, "variance_kl_loss")),
+            "variance_aware_kl_in_reward", "v1_advantage_inputs", *trainers, "variance_kl_loss")),
         f"algorithm.adv_estimator={RVPO_ESTIMATOR}": (algorithm.get("adv_estimator") == RVPO_ESTIMATOR, (
-            "rvpo_gdpo_advantage", "rvpo_gdpo_advantage_v1", "variance_aware_kl_v1", *trainers)),
+            *estimators, "v1_advantage_inputs", *trainers)),
+        f"algorithm.adv_estimator={VARIANCE_KL_ESTIMATOR}": (
+            algorithm.get("adv_estimator") == VARIANCE_KL_ESTIMATOR, estimators),
         f"actor_rollout_ref.actor.policy_loss.loss_mode={R2VPO_LOSS}": (loss_mode.get("loss_mode") == R2VPO_LOSS, (
             *trainers, "variance_kl_loss")),
         f"reward.reward_manager.name={MANAGER_NAME}": (
@@ -236,3 +241,37 @@ def check_trainer_config(config) -> None:
     critic = config.get("critic")
     if critic is not None and critic.get("enable", None) is not False and config.algorithm.adv_estimator == "gae":
         check_model_path(critic.model.get("path"), "critic.model.path")
+
+
+# The check's place in verl: its validate_config, in the driver of main_ppo (``patches.install_early_checks``).
+MAIN_PPO_DRIVER = "VERL_VARIANCE_MAIN_PPO_DRIVER"
+"""A module-level name of a ``__main__`` that runs verl's ``main_ppo`` (``verl-variance ppo``'s launcher)."""
+
+
+def _running_main_ppo() -> bool:
+    """This process is verl's ``main_ppo`` driver (whose Hydra wrapper would print a traceback): ``python -m
+    verl.trainer.main_ppo``, or a module run as ``__main__`` that says it runs it (``MAIN_PPO_DRIVER``)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return getattr(main, MAIN_PPO_DRIVER, False) or (spec is not None and spec.name == "verl.trainer.main_ppo")
+
+
+def patch_validate_config(module) -> None:
+    """verl's ``validate_config`` (the driver, before Ray): ``check_trainer_config`` first."""
+    from verl_variance.integration import worker_errors
+
+    @patch(module, "validate_config", wraps_only=True)  # our checks, then verl's: runs on any verl >= 0.9.1
+    def _(original):
+        @functools.wraps(original)
+        def validate_config(config, use_reference_policy, use_critic):
+            try:
+                check_trainer_config(config)
+            except ConfigError as error:
+                if _running_main_ppo():  # a user's mistake on the command line: the message alone, exit code 1
+                    raise SystemExit(f"verl-variance: {error}") from None
+                raise
+            if _running_main_ppo():  # before Ray starts: the folder our workers' errors go to
+                worker_errors.prepare()
+            return original(config, use_reference_policy, use_critic)
+
+        return validate_config

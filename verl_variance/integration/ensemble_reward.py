@@ -19,6 +19,7 @@ Both emit the same output: ``reward_score`` = the configured aggregate of the K 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from verl_variance.core.aggregators import aggregate
 from verl_variance.core.config import ENSEMBLE_HEAD_PREFIX, EnsembleRewardConfig
 from verl_variance.core.variance import ensemble_reward_variance, looks_softmaxed
-from verl_variance.integration.compat import VerlVarianceError
+from verl_variance.integration.compat import VerlVarianceError, patch
 
 MANAGER_NAME = "ensemble"
 """``reward.reward_manager.name`` of the ensemble reward manager."""
@@ -297,3 +298,18 @@ async def ensemble_disrm_score(worker, data, settings: EnsembleRewardConfig) -> 
     logits = torch.tensor(output["data"][-1]["probs"], dtype=torch.float32).reshape(1, -1)
     check_num_heads(logits.shape[1], f"the served reward model {payload['model']}")
     return ensemble_reward_output(logits, settings)[0]
+
+
+def patch_disrm_all_logits(module) -> None:
+    """verl's reward loop scores a served reward model through vLLM's /classify: the ``ensemble`` manager gets every
+    head's logit (``ensemble_disrm_score``)."""
+
+    @patch(module.RewardLoopWorker, "compute_score_disrm")
+    def _(original):
+        @functools.wraps(original)
+        async def compute_score_disrm(self, data):
+            if self.config.reward.reward_manager.get("name") != MANAGER_NAME:
+                return await original(self, data)
+            return await ensemble_disrm_score(self, data, EnsembleRewardConfig.from_trainer_config(self.config))
+
+        return compute_score_disrm

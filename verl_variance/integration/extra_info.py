@@ -21,22 +21,6 @@ def reward_extra_columns(extra_infos: Sequence[Mapping[str, Any]]) -> dict[str, 
     return {key: [info[key] for info in extra_infos] for key in sorted(keys)}
 
 
-def reads_reward_extras(config: Mapping[str, Any]) -> bool:
-    """Whether a feature of verl-variance reads the reward extra info of a batch: the ensemble reward manager,
-    ``algorithm.kl_penalty=variance_aware``, RVPO, or verl's GDPO (made to run on V1 here)."""
-    from verl_variance.core.config import KL_MODE
-    from verl_variance.integration.ensemble_reward import MANAGER_NAME
-    from verl_variance.integration.rvpo import MULTI_OBJECTIVE_ESTIMATORS
-
-    algorithm = config.get("algorithm") or {}
-    manager = ((config.get("reward") or {}).get("reward_manager") or {}).get("name")
-    return (
-        manager == MANAGER_NAME
-        or algorithm.get("kl_penalty") == KL_MODE
-        or algorithm.get("adv_estimator") in MULTI_OBJECTIVE_ESTIMATORS
-    )
-
-
 def with_reward_extras(extra_fields: Sequence[Any], columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
     """V1's per-sample ``extra_fields`` with ``columns`` (one value per sample) added to each ``reward_extra_info``:
     the layout verl's agent-loop scoring writes, for the extras its colocated reward path writes as top-level

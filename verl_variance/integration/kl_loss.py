@@ -28,6 +28,7 @@ import torch
 from verl_variance.core.config import KL_MODE, VarianceKLConfig
 from verl_variance.core.kl import kl_weight, variance_weighted_kl_penalty
 from verl_variance.core.telemetry import variance_kl_metrics
+from verl_variance.integration.compat import patch
 
 KL_WEIGHT_FIELD = "kl_weight"
 """Per-sample (bs,) weight w_i sent with the actor's batch."""
@@ -132,3 +133,11 @@ def wrap_ppo_loss(ppo_loss: Callable) -> Callable:
         return policy_loss + kl_loss * config.kl_loss_coef, metrics
 
     return variance_weighted_ppo_loss
+
+
+def patch_ppo_loss(module) -> None:
+    """The actor workers' ``ppo_loss``: the KL term weighted by the batch's ``kl_weight``, R²VPO's λ handed to its
+    policy loss (each only when the batch carries its field)."""
+    from verl_variance.integration import r2vpo
+
+    patch(module, "ppo_loss")(lambda original: wrap_ppo_loss(r2vpo.wrap_ppo_loss(original)))

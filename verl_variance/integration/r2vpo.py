@@ -4,8 +4,8 @@ R²VPO (seed 001, SPEC §3) replaces PPO's clipped surrogate by ``agg(−ρ·A) 
 (``core.losses.r2vpo_loss``). Its settings are the ``r2vpo`` group of the trainer config, which
 only the driver sees, so λ travels with the actor's batch:
 
-- driver (``R2VPOController``, one per trainer): before each ``update_actor`` it puts this step's λ
-  into the batch (``r2vpo_lambda``, one value per sample); after it, with ``r2vpo.target_variance``
+- driver (``R2VPOController``, one per trainer, in its ``state.MethodsState``): before each ``update_actor`` it
+  puts this step's λ into the batch (``r2vpo_lambda``, one value per sample); after it, with ``r2vpo.target_variance``
   set, it takes the step's mean ``actor/ratio_variance`` and makes the dual step
   λ ← max(0, λ + η · (Var(ρ) − δ)). λ is saved with each verl checkpoint (``r2vpo_state.json`` in
   ``global_step_<n>/``) and read back on resume.
@@ -20,7 +20,6 @@ import contextvars
 import functools
 import json
 import os
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +115,9 @@ class R2VPOController:
     lam: float
 
     @classmethod
-    def from_settings(cls, settings: R2VPOConfig) -> R2VPOController:
+    def from_trainer_config(cls, config: Mapping[str, Any]) -> R2VPOController:
+        """λ from the ``r2vpo`` group of verl's trainer config, before any dual step."""
+        settings = R2VPOConfig.from_trainer_config(config)
         return cls(settings=settings, lam=settings.lam)
 
     def lambda_field(self, batch_size: int) -> torch.Tensor:
@@ -143,19 +144,6 @@ class R2VPOController:
         if os.path.exists(path):
             with open(path) as source:
                 self.lam = float(json.load(source)["lam"])
-
-
-_controllers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def activate(trainer) -> None:
-    """Called when a trainer is built: a λ controller for it when ``loss_mode=r2vpo``."""
-    if uses_r2vpo(trainer.config):
-        _controllers[trainer] = R2VPOController.from_settings(R2VPOConfig.from_trainer_config(trainer.config))
-
-
-def controller(trainer) -> R2VPOController | None:
-    return _controllers.get(trainer)
 
 
 def step_folder(config, global_steps: int, resuming: bool) -> str:

@@ -11,18 +11,15 @@ RVPO (seed 000, SPEC §2) is verl's GDPO with one step changed. Both:
 
 verl 0.9.1 hands ``non_tensor_batch`` to the estimator only for ``gdpo``, and its V1 trainer's
 ``_compute_advantage`` fetches no reward extra info (verl's GDPO fails there with
-``KeyError: 'key "prompts" not found in TensorDict'``). The patches (``patches.py``) route
-``compute_advantage`` for ``rvpo`` here, and on V1 fetch the batch's reward extra info first
-(``batch_reward_extra_info``), from which both estimators take their objectives; verl's own GDPO
+``KeyError: 'key "prompts" not found in TensorDict'``). ``estimators.py`` routes ``compute_advantage``
+for ``rvpo`` here, and on V1 adds the step's reward extra info to the batch first
+(``state.MethodsState.fill_batch``), from which both estimators take their objectives; verl's own GDPO
 function then runs on V1 on a response-only view of the batch (``gdpo_response_view``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import functools
-import inspect
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -31,7 +28,7 @@ import numpy as np
 import torch
 
 from verl_variance.core.aggregators import check_objective_weights, softmin_reward
-from verl_variance.core.config import ENSEMBLE_HEAD_PREFIX, RVPO_ESTIMATOR, RVPOConfig
+from verl_variance.core.config import ENSEMBLE_HEAD_PREFIX, RVPO_ESTIMATOR
 from verl_variance.integration.compat import VerlVarianceError
 
 GDPO_ESTIMATOR = "gdpo"
@@ -40,11 +37,6 @@ MULTI_OBJECTIVE_ESTIMATORS = (RVPO_ESTIMATOR, GDPO_ESTIMATOR)
 
 _HEAD_KEY = re.compile(rf"^{ENSEMBLE_HEAD_PREFIX}(\d+)$")
 
-_settings: RVPOConfig | None = None
-_extra_infos: contextvars.ContextVar[list[Mapping[str, Any]] | None] = contextvars.ContextVar(
-    "rvpo_extra_infos", default=None
-)
-_metrics: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("rvpo_metrics", default=None)
 LEGACY_METRICS_FIELD = "rvpo_metrics"
 """The legacy trainer's batch ``meta_info`` key of the step's ``rvpo/*`` metrics, from the advantage step to the
 actor update, whose metrics verl logs."""
@@ -52,49 +44,6 @@ actor update, whose metrics verl logs."""
 
 class RewardComponentError(VerlVarianceError, ValueError):
     """An objective's score is missing or not a finite number; the message names the key and the fix."""
-
-
-def uses_rvpo(config: Mapping[str, Any]) -> bool:
-    return config.get("algorithm", {}).get("adv_estimator") == RVPO_ESTIMATOR
-
-
-def activate(config: Mapping[str, Any]) -> None:
-    """Called when a trainer is built: remember its ``rvpo`` settings for the advantage step."""
-    global _settings
-    _settings = RVPOConfig.from_trainer_config(config) if uses_rvpo(config) else None
-
-
-def active_settings() -> RVPOConfig:
-    return _settings or RVPOConfig()
-
-
-@contextlib.contextmanager
-def batch_reward_extra_info(extra_infos: list[Mapping[str, Any]], metrics: dict[str, float]) -> Iterator[None]:
-    """V1: this batch's per-sample reward extra info (and the step's metrics dict) for the advantage step."""
-    info_token, metrics_token = _extra_infos.set(extra_infos), _metrics.set(metrics)
-    try:
-        yield
-    finally:
-        _extra_infos.reset(info_token)
-        _metrics.reset(metrics_token)
-
-
-def fill_from_extra_info(data, keys: Sequence[str] | None) -> None:
-    """Copy objective scores (``keys``; every ``reward_head_<k>`` when None) from V1's extra info into
-    ``data.non_tensor_batch``, where the legacy trainer already has them."""
-    extra_infos = _extra_infos.get()
-    if extra_infos is None:
-        return
-    if len(extra_infos) != len(data):
-        raise RewardComponentError(f"{len(extra_infos)} reward extra infos for a batch of {len(data)} samples")
-    available = set(extra_infos[0]) if extra_infos else set()
-    wanted = keys if keys is not None else [key for key in available if _HEAD_KEY.match(key)]
-    for key in wanted:
-        if key in data.non_tensor_batch:
-            continue
-        if not all(key in info for info in extra_infos):
-            raise missing_component_error(key, sorted(available))
-        data.non_tensor_batch[key] = np.array([info[key] for info in extra_infos], dtype=object)
 
 
 def missing_component_error(key: str, available: Sequence[str]) -> RewardComponentError:
@@ -178,13 +127,14 @@ def rvpo_outcome_advantage(
     index: np.ndarray | None = None,
     config: Mapping[str, Any] | None = None,
     non_tensor_batch: Mapping[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RVPO advantage (``algorithm.adv_estimator=rvpo``; seed 000, SPEC §2):
 
         A_i = whiten( −τ · log Σ_k w_k · exp(−A_{k,i} / τ) ),   A_k = GRPO_group(r_k)
 
-    the settings from the ``rvpo`` group (``activate``). ``token_level_rewards`` is unused: the
+    the settings from the ``rvpo`` group (the trainer's ``state``). ``token_level_rewards`` is unused: the
     objectives come from ``non_tensor_batch`` (as GDPO's do).
 
     Args:
@@ -193,11 +143,14 @@ def rvpo_outcome_advantage(
         index: (bs,) group ids (``uid``).
         config: ``algorithm`` config (``gdpo_reward_keys``, ``norm_adv_by_std_in_grpo``).
         non_tensor_batch: per-sample objective scores by key.
+        metrics: where the ``rvpo/*`` metrics go (the step's metrics), or None.
 
     Returns:
         (advantages, returns), both (bs, T).
     """
     from verl.utils.torch_functional import masked_whiten
+
+    from verl_variance.integration import state
 
     if non_tensor_batch is None or index is None:
         raise VerlVarianceError(
@@ -205,7 +158,7 @@ def rvpo_outcome_advantage(
             "compute_advantage with the verl-variance plugin loaded (check `verl-variance doctor`)"
         )
     config = config or {}
-    settings = active_settings()
+    settings = state.current().rvpo_settings
     keys = settings.keys(config.get("gdpo_reward_keys"))
     if keys is None:
         keys = ensemble_head_keys(list(non_tensor_batch))
@@ -217,9 +170,8 @@ def rvpo_outcome_advantage(
     aggregate = softmin_reward(advantages_k.double(), tau=settings.tau, weights=weights)
     mask = response_mask.to(token_level_rewards.dtype)
     advantages = masked_whiten(aggregate.to(mask.dtype).unsqueeze(-1) * mask, response_mask) * mask
-    sink = _metrics.get()
-    if sink is not None:
-        sink.update(rvpo_metrics(keys, components, advantages_k.double(), aggregate, weights))
+    if metrics is not None:
+        metrics.update(rvpo_metrics(keys, components, advantages_k.double(), aggregate, weights))
     return advantages, advantages
 
 
@@ -256,46 +208,3 @@ def gdpo_response_view(data) -> Iterator[None]:
     finally:
         for key in added:
             data.batch.pop(key)
-
-
-def wrap_compute_advantage(compute_advantage):
-    """verl's ``compute_advantage`` with ``rvpo`` computed here and ``gdpo`` fed on V1 (else unchanged)."""
-    signature = inspect.signature(compute_advantage)
-
-    @functools.wraps(compute_advantage)
-    def wrapped(data, adv_estimator, *args, **kwargs):
-        if adv_estimator not in MULTI_OBJECTIVE_ESTIMATORS:
-            return compute_advantage(data, adv_estimator, *args, **kwargs)
-        call = signature.bind(data, adv_estimator, *args, **kwargs)
-        call.apply_defaults()
-        config = call.arguments["config"] or {}
-        if adv_estimator == RVPO_ESTIMATOR:
-            fill_from_extra_info(data, active_settings().keys(config.get("gdpo_reward_keys")))
-            if "response_mask" not in data.batch.keys():
-                from verl.trainer.ppo.ray_trainer import compute_response_mask
-
-                data.batch["response_mask"] = compute_response_mask(data)
-            sink = _metrics.get()  # V1: the step's metrics (batch_reward_extra_info)
-            if sink is None:  # legacy: the batch carries them to the actor update, which logs them
-                sink = data.meta_info.setdefault(LEGACY_METRICS_FIELD, {})
-            token = _metrics.set(sink)
-            try:
-                advantages, returns = rvpo_outcome_advantage(
-                    data.batch["token_level_rewards"],
-                    data.batch["response_mask"],
-                    index=data.non_tensor_batch.get("uid"),
-                    config={**config, "norm_adv_by_std_in_grpo": call.arguments["norm_adv_by_std_in_grpo"]},
-                    non_tensor_batch=data.non_tensor_batch,
-                )
-            finally:
-                _metrics.reset(token)
-            data.batch["advantages"], data.batch["returns"] = advantages, returns
-            return data
-        keys = config.get("gdpo_reward_keys")
-        if _extra_infos.get() is None or not keys:
-            return compute_advantage(data, adv_estimator, *args, **kwargs)
-        fill_from_extra_info(data, list(keys))
-        with gdpo_response_view(data):
-            return compute_advantage(data, adv_estimator, *args, **kwargs)
-
-    return wrapped

@@ -1,28 +1,27 @@
 """``algorithm.kl_penalty=variance_aware`` inside verl's trainers (V1 and legacy).
 
 verl computes the in-reward KL in the driver, in ``ray_trainer.apply_kl_penalty``, with one scalar
-β. The patch (``patches.py``) routes that call here when ``kl_penalty == "variance_aware"``:
+β. ``patch_apply_kl_penalty`` routes that call here when ``kl_penalty == "variance_aware"``:
 
     token_level_rewards = token_level_scores − β · w(σ²) · kl_t
 
-with σ² read per sample from the reward extra info (``variance_kl.variance_key``). The legacy
-trainer already carries reward extra info in ``data.non_tensor_batch``; the V1 trainer keeps it in
-its TransferQueue store, so the patched ``_compute_advantage`` fetches it for the batch first.
-Every other ``kl_penalty`` value goes to verl's own function untouched.
+with σ² read per sample from the reward extra info (``variance_kl.variance_key``), a column of the batch's
+``non_tensor_batch`` (on V1 put there from the trainer's queue: ``state.MethodsState.fill_batch``), and the
+settings from the trainer's state (``state.current``). Every other ``kl_penalty`` value goes to verl's own
+function untouched.
 """
 
 from __future__ import annotations
 
-import contextvars
+import functools
 import json
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from verl_variance.core.config import KL_MODE, VarianceKLConfig
+from verl_variance.core.config import KL_MODE, VARIANCE_KL_ESTIMATOR, VarianceKLConfig
 from verl_variance.core.kl import (
     kl_penalty_to_go,
     kl_weight,
@@ -31,17 +30,10 @@ from verl_variance.core.kl import (
 )
 from verl_variance.core.telemetry import variance_kl_metrics
 from verl_variance.core.variance import check_reward_variance
-from verl_variance.integration.compat import VerlVarianceError
-from verl_variance.integration.extra_info import reward_extra_infos
+from verl_variance.integration.compat import VerlVarianceError, patch
 
-ADV_ESTIMATOR = "grpo_variance_kl"
-"""Registered advantage estimator: GRPO on the scores, plus the variance-weighted KL per token."""
-
-_active_config: VarianceKLConfig | None = None
-_keep_penalty = False
-_last_penalty: tuple[weakref.ref, torch.Tensor] | None = None
-"""This step's β·w·kl (bs, T), keyed to the ``token_level_rewards`` tensor it was subtracted from."""
-_batch_variance: contextvars.ContextVar[np.ndarray | None] = contextvars.ContextVar("batch_variance", default=None)
+KL_PENALTY_FIELD = "variance_kl_penalty"
+"""The step's β·w·kl (bs, T), a batch field from ``apply_kl_penalty`` to the ``grpo_variance_kl`` estimator."""
 
 
 class MissingRewardVarianceError(VerlVarianceError, KeyError):
@@ -49,22 +41,6 @@ class MissingRewardVarianceError(VerlVarianceError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
-
-
-def uses_variance_kl(config: Mapping[str, Any]) -> bool:
-    algorithm = config.get("algorithm", {})
-    return algorithm.get("kl_penalty") == KL_MODE
-
-
-def activate(config: Mapping[str, Any]) -> None:
-    """Called when a trainer is built: remember its ``variance_kl`` settings for ``apply_kl_penalty``."""
-    global _active_config, _keep_penalty
-    _active_config = VarianceKLConfig.from_trainer_config(config) if uses_variance_kl(config) else None
-    _keep_penalty = config.get("algorithm", {}).get("adv_estimator") == ADV_ESTIMATOR
-
-
-def active_config() -> VarianceKLConfig:
-    return _active_config or VarianceKLConfig()
 
 
 def missing_variance_error(key: str, available: list[str]) -> MissingRewardVarianceError:
@@ -76,35 +52,18 @@ def missing_variance_error(key: str, available: list[str]) -> MissingRewardVaria
     )
 
 
-def reward_variance_from_extra_infos(extra_fields: list[Any], key: str) -> np.ndarray:
-    """σ² per sample from V1's per-sample ``extra_fields`` dicts (``reward_extra_info`` inside)."""
-    values = []
-    for info in reward_extra_infos(extra_fields):
-        if key not in info:
-            raise missing_variance_error(key, list(info))
-        values.append(info[key])
-    return np.asarray(values, dtype=np.float64)
-
-
-def set_batch_variance(variance: np.ndarray | None) -> contextvars.Token:
-    return _batch_variance.set(variance)
-
-
-def reset_batch_variance(token: contextvars.Token) -> None:
-    _batch_variance.reset(token)
-
-
 def batch_reward_variance(data, key: str) -> torch.Tensor:
-    """σ² (bs,) of a ``DataProto``: its non-tensor or tensor batch, or the V1 value set for this batch."""
-    if key in data.non_tensor_batch:
-        raw = data.non_tensor_batch[key]
-    elif data.batch is not None and key in data.batch.keys():
-        raw = data.batch[key]
-    elif _batch_variance.get() is not None:
-        raw = _batch_variance.get()
-    else:
-        raise missing_variance_error(key, list(data.non_tensor_batch.keys()))
-    return checked_reward_variance(raw, key)
+    """σ² (bs,) of a ``DataProto``: a column of its non-tensor batch (the reward extra info) or of its tensors."""
+    if data.batch is not None and key in data.batch.keys() and key not in data.non_tensor_batch:
+        return checked_reward_variance(data.batch[key], key)
+    return reward_variance(data.non_tensor_batch, key)
+
+
+def reward_variance(columns: Mapping[str, Any], key: str) -> torch.Tensor:
+    """σ² (bs,) float64 from the reward extra info's columns, checked; a clear error when the reward has none."""
+    if key not in columns:
+        raise missing_variance_error(key, list(columns))
+    return checked_reward_variance(columns[key], key)
 
 
 def checked_reward_variance(raw: Any, key: str) -> torch.Tensor:
@@ -116,9 +75,9 @@ def checked_reward_variance(raw: Any, key: str) -> torch.Tensor:
     return check_reward_variance(torch.from_numpy(values), key)
 
 
-def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig):
-    """Variance-aware replacement of verl's ``apply_kl_penalty`` (same inputs and outputs)."""
-    global _last_penalty
+def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig, keep_penalty: bool = False):
+    """Variance-aware replacement of verl's ``apply_kl_penalty`` (same inputs and outputs); ``keep_penalty``: put
+    β·w·kl (bs, T) in the batch as ``KL_PENALTY_FIELD`` for the ``grpo_variance_kl`` estimator."""
     from verl.trainer.ppo import core_algos
     from verl.utils.torch_functional import masked_mean
 
@@ -136,9 +95,8 @@ def variance_aware_apply_kl_penalty(data, kl_ctrl, config: VarianceKLConfig):
     data.batch["token_level_rewards"] = variance_aware_token_rewards(
         data.batch["token_level_scores"], token_kl, weight, beta
     )
-    if _keep_penalty:  # handed to the grpo_variance_kl estimator, which runs next on these very rewards
-        penalty = variance_weighted_kl_penalty(token_kl, beta * weight)
-        _last_penalty = (weakref.ref(data.batch["token_level_rewards"]), penalty)
+    if keep_penalty:  # for the grpo_variance_kl estimator, which runs next on this batch
+        data.batch[KL_PENALTY_FIELD] = variance_weighted_kl_penalty(token_kl, beta * weight)
     # verl's controller sees the unweighted KL, as in stock verl (adaptive control targets the real KL)
     sample_kl = masked_mean(token_kl, mask=response_mask, axis=-1)
     current_kl = torch.mean(sample_kl, dim=0).item()
@@ -156,6 +114,7 @@ def grpo_variance_kl_advantage(
     response_mask: torch.Tensor,
     config=None,
     index: np.ndarray | None = None,
+    kl_penalty: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Critic-less variance-aware advantage (``algorithm.adv_estimator=grpo_variance_kl``).
@@ -170,25 +129,24 @@ def grpo_variance_kl_advantage(
         token_level_rewards: (bs, response_length) r_t − β w kl_t, from variance-aware ``apply_kl_penalty``.
         response_mask: (bs, response_length).
         index: (bs,) group ids (verl's ``uid``).
+        kl_penalty: (bs, response_length) β · w · kl_t, the batch's ``KL_PENALTY_FIELD`` (``estimators`` hands it).
 
     Returns:
         (advantages, returns), both (bs, response_length).
     """
-    global _last_penalty
     from verl.trainer.ppo import core_algos
 
-    stored, _last_penalty = _last_penalty, None  # used once: a later call cannot read this step's penalty
-    if stored is None or stored[0]() is not token_level_rewards:
+    if kl_penalty is None:
         raise VerlVarianceError(
-            f"algorithm.adv_estimator={ADV_ESTIMATOR} needs the variance-weighted KL of these rewards, computed by "
-            f"apply_kl_penalty just before: set algorithm.use_kl_in_reward=True and algorithm.kl_penalty={KL_MODE}"
+            f"algorithm.adv_estimator={VARIANCE_KL_ESTIMATOR} needs the variance-weighted KL of these rewards, "
+            "computed by apply_kl_penalty just before: set algorithm.use_kl_in_reward=True and "
+            f"algorithm.kl_penalty={KL_MODE}"
         )
-    penalty = stored[1]
     norm_by_std = True if config is None else config.get("norm_adv_by_std_in_grpo", True)
     outcome, _ = core_algos.compute_grpo_outcome_advantage(
-        token_level_rewards + penalty, response_mask, index, norm_adv_by_std_in_grpo=norm_by_std
+        token_level_rewards + kl_penalty, response_mask, index, norm_adv_by_std_in_grpo=norm_by_std
     )
-    advantages = outcome - kl_penalty_to_go(penalty, response_mask)
+    advantages = outcome - kl_penalty_to_go(kl_penalty, response_mask)
     return advantages, advantages
 
 
@@ -207,3 +165,22 @@ def _append_sample_log(path: str, data, reward_variance, weight, token_kl, beta:
                 "beta": beta,
             }
             sink.write(json.dumps(record) + "\n")
+
+
+def patch_apply_kl_penalty(module) -> None:
+    """verl's ``apply_kl_penalty`` (both trainers call it, in the driver) for ``kl_penalty=variance_aware``."""
+    from verl_variance.integration import state
+
+    @patch(module, "apply_kl_penalty")
+    def _(original):
+        @functools.wraps(original)
+        def apply_kl_penalty(data, kl_ctrl, kl_penalty="kl"):
+            if kl_penalty != KL_MODE:
+                return original(data, kl_ctrl, kl_penalty)
+            methods = state.current()
+            methods.fill_batch(data)
+            return variance_aware_apply_kl_penalty(
+                data, kl_ctrl, methods.variance_kl_settings, keep_penalty=methods.kl_penalty_in_advantage
+            )
+
+        return apply_kl_penalty

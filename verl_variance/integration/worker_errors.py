@@ -14,6 +14,7 @@ run ends with Ray's ``RayTaskError(<our error>)``, whose last line is our error 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -21,7 +22,7 @@ import traceback
 from collections.abc import Iterable
 from pathlib import Path
 
-from verl_variance.integration.compat import VerlVarianceError
+from verl_variance.integration.compat import VerlVarianceError, patch
 
 ENV = "VERL_VARIANCE_WORKER_ERRORS"
 """The folder of recorded errors (set by the driver before Ray starts)."""
@@ -99,3 +100,43 @@ def surface(symptom: BaseException | None = None) -> None:
     if errors:
         more = f" ({len(errors) - 1} more like it in the workers' logs)" if len(errors) > 1 else ""
         raise WorkerError(f"verl-variance failed inside a verl worker: {errors[0]}{more}") from symptom
+
+
+def patch_agent_loop_errors(module) -> None:
+    """V1's agent loop: each failed session's error, when it is ours, is written for the trainer to raise."""
+    @patch(module, "_settle_session_tasks")
+    def _(original):
+        @functools.wraps(original)
+        async def _settle_session_tasks(tasks):
+            errors = await original(tasks)
+            record(errors)
+            return errors
+
+        return _settle_session_tasks
+
+
+def patch_replay_buffer_errors(module) -> None:
+    """V1's replay buffer: at each poll for samples, stop at the first of our errors a worker recorded."""
+    @patch(module.ReplayBuffer, "_wait_for_next_poll")
+    def _(original):
+        @functools.wraps(original)
+        def _wait_for_next_poll(self, partition_id, last_debug_time):
+            surface()
+            return original(self, partition_id, last_debug_time)
+
+        return _wait_for_next_poll
+
+
+def patch_fit_errors(module) -> None:
+    """V1's trainer: a run that stops after one of our errors in a worker stops with that error."""
+    @patch(module.PPOTrainer, "fit")
+    def _(original):
+        @functools.wraps(original)
+        def fit(self, agent_loop_manager):
+            try:
+                return original(self, agent_loop_manager)
+            except Exception as symptom:
+                surface(symptom)
+                raise
+
+        return fit

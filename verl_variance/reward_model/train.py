@@ -82,7 +82,8 @@ class TrainRMConfig:
     """
 
     model_name_or_path: str = field(
-        default="google/gemma-2b-it", metadata={"help": "Backbone: a local folder or a hub name (paper: Gemma-2B-it)."}
+        default="google/gemma-2b-it",
+        metadata={"help": "Backbone: a local folder or a hub name (paper: Gemma-2B-it).", "aliases": ["--model"]},
     )
     train_files: list[str] = field(
         default_factory=list, metadata={"help": "Preference pairs, .jsonl/.parquet (paper: preference_dataset_mix2)."}
@@ -131,6 +132,11 @@ class TrainRMConfig:
     def from_dict(cls, mapping: Mapping[str, Any] | None) -> TrainRMConfig:
         """Build from nested mappings (``stage1: {...}``, ``stage2: {...}``), e.g. a YAML file (``from_mapping``)."""
         return from_mapping(cls, mapping, where="the train-rm config")
+
+
+SHORTCUTS = {"num_heads": ("stage2.num_heads",), "bootstrap": ("stage2.bootstrap",),
+             "seed": ("stage1.seed", "stage2.seed")}  # fmt: skip
+"""``train-rm`` flags of nested keys (flag -> the keys it sets); ``--set`` reaches every key."""
 
 
 def build_config(
