@@ -25,8 +25,11 @@ def emit(**figure) -> None:
     print(json.dumps(figure), flush=True)
 
 
-def run(trainer: str, workdir: Path, steps: int, extra_overrides: list[str] | None = None) -> dict:
-    """PPO run of the quick-start set-up; returns step times, steady-state step, wall time, peak memory."""
+def run(
+    trainer: str, workdir: Path, steps: int, extra_overrides: list[str] | None = None, keys: list[str] | None = None
+) -> dict:
+    """PPO run of the quick-start set-up; returns step times, steady-state step, wall time, peak memory, and each
+    metric of ``keys`` per step."""
     model = build_tiny_model(workdir / "model", TinyModelConfig())
     train, val = build_prompt_files(workdir / "data", n_train=8 * steps)
     metrics_file = workdir / "metrics.jsonl"
@@ -53,4 +56,5 @@ def run(trainer: str, workdir: Path, steps: int, extra_overrides: list[str] | No
         "peak_rss_sum_gb": meter.stages["run"]["peak_rss_sum_gb"],
         "gen_s": statistics.median([r["data"]["timing_s/gen"] for r in records[2:] or records]),
         "adv_s": statistics.median([r["data"]["timing_s/adv"] for r in records[2:] or records]),
+        **{key: [r["data"][key] for r in records] for key in keys or []},
     }

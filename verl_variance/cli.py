@@ -325,6 +325,48 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hacking_monitor(args: argparse.Namespace) -> int:
+    if args.judge and (missing := _extra_missing("hacking-monitor", "demo", "sklearn", "matplotlib")) is not None:
+        return missing
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from verl_variance.core.config import HackingMonitorConfig, from_mapping
+    from verl_variance.experiments import hacking
+
+    output = Path(args.output_dir)
+    try:
+        if bad := [item for item in args.set if "=" not in item]:
+            raise ValueError(f"--set takes KEY=VALUE pairs of the hacking_monitor group, got {bad[0]!r}")
+        settings = from_mapping(HackingMonitorConfig, {"enable": True}, OmegaConf.from_dotlist(args.set),
+                                where="hacking_monitor")  # fmt: skip
+        runs = [hacking.read_run(path) for path in args.runs]
+        output.mkdir(parents=True, exist_ok=True)
+        if args.judge:
+            from verl_variance.experiments.judge import make_judge
+
+            judge = make_judge(args.judge, args.assets_dir)
+            report = hacking.validate(runs, settings, judge, args.kl_threshold, args.proxy_threshold)
+            (output / "hacking_validation.json").write_text(json.dumps(report, indent=1))
+            (output / "hacking_validation.md").write_text(hacking.markdown(report))
+            hacking.plot(report, output / "fig_hacking_monitor.png")
+            print(hacking.markdown(report))
+            print(f"verl-variance hacking-monitor: wrote {output}/hacking_validation.json, hacking_validation.md and "
+                  "fig_hacking_monitor.png")  # fmt: skip
+            return 0
+    except (ValueError, FileNotFoundError) as error:
+        return _fail("hacking-monitor", error)
+    scans = [hacking.scan(run, settings) for run in runs]
+    (output / "hacking_monitor.json").write_text(json.dumps({"settings": vars(settings), "runs": scans}, indent=1))
+    for scanned in scans:
+        alarms = ", ".join(f"{a['signal']} at step {a['step']} ({a['value']:.4g} >= {a['threshold']:.4g})"
+                           for a in scanned["alarms"]) or "no alarm"  # fmt: skip
+        print(f"{scanned['run']}: {len(scanned['steps'])} steps; {alarms}")
+    print(f"verl-variance hacking-monitor: wrote {output}/hacking_monitor.json")
+    return 0
+
+
 def _recipe_check(args: argparse.Namespace) -> int:
     from verl_variance.experiments.recipes import RecipeError, preflight
 
@@ -467,6 +509,25 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--batch-size", type=positive_int, default=32)
     analyze.add_argument("--max-length", type=positive_int, default=1024)
     analyze.set_defaults(run=_analyze)
+
+    monitor = commands.add_parser(
+        "hacking-monitor",
+        help="replay finished runs' metrics.jsonl through the reward-hacking monitor (any thresholds); with --judge, "
+        "how well its alarms predict a falling judge reward, against KL and proxy thresholds",
+    )
+    monitor.add_argument("runs", nargs="+", help="metrics.jsonl files (verl's file logger) or the folders holding them")
+    monitor.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                         help="hacking_monitor settings, e.g. --set disagreement_ratio=1.3 window=3 (docs/"
+                              "hacking_monitor.md)")  # fmt: skip
+    monitor.add_argument("--judge", help="a gold judge of each step's samples (the runs' rollouts/<step>.jsonl): "
+                         "tfidf or a Hugging Face sequence classifier")  # fmt: skip
+    monitor.add_argument("--assets-dir", default=None, help="asset cache of the tfidf judge")
+    monitor.add_argument("--kl-threshold", type=float, help="the KL baseline's threshold (default: the runs' median "
+                         "largest KL)")  # fmt: skip
+    monitor.add_argument("--proxy-threshold", type=float, help="the proxy baseline's threshold (default: the runs' "
+                         "median largest proxy reward)")  # fmt: skip
+    monitor.add_argument("--output-dir", default="runs/hacking_monitor")
+    monitor.set_defaults(run=_hacking_monitor)
 
     check = commands.add_parser(
         "recipe-check", help="check a recipe's inputs before Ray starts (recipes/imdb_gpt2/common.sh runs it)"

@@ -74,9 +74,12 @@ def rank_overrides(ranks: int) -> list[str]:
     ]
 
 
-def assert_healthy(steps: dict[int, dict[str, float]], expected_keys: list[str]) -> None:
+def assert_healthy(steps: dict[int, dict[str, float]], expected_keys: list[str], monitored: bool = False) -> None:
+    """Steps 1 and 2 logged, each with ``expected_keys`` and finite numbers; no ``hacking/*`` signal unless the run
+    turned the hacking monitor on (off, it adds nothing to what verl logs)."""
     assert sorted(steps) == [1, 2]
     for step, metrics in steps.items():
+        assert any(key.startswith("hacking/") for key in metrics) == monitored, f"step {step}: hacking/* metrics"
         for key in expected_keys + ["actor/pg_loss", "actor/grad_norm", "training/rollout_probs_diff_max"]:
             assert key in metrics, f"step {step}: {key} missing"
         for key, value in metrics.items():

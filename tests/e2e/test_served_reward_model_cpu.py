@@ -70,6 +70,7 @@ def served_runs(tmp_path: Path, policy: Path, trainer: str) -> dict[str, tuple[d
             "variance_kl.weighting=std",
             f"variance_kl.sample_log={workdir / 'samples.jsonl'}",
             f"trainer.rollout_data_dir={workdir / 'rollouts'}",
+            "+hacking_monitor.enable=true",  # warn: the run is unchanged, its hacking/* read the same heads
             *PATHS[path],
         ]
         if trainer == "v1":
@@ -94,7 +95,11 @@ def test_variance_aware_kl_reads_the_served_heads_on_every_path(tmp_path, tiny_m
     reference = runs[REFERENCE if trainer == "v1" else "colocated"][1]
     assert len(reference) == 8 * RESPONSES[trainer] * 2  # prompts x responses x steps
     for path, (steps, records, dump, log) in runs.items():
-        assert_healthy(steps, ["variance_kl/reward_variance/mean", "variance_kl/kl_weighted"])
+        assert_healthy(steps, ["variance_kl/reward_variance/mean", "variance_kl/kl_weighted"], monitored=True)
+        per_step = len(records) // 2
+        for step in (1, 2):  # the monitor's σ², each step: the mean of what the variance-aware KL read per sample
+            variances = [r["reward_variance"] for r in records[(step - 1) * per_step : step * per_step]]
+            assert steps[step]["hacking/reward_variance"] == pytest.approx(statistics.mean(variances), rel=1e-5)
         served = path != REFERENCE
         assert ("/classify (reward.reward_model.rollout.name=hf" in log) is served  # the server verl launched
         # the same samples (content order on V1, the data order on legacy) get the same sigma^2 and penalty
@@ -113,6 +118,10 @@ def test_variance_aware_kl_reads_the_served_heads_on_every_path(tmp_path, tiny_m
                 mean, variance = statistics.mean(heads), statistics.variance(heads)
                 assert record["reward_variance"] == pytest.approx(variance, rel=1e-5)
                 assert row["score"] == pytest.approx(max(mean - 0.5 * math.sqrt(variance), min(heads)), rel=1e-5)
+            for step in (1, 2):  # the trained score's gap above the heads' mean - 1 sd (hacking_monitor.kappa=1)
+                gaps = [row["score"] - statistics.mean(heads) + statistics.stdev(heads) for row in dump
+                        if row["step"] == step for heads in [[row[f"reward_head_{k}"] for k in range(HEADS)]]]
+                assert steps[step]["hacking/lower_bound_gap"] == pytest.approx(statistics.mean(gaps), rel=1e-4)
     if trainer == "legacy":  # the served heads are the reward model's own logits for the text it reads
         _assert_heads_match_transformers(tmp_path / "rm", runs["colocated"][2][-1])
 

@@ -1,6 +1,7 @@
 """End to end on CPU through verl's main_ppo: GDPO on the V1 trainer with the shipped two-objective reward, RVPO over
 the heads of a K-head reward model with the variance-weighted KL loss (V1: the model served by verl; legacy: scored
-in the agent loop, with R²VPO too, resumed from verl's checkpoint), R²VPO on both trainers."""
+in the agent loop, with R²VPO too, resumed from verl's checkpoint), R²VPO on both trainers; the reward-hacking
+monitor on both (its stop action, its history carried across the resume)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,33 @@ TWO_OBJECTIVES = [
     "+algorithm.gdpo_reward_keys=[sentiment,no_banned_words]",
     *GROUPS,
 ]
+
+
+MONITOR_STOPS_AT_STEP_2 = [
+    "trainer.total_training_steps=3",  # the monitor ends the run after step 2
+    "+hacking_monitor.enable=true",
+    "+hacking_monitor.baseline_steps=1",  # σ² of step 1 is the baseline
+    "+hacking_monitor.disagreement_ratio=1e-6",  # any disagreement at step 2 alarms
+    "+hacking_monitor.entropy_drop=null",
+    "+hacking_monitor.action=stop",
+]
+
+
+def assert_the_monitor_stopped_at_step_2(tmp_path: Path, steps: dict[int, dict[str, float]]) -> None:
+    """Its signals logged each step (σ² the same the variance-weighted KL read), the alarm at step 2, the run ended
+    there (exit 0) with a checkpoint that holds the monitor's history."""
+    log = (tmp_path / "run.log").read_text()
+    assert "verl-variance hacking monitor: step 2: disagreement_ratio" in log
+    assert "verl-variance hacking monitor: stopping the run after step 2 (disagreement_ratio" in log
+    for metrics in steps.values():
+        assert metrics["hacking/reward_variance"] == pytest.approx(metrics["variance_kl/reward_variance/mean"],
+                                                                   rel=1e-5)  # fmt: skip
+        assert "hacking/lower_bound_gap" in metrics
+    ratio = steps[2]["hacking/reward_variance"] / steps[1]["hacking/reward_variance"]
+    assert steps[2]["hacking/disagreement_ratio"] == pytest.approx(ratio, rel=1e-6)
+    assert (steps[1]["hacking/alarms"], steps[2]["hacking/alarms"]) == (0.0, 1.0)
+    history = json.loads((tmp_path / "checkpoints" / "global_step_2" / "hacking_monitor_state.json").read_text())
+    assert history["fired"] == ["disagreement_ratio"] and len(history["history"]["variance"]) == 2
 
 
 def _overrides(tmp_path: Path, model: Path) -> list[str]:
@@ -79,11 +107,13 @@ def test_rvpo_and_the_variance_weighted_kl_loss_on_v1_over_a_served_reward_model
         "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
         "algorithm.kl_penalty=variance_aware",
         "variance_kl.weighting=std",
+        *MONITOR_STOPS_AT_STEP_2,  # the served heads: the monitor's too
     ]
     steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
     assert "/classify (reward.reward_model.rollout.name=hf" in (tmp_path / "run.log").read_text()
+    assert_the_monitor_stopped_at_step_2(tmp_path, steps)  # V1: saved by the monitor (save_freq=-1)
     assert_healthy(steps, ["rvpo/softmin_gap/mean", "rvpo/objective_disagreement/mean", "actor/kl_loss",
-                           "variance_kl/kl_weighted", "variance_kl/reward_variance/mean"])  # fmt: skip
+                           "variance_kl/kl_weighted", "variance_kl/reward_variance/mean"], monitored=True)  # fmt: skip
     assert_rvpo_read_the_heads(steps, 3)
     for metrics in steps.values():
         assert metrics["critic/advantages/mean"] == pytest.approx(0.0, abs=1e-5)  # whitened
@@ -102,9 +132,9 @@ def assert_rvpo_read_the_heads(steps: dict[int, dict[str, float]], heads: int) -
 def test_rvpo_over_ensemble_heads_with_r2vpo_and_variance_kl_on_legacy_then_resume(tmp_path, tiny_models):
     """All three on at once (legacy trainer, 2 ranks, a Llama policy): RVPO's objectives are the K=3 heads of an
     ensemble reward model scored in verl's agent loop, the loss is R²VPO with the adaptive lambda, and the KL loss is
-    weighted by the heads' variance. The dual step of step 1 is the lambda of step 2, and it is saved with verl's
-    checkpoint; a second run resumes from that checkpoint (verl's own checkpointing on CPU) at step 3, with the
-    saved lambda."""
+    weighted by the heads' variance; the hacking monitor stops the 3-step run after step 2. The dual step of step 1 is
+    the lambda of step 2, and it is saved with verl's checkpoint; a second run resumes from that checkpoint (verl's
+    own checkpointing on CPU) at step 3, with the saved lambda and the monitor's history (its alarm not repeated)."""
     from verl_variance.models.tiny import TinyModelConfig, build_tiny_model
 
     reward_model = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=3))
@@ -129,11 +159,13 @@ def test_rvpo_over_ensemble_heads_with_r2vpo_and_variance_kl_on_legacy_then_resu
         "++r2vpo.target_variance=0.0",
         "++r2vpo.dual_lr=100.0",
         "trainer.save_freq=2",
+        *MONITOR_STOPS_AT_STEP_2,
     ]
     steps = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides])
+    assert_the_monitor_stopped_at_step_2(tmp_path, steps)  # legacy: verl's save_freq saved step 2
     assert_healthy(steps, ["actor/ratio_variance", "actor/r2vpo_lambda", "r2vpo/lambda_next", "actor/kl_loss",
                            "variance_kl/kl_weighted", "variance_kl/reward_variance/mean",
-                           "rvpo/softmin_gap/mean"])  # fmt: skip
+                           "rvpo/softmin_gap/mean"], monitored=True)  # fmt: skip
     assert_rvpo_read_the_heads(steps, 3)
     assert steps[1]["actor/r2vpo_lambda"] == pytest.approx(1.0)
     assert steps[2]["actor/r2vpo_lambda"] == pytest.approx(steps[1]["r2vpo/lambda_next"], rel=1e-6)
@@ -148,3 +180,5 @@ def test_rvpo_over_ensemble_heads_with_r2vpo_and_variance_kl_on_legacy_then_resu
     resumed = run_verl_ppo(tmp_path, ["ppo", "--device", "cpu", *overrides, "trainer.total_training_steps=3"])
     assert sorted(resumed) == [3]
     assert resumed[3]["actor/r2vpo_lambda"] == pytest.approx(state["lam"], rel=1e-6)
+    assert resumed[3]["hacking/alarms"] == 1.0  # the fired alarm restored: not raised again, the run went on
+    assert "hacking monitor: step 3" not in (tmp_path / "run.log").read_text()

@@ -66,6 +66,7 @@ def test_policy_overrides_differ_only_in_the_kl_switch(tmp_path):
     ]
     assert "++ensemble_reward.aggregator_params.index=2" in vanilla and "data.seed=1" in vanilla
     assert "data.max_response_length=10" in vanilla  # the paper's responses: at most 10 tokens
+    assert "++hacking_monitor.enable=true" in vanilla  # both methods' runs are watched (warn: training unchanged)
 
 
 def test_bad_input_fails_clearly(tmp_path, monkeypatch, capsys):
@@ -75,6 +76,20 @@ def test_bad_input_fails_clearly(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # what `import sklearn` sees when it is not installed
     assert cli_main(["demo", "--scale", "quick", "--workdir", str(tmp_path), "--assets-dir", str(tmp_path)]) == 2
     assert "pip install 'verl-variance[demo]'" in capsys.readouterr().err
+
+
+def test_a_reward_model_trained_otherwise_in_the_workdir_is_one_line(tmp_path, monkeypatch):
+    """run_train_rm refuses a workdir whose reward model was trained with other settings; the demo says so as its
+    own error (the CLI prints it without a traceback), naming the fix."""
+    from verl_variance.reward_model import train
+
+    def refuse(config):
+        raise ValueError(f"{config.output_dir}/stage1 holds a stage-1 model trained differently; pass --overwrite")
+
+    monkeypatch.setattr(train, "run_train_rm", refuse)
+    monkeypatch.setattr(demo, "reward_backbone", lambda policy, layers, folder: folder)
+    with pytest.raises(demo.DemoError, match=r"reward model stage: .*/reward_model/stage1 holds a stage-1 model"):
+        demo.train_reward_model(demo.SCALES["quick"], tmp_path, {"policy": tmp_path}, tmp_path / "pairs.jsonl")
 
 
 def test_precision_flag_reaches_the_scale(tmp_path, monkeypatch):
@@ -222,6 +237,11 @@ def test_quick_scale_end_to_end_and_resume(tmp_path):
     logged = [aware["steps"][str(step)]["variance_kl/reward_variance/mean"] for step, _ in rescored["per_step"]]
     assert [step for step, _ in rescored["per_step"]] == list(range(1, 11))
     assert [value for _, value in rescored["per_step"]] == pytest.approx(logged, rel=1e-4)  # what the run logged
+    for run in policy_runs:  # every run watched by the hacking monitor: the heads' σ² it logged, the re-scoring's
+        steps = json.loads(run.read_text())["steps"]
+        per_step = json.loads((run.parent / "ensemble_training.json").read_text())["per_step"]
+        monitored = [steps[str(step)]["hacking/reward_variance"] for step, _ in per_step]
+        assert monitored == pytest.approx([value for _, value in per_step], rel=1e-4)
     for method in ("vanilla", "variance_aware"):
         assert spread["kl_give_back"]["per_method"][method]["penalty"] is not None
     assert (workdir / "fig_spread.png").stat().st_size > 0

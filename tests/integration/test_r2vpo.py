@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from verl_variance.core.config import R2VPOConfig
 from verl_variance.core.losses import r2vpo_loss
-from verl_variance.integration import r2vpo
+from verl_variance.integration import checkpoints, r2vpo
 from verl_variance.integration.compat import VerlVarianceError
 
 
@@ -92,10 +92,10 @@ def test_controller_fixed_and_adaptive_lambda(tmp_path):
 
 def test_checkpoint_folders_follow_verls_resume_modes(tmp_path):
     config = OmegaConf.create({"trainer": {"default_local_dir": str(tmp_path), "resume_mode": "auto"}})
-    assert r2vpo.step_folder(config, 4, resuming=True) == str(tmp_path / "global_step_4")
+    assert checkpoints.step_folder(config, 4, resuming=True) == str(tmp_path / "global_step_4")
     config.trainer.resume_mode, config.trainer.resume_from_path = "resume_path", str(tmp_path / "x/global_step_2")
-    assert r2vpo.step_folder(config, 2, resuming=True) == str(tmp_path / "x/global_step_2")
-    assert r2vpo.step_folder(config, 5, resuming=False) == str(tmp_path / "global_step_5")
+    assert checkpoints.step_folder(config, 2, resuming=True) == str(tmp_path / "x/global_step_2")
+    assert checkpoints.step_folder(config, 5, resuming=False) == str(tmp_path / "global_step_5")
 
 
 @pytest.mark.parametrize(

@@ -369,6 +369,11 @@ class HackingMonitorConfig:
     baseline_steps: int = field(
         default=2, metadata={"help": "First steps whose mean is the baseline of the disagreement and the entropy."}
     )
+    baseline_variance: float | None = field(
+        default=None,
+        metadata={"help": "sigma^2 baseline, e.g. the heads' mean on the reward model's held-out pairs; null: the "
+                  "first steps'."},
+    )  # fmt: skip
     disagreement_ratio: float | None = field(
         default=1.5, metadata={"help": "Alarm when the batch's mean sigma^2 reaches this multiple of the baseline's."}
     )
@@ -398,6 +403,9 @@ class HackingMonitorConfig:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"hacking_monitor.{name} must be a finite number or null, got {value}")
+        if self.baseline_variance is not None and not (math.isfinite(self.baseline_variance)
+                                                       and self.baseline_variance > 0):
+            raise ValueError(f"hacking_monitor.baseline_variance must be > 0 or null, got {self.baseline_variance}")
         if self.disagreement_ratio is not None and not self.disagreement_ratio > 0:
             raise ValueError(f"hacking_monitor.disagreement_ratio must be > 0, got {self.disagreement_ratio}")
         if self.entropy_drop is not None and not 0 < self.entropy_drop <= 1:

@@ -163,10 +163,11 @@ class HackingMonitor:
 
         Args:
             step: the trainer's step.
-            metrics: the step's metrics: ``VARIANCE_METRIC``, ``GAP_METRIC`` and ``PROXY_METRIC`` (required), the KL
-                (``KL_METRICS``) and ``ENTROPY_METRIC`` when the run logs them.
+            metrics: the step's metrics: ``VARIANCE_METRIC`` and ``PROXY_METRIC`` (required), ``GAP_METRIC``, the KL
+                (``KL_METRICS``) and ``ENTROPY_METRIC`` when the run logs them (a signal whose input is missing is
+                not computed).
         """
-        missing = [key for key in (VARIANCE_METRIC, GAP_METRIC, PROXY_METRIC) if key not in metrics]
+        missing = [key for key in (VARIANCE_METRIC, PROXY_METRIC) if key not in metrics]
         if missing:
             raise KeyError(f"the hacking monitor needs {missing} in the step's metrics")
         settings = self.settings
@@ -174,7 +175,7 @@ class HackingMonitor:
         entropy = float(metrics[ENTROPY_METRIC]) if ENTROPY_METRIC in metrics else None
         self.history["variance"].append(float(metrics[VARIANCE_METRIC]))
         self.history["proxy"].append(float(metrics[PROXY_METRIC]))
-        values = {"lower_bound_gap": float(metrics[GAP_METRIC])}
+        values = {"lower_bound_gap": float(metrics[GAP_METRIC])} if GAP_METRIC in metrics else {}
         signals = {}
         baseline = self.baseline_variance if self.baseline_variance is not None else self._baseline("variance")
         if baseline is not None and baseline > 0:
@@ -203,3 +204,12 @@ class HackingMonitor:
             alarms.append(Alarm(step, name, value, threshold))
         signals["hacking/alarms"] = float(len(self.fired))
         return signals, alarms
+
+
+def replay(
+    rows: Sequence[tuple[int, dict[str, float]]], settings: HackingMonitorConfig
+) -> list[tuple[int, dict[str, float], list[Alarm]]]:
+    """A finished run's steps through a fresh monitor: (step, signals, alarms) per step, as the run would have
+    logged and raised them with ``settings`` (``rows``: (step, metrics) in step order)."""
+    monitor = HackingMonitor(settings, settings.baseline_variance)
+    return [(step, *monitor.observe(step, metrics)) for step, metrics in rows]

@@ -65,6 +65,8 @@ class DemoScale:
     first_seed: int = 0  # policy seeds first_seed, first_seed + 1, ...: the same protocol with other samples
     heads: str = "init"  # how the K heads differ: "init" (their initialisation only, the paper) or "bootstrap" (each
     # also trains on its own resample of the pairs, the standard deep-ensemble alternative)
+    hacking_monitor: bool = True  # every policy run logs the reward-hacking monitor's hacking/* signals (warn only:
+    # training is unchanged); `verl-variance hacking-monitor runs/demo/policies/*/* --judge tfidf` validates them
 
 
 HEAD_DIVERSITY = ("init", "bootstrap")
@@ -256,7 +258,10 @@ def train_reward_model(scale: DemoScale, workdir: Path, assets: dict[str, Any], 
             "stage2": stage2,
         }
     )
-    run_train_rm(config)
+    try:
+        run_train_rm(config)
+    except ValueError as error:  # e.g. a reward model in the workdir trained otherwise: the message names the fix
+        raise DemoError(f"reward model stage: {error}") from None
     return output / "ensemble"
 
 
@@ -310,6 +315,8 @@ def policy_overrides(
         f"trainer.experiment_name={scale.name}_{method}_head{head}_seed{seed}",
         "trainer.logger=[console,file]",
     ]
+    if scale.hacking_monitor:
+        overrides.append("++hacking_monitor.enable=true")
     if gpus:
         overrides += [
             "actor_rollout_ref.rollout.name=vllm",

@@ -38,6 +38,10 @@ class LegacyBatch:
         """``names`` -> (bs, response_length) tensors."""
         return {name: self.data.batch[name] for name in names}
 
+    def sequence_scores(self) -> torch.Tensor:
+        """(bs,) each response's score (its token-level scores summed): the reward the policy is trained on."""
+        return self.data.batch["token_level_scores"].sum(dim=-1)
+
     def put(self, fields: Mapping[str, torch.Tensor]) -> None:
         """Add (bs, ...) per-sample fields to the batch the actor receives."""
         for name, value in fields.items():
@@ -74,6 +78,9 @@ class V1Batch:
     def tensors(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         padded = self._get(list(names)).to_padded_tensor()
         return {name: padded[name] for name in names}
+
+    def sequence_scores(self) -> torch.Tensor:
+        return self.tensors(["rm_scores"])["rm_scores"].sum(dim=-1)  # V1's token-level scores
 
     def put(self, fields: Mapping[str, torch.Tensor]) -> None:
         from tensordict import TensorDict

@@ -107,6 +107,36 @@ def check_variance_methods(config) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def check_hacking_monitor(config) -> None:
+    """``hacking_monitor``: its group parses (unknown keys and thresholds out of range refused); when on, the reward
+    can give each sample's head scores, and an action that saves a checkpoint has a folder to save it in."""
+    from verl_variance.core.config import EnsembleRewardConfig, HackingMonitorConfig
+    from verl_variance.integration.ensemble_reward import MANAGER_NAME
+
+    try:
+        settings = HackingMonitorConfig.from_trainer_config(config)
+        reward = config.get("reward") or {}
+        manager = (reward.get("reward_manager") or {}).get("name")
+        if not settings.enable:
+            return
+        if manager == MANAGER_NAME and not EnsembleRewardConfig.from_trainer_config(config).head_scores:
+            raise ValueError("hacking_monitor.enable=true reads each sample's head scores, which the ensemble "
+                             "manager leaves out with ensemble_reward.head_scores=False: set it to True")  # fmt: skip
+        if manager != MANAGER_NAME and not (reward.get("custom_reward_function") or {}).get("path"):
+            raise ValueError(
+                f"hacking_monitor.enable=true reads each sample's K head scores (reward_head_<k>), which "
+                f"reward_manager {manager!r} does not give: set reward.reward_manager.name=ensemble with an "
+                "ensemble reward model (or a reward function that returns them), or hacking_monitor.enable=false"
+            )
+        if settings.action != "warn" and not (config.get("trainer") or {}).get("default_local_dir"):
+            raise ValueError(
+                f"hacking_monitor.action={settings.action} saves a verl checkpoint, but trainer.default_local_dir is "
+                "not set: set it, or hacking_monitor.action=warn"
+            )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def check_ensemble_reward(config) -> None:
     """``reward.reward_manager.name=ensemble``: its settings parse, and its reward model (``config.json`` only)
     has the heads they need; a local folder for in-process scoring (a hub id is left to verl's reward server)."""
@@ -184,6 +214,8 @@ def opted_in_features(config) -> dict[str, tuple[str, ...]]:
         f"reward.reward_manager.name={MANAGER_NAME}": (
             ((config.get("reward") or {}).get("reward_manager") or {}).get("name") == MANAGER_NAME,
             ("ensemble_reward_all_logits", "v1_served_reward_extras", *trainers)),
+        "hacking_monitor.enable=true": (bool((config.get("hacking_monitor") or {}).get("enable")), (
+            *trainers, "hacking_monitor_legacy_log")),
     }  # fmt: skip
     return {feature: patches for feature, (selected, patches) in wanted.items() if selected}
 
@@ -226,7 +258,8 @@ def check_cpu_backend_rollouts(config) -> None:
             )
 
 
-CHECKS: list[Callable[[Any], None]] = [check_kl_config, check_variance_methods, check_ensemble_reward,
+CHECKS: list[Callable[[Any], None]] = [check_kl_config, check_variance_methods, check_hacking_monitor,
+                                       check_ensemble_reward,
                                        check_served_reward_model, check_patches_of_features,
                                        check_cpu_backend_rollouts]
 """The checks ``check_trainer_config`` runs, in order, before the model paths: the methods', then those another

@@ -48,14 +48,30 @@ def served_ensemble(config: Mapping[str, Any]) -> bool:
     return manager == MANAGER_NAME and bool((reward.get("reward_model") or {}).get("enable", False))
 
 
+def head_keys(available: Sequence[str]) -> list[str]:
+    """The ensemble's per-head keys among ``available`` (``reward_head_<k>``), in head order."""
+    heads = sorted((int(key[len(ENSEMBLE_HEAD_PREFIX):]), key) for key in available
+                   if key.startswith(ENSEMBLE_HEAD_PREFIX) and key[len(ENSEMBLE_HEAD_PREFIX):].isdigit())  # fmt: skip
+    return [key for _, key in heads]
+
+
+def complete_heads(keys: Sequence[str]) -> bool:
+    """``keys`` (from ``head_keys``) are reward_head_0..K-1 with K >= 2 and no gap."""
+    return len(keys) >= 2 and list(keys) == [f"{ENSEMBLE_HEAD_PREFIX}{k}" for k in range(len(keys))]
+
+
+def head_score_matrix(columns: Mapping[str, Sequence[Any]], keys: Sequence[str]) -> torch.Tensor:
+    """(bs, K) float64 head scores from the reward extra info's columns."""
+    return torch.tensor([[float(value) for value in columns[key]] for key in keys], dtype=torch.float64).T
+
+
 def check_served_heads(columns: Mapping[str, Sequence[Any]]) -> None:
     """Refuse a batch whose K head scores (``reward_head_<k>`` columns, one value per sample) are probabilities for
     every sample: the served reward model softmaxed its logits, so σ² across them is no reward uncertainty."""
-    heads = sorted((int(key[len(ENSEMBLE_HEAD_PREFIX):]), key) for key in columns
-                   if key.startswith(ENSEMBLE_HEAD_PREFIX) and key[len(ENSEMBLE_HEAD_PREFIX):].isdigit())  # fmt: skip
+    heads = head_keys(list(columns))
     if len(heads) < 2:
         return
-    scores = torch.tensor([[float(value) for value in columns[key]] for _, key in heads], dtype=torch.float64).T
+    scores = head_score_matrix(columns, heads)
     if looks_softmaxed(scores):
         raise SoftmaxedRewardModelError(
             f"the served reward model's {len(heads)} scores sum to 1 for every sample of the batch: it answers class "

@@ -67,6 +67,7 @@ RETIRE = {
     "variance_kl_loss": "verl's ppo_loss weights its KL term by a per-sample batch field",
     "variance_kl_loss_distillation": "verl's ppo_loss weights its KL term by a per-sample batch field",
     "ensemble_reward_manager": "none needed: verl's reward-manager registry",
+    "hacking_monitor_legacy_log": "verl's trainers call a plugin's hook on each step's metrics before logging them",
     "ensemble_reward_all_logits": "verl's reward loop returns every /classify logit of a served reward model",
 }
 """Patch -> the upstream change that would retire it (``docs/patches.md``; a test keeps one for every patch)."""
@@ -79,7 +80,7 @@ def install() -> None:
     v1_fields = scope("opt-in", "kl_penalty=variance_aware, adv_estimator=rvpo, reward_manager.name=ensemble; "
                       "fallback: verl's gdpo on the V1 trainer")  # fmt: skip
     methods = scope("opt-in", "kl_penalty=variance_aware, adv_estimator=rvpo, policy_loss.loss_mode=r2vpo, "
-                    "reward_manager.name=ensemble")  # fmt: skip
+                    "reward_manager.name=ensemble, hacking_monitor.enable")  # fmt: skip
     batch_estimators = scope("opt-in", "adv_estimator=rvpo or grpo_variance_kl")
     when_imported("transformers.modeling_utils", "sdpa_fallback", fallbacks.patch_transformers_attn, flash_attn)
     when_imported("verl.utils.model", "valuehead_sdpa", fallbacks.patch_valuehead_loading, flash_attn)
@@ -118,6 +119,8 @@ def install() -> None:
                   ensemble_reward.register_manager, registry)  # fmt: skip
     when_imported("verl.experimental.reward_loop.reward_loop", "ensemble_reward_all_logits",
                   ensemble_reward.patch_disrm_all_logits, scope("opt-in", "reward_manager.name=ensemble"))  # fmt: skip
+    when_imported("verl.utils.tracking", "hacking_monitor_legacy_log", trainers.patch_legacy_metrics_log,
+                  scope("opt-in", "hacking_monitor.enable, on the legacy trainer"))  # fmt: skip
     when_imported("verl.trainer.distillation.losses", "variance_kl_loss_distillation", kl_loss.patch_ppo_loss,
                   scope("opt-in", "a kl_weight or r2vpo_lambda batch field"))  # fmt: skip
 

@@ -144,11 +144,3 @@ class R2VPOController:
         if os.path.exists(path):
             with open(path) as source:
                 self.lam = float(json.load(source)["lam"])
-
-
-def step_folder(config, global_steps: int, resuming: bool) -> str:
-    """The checkpoint folder of ``global_steps`` as verl writes it, or the one it resumed from."""
-    trainer = config.trainer
-    if resuming and trainer.get("resume_mode") == "resume_path" and trainer.get("resume_from_path"):
-        return os.path.abspath(trainer.resume_from_path)
-    return os.path.join(os.path.abspath(trainer.default_local_dir), f"global_step_{global_steps}")

@@ -20,7 +20,6 @@ function then runs on V1 on a response-only view of the batch (``gdpo_response_v
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,14 +27,13 @@ import numpy as np
 import torch
 
 from verl_variance.core.aggregators import check_objective_weights, softmin_reward
-from verl_variance.core.config import ENSEMBLE_HEAD_PREFIX, RVPO_ESTIMATOR
+from verl_variance.core.config import RVPO_ESTIMATOR
 from verl_variance.integration.compat import VerlVarianceError
+from verl_variance.integration.ensemble_reward import complete_heads, head_keys
 
 GDPO_ESTIMATOR = "gdpo"
 MULTI_OBJECTIVE_ESTIMATORS = (RVPO_ESTIMATOR, GDPO_ESTIMATOR)
 """Estimators that read per-objective scores from the reward extra info."""
-
-_HEAD_KEY = re.compile(rf"^{ENSEMBLE_HEAD_PREFIX}(\d+)$")
 
 LEGACY_METRICS_FIELD = "rvpo_metrics"
 """The legacy trainer's batch ``meta_info`` key of the step's ``rvpo/*`` metrics, from the advantage step to the
@@ -57,14 +55,14 @@ def missing_component_error(key: str, available: Sequence[str]) -> RewardCompone
 
 def ensemble_head_keys(available: Sequence[str]) -> list[str]:
     """``reward_head_0 .. reward_head_{K-1}`` in head order; K ≥ 2 and no gaps, else a clear error."""
-    heads = sorted((int(match.group(1)), key) for key in available if (match := _HEAD_KEY.match(key)))
-    if len(heads) < 2 or [k for k, _ in heads] != list(range(len(heads))):
+    heads = head_keys(available)
+    if not complete_heads(heads):
         raise RewardComponentError(
             f"rvpo.ensemble_heads=True needs the ensemble manager's per-head scores reward_head_0..K-1 (K >= 2), "
-            f"got {[key for _, key in heads] or 'none'}. Fix: reward.reward_manager.name=ensemble with "
+            f"got {heads or 'none'}. Fix: reward.reward_manager.name=ensemble with "
             "ensemble_reward.head_scores=True and a reward model of K >= 2 heads"
         )
-    return [key for _, key in heads]
+    return heads
 
 
 def reward_components(non_tensor_batch: Mapping[str, Any], keys: Sequence[str]) -> torch.Tensor:

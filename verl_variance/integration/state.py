@@ -1,7 +1,8 @@
 """The methods' state in a verl run: one ``MethodsState`` per trainer, on the trainer (``trainer.verl_variance``).
 
 It holds each method's settings (the config groups, parsed once when the trainer is built) and controllers
-(R²VPO's λ), and, while the trainer computes a step's advantages, that step's reward extra info and metrics.
+(R²VPO's λ, the hacking monitor), and, while the trainer computes a step's advantages, that step's reward extra
+info and metrics.
 Per-sample data travels as batch fields: the V1 trainer keeps the reward's extra info in its queue, so its
 ``_compute_advantage`` hands it here and the first of our hooks that sees the step's ``DataProto`` adds it as
 columns of ``non_tensor_batch`` (``fill_batch``), where the legacy trainer already has it.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,7 @@ import numpy as np
 
 from verl_variance.core.config import KL_MODE, RVPO_ESTIMATOR, VARIANCE_KL_ESTIMATOR, RVPOConfig, VarianceKLConfig
 from verl_variance.integration.extra_info import reward_extra_columns
+from verl_variance.integration.hacking_monitor import TrainerMonitor, uses_monitor
 from verl_variance.integration.r2vpo import R2VPOController, uses_r2vpo
 
 ATTRIBUTE = "verl_variance"
@@ -38,6 +41,10 @@ class MethodsState:
     """``adv_estimator=grpo_variance_kl``: ``apply_kl_penalty`` keeps the weighted KL as a batch field for it."""
     rvpo: RVPOConfig | None = None
     r2vpo: R2VPOController | None = None
+    monitor: TrainerMonitor | None = None
+    """``hacking_monitor.enable=true``: the reward-hacking monitor."""
+    trainer: Any = field(default=None, repr=False)
+    """The trainer (a weak reference), for what acts on it from outside its methods (the monitor's actions)."""
     step_extras: dict[str, list[Any]] | None = field(default=None, repr=False)
     """V1, during a step's advantages: the reward extra info, one column per key."""
     step_metrics: dict[str, Any] | None = field(default=None, repr=False)
@@ -54,6 +61,7 @@ class MethodsState:
             kl_penalty_in_advantage=estimator == VARIANCE_KL_ESTIMATOR,
             rvpo=RVPOConfig.from_trainer_config(config) if estimator == RVPO_ESTIMATOR else None,
             r2vpo=R2VPOController.from_trainer_config(config) if uses_r2vpo(config) else None,
+            monitor=TrainerMonitor.from_trainer_config(config) if uses_monitor(config) else None,
         )
 
     @property
@@ -93,6 +101,7 @@ class MethodsState:
 def attach(trainer) -> MethodsState:
     """Called when a trainer is built: its state, from its config."""
     state = MethodsState.from_config(trainer.config)
+    state.trainer = weakref.ref(trainer)
     setattr(trainer, ATTRIBUTE, state)
     return state
 

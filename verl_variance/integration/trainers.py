@@ -2,9 +2,10 @@
 
 At ``__init__`` a trainer gets its ``state.MethodsState`` (settings and controllers from its config); its step
 makes that state the current one for the module functions verl calls without the trainer (legacy: ``fit``; V1:
-``_compute_advantage``, which also hands the state the step's reward extra info); its checkpoints carry R²VPO's λ;
-before each actor update ``methods_before_actor_update`` puts the methods' per-sample fields on the batch, through
-one view of either trainer's batch (``batches``).
+``_compute_advantage``, which also hands the state the step's reward extra info); its checkpoints carry R²VPO's λ
+and the hacking monitor's history; before each actor update ``methods_before_actor_update`` puts the methods'
+per-sample fields on the batch, through one view of either trainer's batch (``batches``); the hacking monitor
+reads the step's metrics before verl logs them (V1: ``_compute_metrics``; legacy: ``Tracking.log``).
 """
 
 from __future__ import annotations
@@ -14,21 +15,27 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from verl_variance.core.config import KL_MODE
+from verl_variance.core.hacking import VARIANCE_METRIC
 from verl_variance.integration import kl_loss, r2vpo, rvpo, state
 from verl_variance.integration.batches import LegacyBatch, V1Batch
+from verl_variance.integration.checkpoints import step_folder
 from verl_variance.integration.compat import patch
 from verl_variance.integration.ensemble_reward import MANAGER_NAME, check_served_heads, served_ensemble
 from verl_variance.integration.extra_info import reward_extra_infos, with_reward_extras
+from verl_variance.integration.hacking_monitor import HackingStop
 
 
 def methods_before_actor_update(trainer, batch, metrics: dict) -> Callable[[dict], None] | None:
     """The methods' half of an actor update, on either trainer (``batch``: a ``batches.LegacyBatch`` or ``V1Batch``):
     served heads that are probabilities refused before the first update; per-sample KL weights
     (``kl_penalty=variance_aware`` with ``use_kl_loss``) and R²VPO's λ put on the batch, their telemetry added to
-    ``metrics``. Returns what to run on the update's metrics afterwards (R²VPO's dual step), or None."""
+    ``metrics``; the hacking monitor's per-sample signals added to ``metrics``. Returns what to run on the update's
+    metrics afterwards (R²VPO's dual step), or None."""
     if served_ensemble(trainer.config):
         check_served_heads(batch.reward_columns())
     methods = state.of(trainer)
+    if methods.monitor:
+        metrics.update(methods.monitor.batch_metrics(batch))
     lam = methods.r2vpo
     fields = {}
     if kl_loss.uses_variance_kl_loss(trainer.config):
@@ -47,8 +54,8 @@ def methods_before_actor_update(trainer, batch, metrics: dict) -> Callable[[dict
 
 
 def _uses_actor_hook(trainer) -> bool:
-    config = trainer.config
-    return bool(kl_loss.uses_variance_kl_loss(config) or state.of(trainer).r2vpo or served_ensemble(config))
+    config, methods = trainer.config, state.of(trainer)
+    return bool(kl_loss.uses_variance_kl_loss(config) or methods.r2vpo or methods.monitor or served_ensemble(config))
 
 
 def patch_legacy_trainer(module) -> None:
@@ -60,8 +67,11 @@ def patch_legacy_trainer(module) -> None:
     def _(original):
         @functools.wraps(original)
         def fit(self):
-            with state.entered(state.of(self)):  # apply_kl_penalty and compute_advantage run inside
-                return original(self)
+            with state.entered(state.of(self)):  # apply_kl_penalty, compute_advantage and the logger run inside
+                try:
+                    return original(self)
+                except HackingStop:  # hacking_monitor.action=stop, after the step was logged and saved
+                    return None
 
         return fit
 
@@ -103,10 +113,43 @@ def patch_v1_trainer(module) -> None:
 
         return _update_actor
 
+    @patch(trainer_cls, "_compute_metrics")
+    def _(original):
+        @functools.wraps(original)
+        def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+            result = original(self, batch, metrics, timing_raw, global_steps, epoch)
+            monitor = state.of(self).monitor
+            if monitor and VARIANCE_METRIC in metrics and monitor.observe(self, metrics):
+                self.total_training_steps = self.global_steps  # hacking_monitor.action=stop: this step is the last
+            return result
+
+        return _compute_metrics
+
+
+def patch_legacy_metrics_log(module) -> None:
+    """The legacy trainer logs each step's metrics through ``Tracking.log`` (its ``fit``'s local logger): the hacking
+    monitor reads them there, adds its signals, and ends ``fit`` after the log when it stops the run."""
+
+    @patch(module.Tracking, "log")
+    def _(original):
+        @functools.wraps(original)
+        def log(self, data, step, backend=None):
+            methods = state.current()
+            trainer = methods.trainer() if methods.trainer else None
+            if not (methods.monitor and trainer is not None and VARIANCE_METRIC in data):
+                return original(self, data, step, backend)
+            stop = methods.monitor.observe(trainer, data)
+            result = original(self, data, step, backend)
+            if stop:
+                raise HackingStop
+            return result
+
+        return log
+
 
 def _patch_init_and_checkpoints(trainer_cls) -> None:
-    """A trainer's state from its config at ``__init__``; R²VPO's λ saved in each verl checkpoint folder and read
-    back on resume."""
+    """A trainer's state from its config at ``__init__``; R²VPO's λ saved in each verl checkpoint folder, and it and
+    the hacking monitor's history read back on resume."""
 
     @patch(trainer_cls, "__init__")
     def _(original):
@@ -123,7 +166,7 @@ def _patch_init_and_checkpoints(trainer_cls) -> None:
         def _save_checkpoint(self):
             result = save(self)
             if (lam := state.of(self).r2vpo) is not None:
-                lam.save(r2vpo.step_folder(self.config, self.global_steps, resuming=False))
+                lam.save(step_folder(self.config, self.global_steps, resuming=False))
             return result
 
         return _save_checkpoint
@@ -133,8 +176,12 @@ def _patch_init_and_checkpoints(trainer_cls) -> None:
         @functools.wraps(load)
         def _load_checkpoint(self):
             result = load(self)
-            if (lam := state.of(self).r2vpo) is not None and self.global_steps > 0:
-                lam.load(r2vpo.step_folder(self.config, self.global_steps, resuming=True))
+            methods = state.of(self)
+            if self.global_steps > 0 and (methods.r2vpo or methods.monitor):
+                folder = step_folder(self.config, self.global_steps, resuming=True)
+                for resumed in (methods.r2vpo, methods.monitor):
+                    if resumed is not None:
+                        resumed.load(folder)
             return result
 
         return _load_checkpoint
