@@ -3,7 +3,8 @@
 1. End to end: CPU PPO runs of the quick-start set-up with a K-head ensemble reward and ``hacking_monitor.enable``,
    on both trainers: the monitor's own time each step (``timing_s/hacking_monitor``: the heads' σ² and LCB gap from
    the batch, the signals, the alarms; a checkpoint it saves aside) over verl's ``timing_s/step`` of the same step.
-   Target: <= 1%. A tiny model's step is the smallest a real run has, so this is the ratio's upper end.
+   Target: <= 1% (the median over the steps after the first). A tiny model's step is the smallest a run has, so
+   this is the ratio's upper end; a demo policy run's steps (SmolLM2) report the same metric.
 2. The driver work alone at larger batches (in-process, legacy batch view): per step, against the tiny run's step.
 
     python benchmarks/bench_hacking_monitor.py [--steps 4]
@@ -80,10 +81,11 @@ def main() -> None:
                          keys=["timing_s/hacking_monitor"])  # fmt: skip
             monitor = result["timing_s/hacking_monitor"]
             ratios = [m / s for m, s in zip(monitor, result["step_times_s"], strict=True)]
+            steady = statistics.median(ratios[1:])  # step 1 holds the first-step allocations
             steps[trainer] = result["steady_step_s"]
             emit(figure="monitor_share_of_step", trainer=trainer, monitor_ms=[round(m * 1e3, 3) for m in monitor],
-                 step_s=[round(s, 3) for s in result["step_times_s"]], value=round(max(ratios), 5),
-                 target=TARGET_RATIO, meets_target=max(ratios) <= TARGET_RATIO)  # fmt: skip
+                 step_s=[round(s, 3) for s in result["step_times_s"]], value=round(steady, 5),
+                 max=round(max(ratios), 5), target=TARGET_RATIO, meets_target=steady <= TARGET_RATIO)  # fmt: skip
     tiny_step = min(steps.values())
     for samples, heads, tokens in SHAPES:
         seconds = driver_seconds(samples, heads, tokens)

@@ -62,7 +62,7 @@ def _views(samples):
     extra_fields = np.empty(BS, dtype=object)
     extra_fields[:] = [{"reward_extra_info": {key: float(values[i]) for key, values in columns.items()}}
                        for i in range(BS)]  # fmt: skip
-    queue = FakeQueue({"extra_fields": extra_fields, **tensors})
+    queue = FakeQueue({"extra_fields": extra_fields, "rm_scores": torch.zeros(BS, T), **tensors})
     return LegacyBatch(legacy), V1Batch(queue, Meta(keys=list("abcd"), partition_id="train")), queue
 
 

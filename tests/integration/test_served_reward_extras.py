@@ -68,7 +68,8 @@ def test_both_trainers_refuse_softmaxed_served_heads_before_the_actor_update(mon
     stored = np.empty(4, dtype=object)
     stored[:] = infos
     monkeypatch.setattr(trainer_base.tq, "kv_batch_get",  # what TransferQueue hands back: a NonTensorStack
-                        lambda **kwargs: trainer_base.tu.get_tensordict({"extra_fields": stored}))  # fmt: skip
+                        lambda **kwargs: trainer_base.tu.get_tensordict({"extra_fields": stored,
+                                                                         "rm_scores": torch.zeros(4, 3)}))  # fmt: skip
     v1_batch = SimpleNamespace(keys=list("abcd"), partition_id="train")
     with pytest.raises(SoftmaxedRewardModelError):
         trainer_base.PPOTrainer._update_actor(_served_trainer(), v1_batch, {})

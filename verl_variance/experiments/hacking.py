@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from verl_variance.core.config import HackingMonitorConfig
-from verl_variance.core.hacking import ENTROPY_METRIC, KL_METRICS, PROXY_METRIC, VARIANCE_METRIC, replay
+from verl_variance.core.hacking import (
+    ENTROPY_METRIC,
+    GAP_METRIC,
+    KL_METRICS,
+    PROXY_METRIC,
+    VARIANCE_METRIC,
+    replay,
+)
 
 SMOOTHING = 3
 """Steps in the trailing means of the per-step judge and proxy (a step holds a batch's few samples)."""
@@ -159,19 +166,32 @@ def _held_out_judge(folder: Path) -> dict[str, float] | None:
             "final": float(np.mean(record["judge_final"]))}  # fmt: skip
 
 
+SIGNALS = ("disagreement_ratio", "lower_bound_gap", "kl_acceleration", "entropy_drop", "rising_together")
+"""The monitor's signals, each also scored as a detector of its own."""
+
+
 def detectors(run: MonitoredRun, scanned: Mapping[str, Any], kl_threshold: float, proxy_threshold: float) -> dict:
-    """Each detector's first alarm step and run-level score: the monitor (any signal; score: its largest
-    disagreement ratio), a KL threshold, a proxy-reward threshold (scores: the largest KL, proxy)."""
+    """Each detector's first alarm step and run-level score (its largest value): the monitor (any signal; score:
+    its largest disagreement ratio), each of its signals alone, a KL threshold, a proxy-reward threshold."""
     steps = scanned["steps"]
     kl, proxy = series(run, KL_METRICS), series(run, PROXY_METRIC)
-    ratios = [scanned["signals"][step].get("hacking/disagreement_ratio") for step in steps]
-    return {
-        "monitor": {"alarm": min((a["step"] for a in scanned["alarms"]), default=None),
-                    "score": max((r for r in ratios if r is not None), default=None)},
-        "kl": {"alarm": first_step(steps, kl, kl_threshold), "score": max((v for v in kl if v is not None),
-                                                                          default=None)},
-        "proxy": {"alarm": first_step(steps, proxy, proxy_threshold), "score": max(proxy)},
-    }  # fmt: skip
+
+    def largest(values):
+        return max((v for v in values if v is not None), default=None)
+
+    def signal(name: str) -> list[float | None]:
+        if name == "lower_bound_gap":
+            return series(run, GAP_METRIC)
+        return [scanned["signals"][step].get(f"hacking/{name}") for step in steps]
+
+    found = {"monitor": {"alarm": min((a["step"] for a in scanned["alarms"]), default=None),
+                         "score": largest(signal("disagreement_ratio"))}}  # fmt: skip
+    for name in SIGNALS:
+        alarm = min((a["step"] for a in scanned["alarms"] if a["signal"] == name), default=None)
+        found[f"monitor: {name}"] = {"alarm": alarm, "score": largest(signal(name))}
+    found["kl"] = {"alarm": first_step(steps, kl, kl_threshold), "score": largest(kl)}
+    found["proxy"] = {"alarm": first_step(steps, proxy, proxy_threshold), "score": largest(proxy)}
+    return found
 
 
 def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -181,7 +201,7 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
 
     labels = [record["gold"]["hacked"] for record in records]
     out = {}
-    for name in ("monitor", "kl", "proxy"):
+    for name in records[0]["detectors"] if records else ():
         alarms = [record["detectors"][name]["alarm"] is not None for record in records]
         caught = sum(a and h for a, h in zip(alarms, labels, strict=True))
         scores = [record["detectors"][name]["score"] for record in records]
@@ -233,9 +253,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     names = {"monitor": "hacking monitor (any signal; score: largest disagreement ratio)",
              "kl": f"KL >= {thresholds['kl']:.3g}", "proxy": f"proxy >= {thresholds['proxy']:.3g}"}  # fmt: skip
     for name, row in report["summary"].items():
+        if name.startswith("monitor: ") and not row["alarms"] and row["auroc"] is None:
+            continue  # a signal this run set never computed
         cells = [_fmt(row["precision"]), _fmt(row["recall"]), ", ".join(map(str, row["lead_times"])) or "-",
                  _fmt(row["auroc"])]  # fmt: skip
-        lines.append(f"| {names[name]} | {row['alarms']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {names.get(name, name)} | {row['alarms']} | " + " | ".join(cells) + " |")
     lines += ["", "| run | hacked | onset | monitor alarm (signals) | KL alarm | proxy alarm | judge: reference -> "
               "final |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for record in report["runs"]:
@@ -272,6 +294,7 @@ def plot(report: Mapping[str, Any], path: Path) -> None:
         ratio = [record["scan"]["signals"][s].get("hacking/disagreement_ratio") for s in steps]
         twin = axis.twinx()
         twin.plot(steps, [np.nan if r is None else r for r in ratio], color="tab:purple", ls=":", label="σ² ratio")
+        twin.set_ylabel("σ² ratio (dotted)", fontsize=7, color="tab:purple")
         for alarm in record["scan"]["alarms"]:
             axis.axvline(alarm["step"], color="tab:red", alpha=0.6)
         if record["detectors"]["kl"]["alarm"] is not None:
