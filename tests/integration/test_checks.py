@@ -74,6 +74,8 @@ def _main_ppo(*overrides: str) -> subprocess.CompletedProcess:
         ("one_head_ensemble", "has 1 reward head: an ensemble of one head has no variance"),
         ("async_trainer", "trainer.v1.trainer_mode=colocate_async aborts and re-routes rollout requests"),
         ("bad_val_rows", "actor_rollout_ref.rollout.engine_kwargs.hf.val_batch_rows='abc': expected an integer >= 1"),
+        ("monitor_without_heads", "hacking_monitor.enable=true reads each sample's K head scores (reward_head_<k>), "
+                                  "which reward_manager 'naive' does not give"),
     ],
 )
 def test_main_ppo_fails_before_ray_starts_with_the_message_alone(tiny_models, tmp_path, case, message):
@@ -88,6 +90,8 @@ def test_main_ppo_fails_before_ray_starts_with_the_message_alone(tiny_models, tm
         overrides.append("trainer.v1.trainer_mode=colocate_async")
     if case == "bad_val_rows":
         overrides.append("actor_rollout_ref.rollout.engine_kwargs.hf.val_batch_rows=abc")
+    if case == "monitor_without_heads":
+        overrides += ["+hacking_monitor.enable=true", "reward.custom_reward_function.path=null"]
     if case == "one_head_ensemble":
         one_head = build_tiny_model(tmp_path / "rm", TinyModelConfig("qwen2", num_labels=1))
         overrides += ["reward.reward_manager.name=ensemble", f"ensemble_reward.model_path={one_head}",
