@@ -110,7 +110,7 @@ def test_v1_path_reads_the_variance_fetched_from_the_store(config):
     """V1: the trainer hands the step's reward extra info to its state; apply_kl_penalty adds it to the batch as the
     legacy trainer's columns and reads σ² from there."""
     methods = config(weighting="variance")
-    infos = [{"reward_variance": v, "acc": 1.0} for v in (1.0, 0, 0, 0, 0, 0)]
+    infos = [{"reward_variance": v, "acc": 1.0, "tokens": [1] * (i + 1)} for i, v in enumerate((1.0, 0, 0, 0, 0, 0))]
     with methods.advantage_step(infos, {}):
         data, _ = ray_trainer.apply_kl_penalty(make_batch(), core_algos.FixedKLController(0.1), "variance_aware")
     raw = make_batch()
@@ -118,6 +118,7 @@ def test_v1_path_reads_the_variance_fetched_from_the_store(config):
     assert not torch.equal(data.batch["token_level_rewards"][0], raw.batch["token_level_scores"][0])
     assert data.non_tensor_batch["reward_variance"].tolist() == [1.0, 0, 0, 0, 0, 0]  # a batch field now
     assert data.non_tensor_batch["acc"].tolist() == [1.0] * BS
+    assert [len(tokens) for tokens in data.non_tensor_batch["tokens"]] == list(range(1, BS + 1))  # ragged: kept
     assert methods.step_extras is None  # the step's data is not kept past its advantage step
 
 

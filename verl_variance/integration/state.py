@@ -95,7 +95,10 @@ class MethodsState:
                 continue
             if len(column) != len(data):
                 raise ValueError(f"{len(column)} reward extra infos for a batch of {len(data)} samples")
-            data.non_tensor_batch[key] = np.array(column)
+            values = np.empty(len(column), dtype=object)  # one object per sample, whatever the reward returned
+            for index, value in enumerate(column):
+                values[index] = value
+            data.non_tensor_batch[key] = values
 
 
 def attach(trainer) -> MethodsState:
