@@ -36,6 +36,7 @@ METHODS_PATCHES = {
     "variance_aware_kl_in_reward",
     "methods_legacy_trainer",
     "methods_v1_trainer",
+    "hacking_monitor_legacy_log",
 }
 """The methods plugin's patches whose targets import here (every run)."""
 CPU_PATCHES = {
