@@ -29,6 +29,7 @@ from verl_variance.core.hacking import (
     VARIANCE_METRIC,
     replay,
 )
+from verl_variance.experiments.study import read_json, read_jsonl
 
 SMOOTHING = 3
 """Steps in the trailing means of the per-step judge and proxy (a step holds a batch's few samples)."""
@@ -90,10 +91,8 @@ def read_run(path: str | Path) -> MonitoredRun:
 
 
 def _rescored_variance(folder: Path) -> dict[int, float]:
-    record = folder / TRAINING_DISAGREEMENT
-    if not record.is_file():
-        return {}
-    return {int(step): float(value) for step, value in json.loads(record.read_text())["per_step"]}
+    record = read_json(folder / TRAINING_DISAGREEMENT)
+    return {} if record is None else {int(step): float(value) for step, value in record["per_step"]}
 
 
 def scan(run: MonitoredRun, settings: HackingMonitorConfig) -> dict[str, Any]:
@@ -128,7 +127,7 @@ def judge_per_step(run: MonitoredRun, judge) -> list[float]:
         if not dump.is_file():
             raise RunError(f"{run.folder}: no rollout dump of step {step} ({dump}): run with trainer.rollout_data_dir "
                            "set to judge each step's samples")  # fmt: skip
-        rows = [json.loads(line) for line in dump.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(dump)
         means.append(float(np.mean(judge.score_responses([r["input"] for r in rows], [r["output"] for r in rows]))))
     return means
 
@@ -161,7 +160,7 @@ def _held_out_judge(folder: Path) -> dict[str, float] | None:
     files = sorted(folder.glob("judge_*.json"))
     if not files:
         return None
-    record = json.loads(files[0].read_text())
+    record = read_json(files[0])
     return {"judge": record["judge"], "reference": float(np.mean(record["judge_reference"])),
             "final": float(np.mean(record["judge_final"]))}  # fmt: skip
 
