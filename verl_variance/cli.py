@@ -355,7 +355,7 @@ def _hacking_monitor(args: argparse.Namespace) -> int:
             print(f"verl-variance hacking-monitor: wrote {output}/hacking_validation.json, hacking_validation.md and "
                   "fig_hacking_monitor.png")  # fmt: skip
             return 0
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # a bad run, setting, or an output folder that cannot be written
         return _fail("hacking-monitor", error)
     scans = [hacking.scan(run, settings) for run in runs]
     (output / "hacking_monitor.json").write_text(json.dumps({"settings": vars(settings), "runs": scans}, indent=1))

@@ -65,6 +65,8 @@ def test_a_finished_run_replayed_with_other_thresholds(tmp_path, capsys):
         (["hacking-monitor", "nowhere"], "verl-variance hacking-monitor: nowhere: no metrics.jsonl"),
         (["hacking-monitor", "RUN", "--set", "windo=3"], "unknown key(s) ['windo'] in hacking_monitor"),
         (["hacking-monitor", "RUN", "--set", "window"], "--set takes KEY=VALUE pairs of the hacking_monitor group"),
+        (["hacking-monitor", "RUN", "--output-dir", "/proc/no/such/folder"],
+         "verl-variance hacking-monitor: [Errno 2] No such file or directory: '/proc/no"),
         (["hacking-monitor", "BARE"], "have no heads' σ² (hacking/reward_variance): run with "
                                       "+hacking_monitor.enable=true"),
     ],
@@ -74,7 +76,9 @@ def test_bad_input_names_the_run_and_the_fix(tmp_path, capsys, argv, message):
     (tmp_path / "BARE").mkdir()
     (tmp_path / "BARE" / "metrics.jsonl").write_text(json.dumps({"step": 1, "data": {"critic/score/mean": 0.0}}))
     argv = [str(tmp_path / arg) if arg in ("RUN", "BARE") else arg for arg in argv]
-    assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+    if "--output-dir" not in argv:
+        argv += ["--output-dir", str(tmp_path / "out")]
+    assert main(argv) == 2
     assert message in capsys.readouterr().err
 
 
